@@ -1,0 +1,6 @@
+"""Policy files (pydantic schema), bundled presets, and the decision engine."""
+
+from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision
+from safety_lora.policies.schema import Policy, PolicyError
+
+__all__ = ["Decision", "Policy", "PolicyEngine", "PolicyError", "PromptDecision"]

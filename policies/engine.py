@@ -1,0 +1,404 @@
+"""The decision engine: classifier scores in, one explained decision per prompt and image out."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from safety_lora.audit import AuditLog
+from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
+from safety_lora.imaging import blur, placeholder
+from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
+from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision"]
+
+#: The rule no policy can relax: sexual content involving minors is always blocked/refused.
+HARD_RULE = "hard:minors+sexual"
+
+
+def new_request_id() -> str:
+    """A fresh opaque request id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class PromptDecision:
+    """The verdict on one prompt before generation."""
+
+    action: PromptAction
+    risk: dict[Category, float]
+    rule: str
+    reasons: tuple[str, ...] = ()
+    matches: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    request_id: str = ""
+    prompt_sha256: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        """True when the prompt must not be generated."""
+        return self.action is PromptAction.REFUSE
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one image: what to do, which rule fired, and the evidence."""
+
+    action: Action
+    rule: str
+    scores: dict[Category, float]
+    reasons: tuple[str, ...] = ()
+    regions: tuple[Region, ...] = ()
+    attempts: int = 1
+    steering_scales: tuple[dict[str, float], ...] = ()
+    classifiers: dict[str, str] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    request_id: str = ""
+    prompt_decision: PromptDecision | None = None
+
+    @property
+    def flagged(self) -> bool:
+        """True when the image is not passed through unchanged."""
+        return self.action is not Action.ALLOW
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (used by the CLI, the service and the audit log)."""
+        pd = self.prompt_decision
+        return {
+            "action": self.action.value,
+            "rule": self.rule,
+            "scores": {c.value: round(s, 6) for c, s in self.scores.items()},
+            "reasons": list(self.reasons),
+            "regions": [
+                {"box": list(r.box), "label": r.label, "score": round(r.score, 6)}
+                for r in self.regions
+            ],
+            "attempts": self.attempts,
+            "steering_scales": [dict(s) for s in self.steering_scales],
+            "classifiers": dict(self.classifiers),
+            "errors": list(self.errors),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "request_id": self.request_id,
+            "prompt": None
+            if pd is None
+            else {
+                "action": pd.action.value,
+                "rule": pd.rule,
+                "risk": {c.value: round(s, 6) for c, s in pd.risk.items()},
+                "matches": list(pd.matches),
+            },
+        }
+
+
+class PolicyEngine:
+    """Builds a policy's classifiers once and turns their scores into decisions."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.image_classifiers: list[ImageClassifier] = [c.build() for c in policy.classifiers]
+        self.prompt_classifiers: list[PromptClassifier] = [
+            c.build() for c in policy.prompt.classifiers
+        ]
+        self.audit_log = AuditLog(policy.audit.path) if policy.audit.path is not None else None
+
+    @cached_property
+    def fingerprints(self) -> dict[str, str]:
+        """Classifier name -> fingerprint of its weights/rules (reported in every decision)."""
+        out: dict[str, str] = {}
+        classifiers: list[PromptClassifier | ImageClassifier] = [
+            *self.prompt_classifiers,
+            *self.image_classifiers,
+        ]
+        for c in classifiers:
+            out[_unique(out, c.name)] = c.fingerprint
+        return out
+
+    @cached_property
+    def adapter_hashes(self) -> dict[str, str]:
+        """Adapter name -> sha256 of its file, checked against the policy's pins."""
+        return {a.adapter_name: a.verified_sha256() for a in self.policy.steering.adapters}
+
+    # -- before generation -----------------------------------------------------------------
+
+    def check_prompt(self, prompt: str, *, request_id: str | None = None) -> PromptDecision:
+        """Score ``prompt`` with every prompt classifier and decide allow / steer / refuse."""
+        request_id = request_id or new_request_id()
+        prompt_sha = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        risk: dict[Category, float] = {}
+        matches: list[str] = []
+        errors: list[str] = []
+        timings: dict[str, float] = {}
+        for classifier in self.prompt_classifiers:
+            start = time.perf_counter()
+            try:
+                (result,) = classifier.classify([prompt])
+                _merge_max(risk, _checked(result.scores, classifier.name))
+                matches.extend(result.matches)
+            except Exception as e:  # any failure is judged by on_error, never ignored
+                errors.append(f"{classifier.name}: {type(e).__name__}: {e}")
+            timings[classifier.name] = (time.perf_counter() - start) * 1e3
+
+        def decision(action: PromptAction, rule: str, reasons: list[str]) -> PromptDecision:
+            return PromptDecision(
+                action=action,
+                risk=risk,
+                rule=rule,
+                reasons=tuple(reasons),
+                matches=tuple(matches),
+                errors=tuple(errors),
+                request_id=request_id,
+                prompt_sha256=prompt_sha,
+                timings_ms=timings,
+            )
+
+        if errors:
+            return decision(PromptAction.REFUSE, "on_error", ["prompt classifier failed"])
+        minors, sexual = risk.get(Category.MINORS, 0.0), risk.get(Category.SEXUAL, 0.0)
+        if minors >= MINORS_MAX_THRESHOLD and sexual >= MINORS_MAX_THRESHOLD:
+            return decision(
+                PromptAction.REFUSE,
+                HARD_RULE,
+                [f"minors {minors:.2f} and sexual {sexual:.2f}: never allowed"],
+            )
+        refuse, steer = [], []
+        for category, score in sorted(risk.items(), key=lambda kv: -kv[1]):
+            rule = self.policy.prompt.rule(category)
+            if rule.refuse_at is not None and score >= rule.refuse_at:
+                refuse.append((category, score, rule.refuse_at))
+            elif score >= rule.steer_at:
+                steer.append((category, score, rule.steer_at))
+        if refuse:
+            category = refuse[0][0]
+            reasons = [f"{c.value} risk {s:.2f} >= refuse_at {t:.2f}" for c, s, t in refuse]
+            return decision(
+                PromptAction.REFUSE, f"prompt.rules.{category.value}.refuse_at", reasons
+            )
+        if steer:
+            category = steer[0][0]
+            reasons = [f"{c.value} risk {s:.2f} >= steer_at {t:.2f}" for c, s, t in steer]
+            return decision(PromptAction.STEER, f"prompt.rules.{category.value}.steer_at", reasons)
+        return decision(PromptAction.ALLOW, "prompt:allow", [])
+
+    def steering_scales(
+        self, prompt_decision: PromptDecision | None, attempt: int = 1
+    ) -> dict[str, float]:
+        """Adapter name -> strength for this request and (1-based) attempt."""
+        multiplier = self.policy.escalation.multiplier(attempt)
+        scales = {}
+        for adapter in self.policy.steering.adapters:
+            risk = 0.0
+            if prompt_decision is not None:
+                risk = max(
+                    (prompt_decision.risk.get(c, 0.0) for c in adapter.categories), default=0.0
+                )
+            strength = (adapter.scale + adapter.risk_boost * risk) * multiplier
+            scales[adapter.adapter_name] = min(adapter.max_scale, strength)
+        return scales
+
+    def refused(self, prompt_decision: PromptDecision, n: int) -> list[Decision]:
+        """Decisions for ``n`` images that were not generated because the prompt was refused."""
+        return [
+            Decision(
+                action=Action.BLOCK,
+                rule=prompt_decision.rule,
+                scores={},
+                reasons=("prompt refused", *prompt_decision.reasons),
+                attempts=0,
+                classifiers=self.fingerprints,
+                errors=prompt_decision.errors,
+                timings_ms=dict(prompt_decision.timings_ms),
+                request_id=prompt_decision.request_id,
+                prompt_decision=prompt_decision,
+            )
+            for _ in range(n)
+        ]
+
+    # -- after generation ------------------------------------------------------------------
+
+    def judge(
+        self,
+        images: Sequence[Image],
+        *,
+        prompt_decision: PromptDecision | None = None,
+        attempt: int = 1,
+        steering_scales: Mapping[str, float] | None = None,
+        request_id: str | None = None,
+    ) -> list[Decision]:
+        """Score ``images`` with every image classifier; one decision per image, in order."""
+        request_id = request_id or (prompt_decision.request_id if prompt_decision else "")
+        request_id = request_id or new_request_id()
+        n = len(images)
+        per_image: list[dict[Category, float]] = [{} for _ in range(n)]
+        regions: list[list[Region]] = [[] for _ in range(n)]
+        errors: list[str] = []
+        timings: dict[str, float] = {}
+        for classifier in self.image_classifiers:
+            start = time.perf_counter()
+            try:
+                results = classifier.classify(images)
+                if len(results) != n:
+                    raise ValueError(f"returned {len(results)} results for {n} images")
+                for i, result in enumerate(results):
+                    _merge_max(per_image[i], _checked(result.scores, classifier.name))
+                    regions[i].extend(_regions_of(result))
+            except Exception as e:  # judged by on_error, never a silent "no check"
+                errors.append(f"{classifier.name}: {type(e).__name__}: {e}")
+            timings[classifier.name] = (time.perf_counter() - start) * 1e3
+        scales = (dict(steering_scales),) if steering_scales else ()
+        return [
+            self._decide(
+                per_image[i],
+                regions[i],
+                errors=tuple(errors),
+                attempt=attempt,
+                common={
+                    "attempts": attempt,
+                    "steering_scales": scales,
+                    "classifiers": self.fingerprints,
+                    "timings_ms": timings,
+                    "request_id": request_id,
+                    "prompt_decision": prompt_decision,
+                },
+            )
+            for i in range(n)
+        ]
+
+    def _decide(
+        self,
+        scores: dict[Category, float],
+        regions: list[Region],
+        *,
+        errors: tuple[str, ...],
+        attempt: int,
+        common: dict[str, Any],
+    ) -> Decision:
+        if errors:
+            return Decision(
+                action=self.policy.on_error,
+                rule="on_error",
+                scores=scores,
+                reasons=("classifier failed; policy on_error applies",),
+                errors=errors,
+                **common,
+            )
+        minors, sexual = scores.get(Category.MINORS, 0.0), scores.get(Category.SEXUAL, 0.0)
+        sexual_rule = self.policy.rule_for(Category.SEXUAL)
+        sexual_threshold = min(MINORS_MAX_THRESHOLD, sexual_rule.threshold if sexual_rule else 1.0)
+        minors_rule = self.policy.rule_for(Category.MINORS)
+        minors_threshold = minors_rule.threshold if minors_rule else MINORS_MAX_THRESHOLD
+        if minors >= minors_threshold and sexual >= sexual_threshold:
+            return Decision(
+                action=Action.BLOCK,
+                rule=HARD_RULE,
+                scores=scores,
+                reasons=(f"minors {minors:.2f} and sexual {sexual:.2f}: never allowed",),
+                regions=tuple(regions),
+                **common,
+            )
+        fired = []
+        for category, score in scores.items():
+            rule = self.policy.rule_for(category)
+            if rule is not None and score >= rule.threshold and rule.action is not Action.ALLOW:
+                fired.append((ACTION_SEVERITY[rule.action], score, category, rule))
+        if not fired:
+            return Decision(action=Action.ALLOW, rule="allow", scores=scores, **common)
+        fired.sort(key=lambda f: (f[0], f[1]), reverse=True)
+        _, _, category, rule = fired[0]
+        action = rule.action
+        reasons = [
+            f"{c.value} {s:.2f} >= {r.threshold:.2f} -> {r.action.value}" for _, s, c, r in fired
+        ]
+        rule_name = f"categories.{category.value}"
+        if action is Action.REGENERATE and attempt >= self.policy.escalation.max_attempts:
+            action = self.policy.escalation.final_action
+            reasons.append(
+                f"attempt {attempt} of {self.policy.escalation.max_attempts}: "
+                f"escalation.final_action -> {action.value}"
+            )
+            rule_name = "escalation.final_action"
+        fired_categories = {c for *_, c, _ in fired}
+        kept = tuple(r for r in regions if r.category in fired_categories)
+        return Decision(
+            action=action,
+            rule=rule_name,
+            scores=scores,
+            reasons=tuple(reasons),
+            regions=kept,
+            **common,
+        )
+
+    def apply(self, image: Image, decision: Decision) -> Image:
+        """The image the policy lets through for ``decision`` (blurred/replaced where it says)."""
+        if decision.action is Action.ALLOW:
+            return image
+        if decision.action is Action.BLUR:
+            settings = self.policy.blur
+            boxes = [r.box for r in decision.regions]
+            return blur(image, boxes, radius=settings.radius, padding=settings.region_padding)
+        what = "blocked" if decision.action is Action.BLOCK else "replaced"
+        return placeholder(image.size, f"{what} by\nsafety policy")
+
+    def record(self, decisions: Sequence[Decision], *, prompt: str | None = None) -> None:
+        """Append one audit line per decision (no-op when the policy names no audit path)."""
+        if self.audit_log is None:
+            return
+        now = datetime.now(timezone.utc).isoformat()
+        adapters = self.adapter_hashes
+        records = []
+        for index, decision in enumerate(decisions):
+            record = decision.to_dict()
+            pd = decision.prompt_decision
+            record.update(
+                time=now,
+                image_index=index,
+                policy=self.policy.name,
+                adapters=adapters,
+                prompt_sha256=pd.prompt_sha256 if pd else None,
+            )
+            if prompt is not None:
+                record["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+            if self.policy.audit.include_prompt and prompt is not None:
+                record["prompt_text"] = prompt
+            records.append(record)
+        self.audit_log.write(records)
+
+
+def _merge_max(into: dict[Category, float], scores: Mapping[Category, float]) -> None:
+    for category, score in scores.items():
+        into[category] = max(into.get(category, 0.0), score)
+
+
+def _checked(scores: Mapping[Category, float], name: str) -> dict[Category, float]:
+    out = {}
+    for category, score in scores.items():
+        value = float(score)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"score {category}={score!r} is outside 0..1")
+        out[Category(category)] = value
+    return out
+
+
+def _regions_of(result: ImageScores) -> list[Region]:
+    return [r for r in result.regions if r.category is not None]
+
+
+def _unique(existing: Mapping[str, str], name: str) -> str:
+    if name not in existing:
+        return name
+    k = 2
+    while f"{name}#{k}" in existing:
+        k += 1
+    return f"{name}#{k}"

@@ -1,0 +1,22 @@
+"""The ``safety-lora`` command line: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from safety_lora.cli import moderate, policy
+
+app = typer.Typer(
+    name="safety-lora",
+    help="Content-safety control layer for diffusion pipelines.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+for module in (policy, moderate):
+    module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

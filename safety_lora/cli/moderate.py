@@ -1,0 +1,155 @@
+"""``safety-lora moderate``: judge existing images and prompts with a policy."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from PIL import Image, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from safety_lora.policies.engine import PolicyEngine
+from safety_lora.policies.schema import Policy, PolicyError
+from safety_lora.taxonomy import Action, PromptAction
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+BATCH = 16
+
+
+def iter_image_paths(paths: list[Path]) -> Iterator[Path]:
+    """Files as given, folders expanded (recursively, sorted) to their image files."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            yield path
+        else:
+            raise typer.BadParameter(f"{path}: no such file or folder", param_hint="PATH")
+
+
+def read_prompts_csv(path: Path) -> list[str]:
+    """The ``prompt`` column of a CSV file (error names the file and the columns it has)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+                raise typer.BadParameter(
+                    f"{path}: needs a 'prompt' column, found {reader.fieldnames}",
+                    param_hint="--prompts",
+                )
+            return [row["prompt"] for row in reader]
+    except OSError as e:
+        raise typer.BadParameter(f"{path}: {e.strerror or e}", param_hint="--prompts") from e
+
+
+def _load_image(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def _top(scores: dict[str, float], k: int = 3) -> str:
+    best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+    return ", ".join(f"{c} {s:.2f}" for c, s in best if s > 0) or "-"
+
+
+def moderate(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Image files or folders of images.")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="Policy file or preset name.")
+    ] = "balanced",
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help="A prompt to check (repeatable).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="CSV file with a 'prompt' column.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
+) -> None:
+    """Judge images and prompts; exit status 1 when anything is blocked or refused."""
+    console = Console(stderr=as_json)
+    try:
+        engine = PolicyEngine(Policy.load(policy))
+    except (PolicyError, ImportError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from e
+    texts = list(prompt or []) + (read_prompts_csv(prompts) if prompts else [])
+    files = list(iter_image_paths(list(paths or [])))
+    if not texts and not files:
+        raise typer.BadParameter("give image PATHs, --prompt or --prompts")
+    rows: list[dict[str, Any]] = []
+    bad = False
+    for text in texts:
+        pd = engine.check_prompt(text)
+        bad |= pd.action is PromptAction.REFUSE
+        rows.append(
+            {
+                "kind": "prompt",
+                "item": text,
+                "action": pd.action.value,
+                "rule": pd.rule,
+                "scores": {c.value: s for c, s in pd.risk.items()},
+                "reasons": list(pd.reasons),
+                "matches": list(pd.matches),
+            }
+        )
+    with Progress(console=console, transient=True, disable=not files) as progress:
+        task = progress.add_task("judging images", total=len(files))
+        for start in range(0, len(files), BATCH):
+            batch_paths, images = [], []
+            for path in files[start : start + BATCH]:
+                try:
+                    images.append(_load_image(path))
+                    batch_paths.append(path)
+                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+                    bad = True
+                    rows.append(
+                        {
+                            "kind": "image",
+                            "item": str(path),
+                            "action": "error",
+                            "rule": "unreadable image",
+                            "scores": {},
+                            "reasons": [f"{path}: {e}"],
+                        }
+                    )
+            if images:
+                decisions = engine.judge(images)
+                engine.record(decisions)
+                for path, decision in zip(batch_paths, decisions, strict=True):
+                    bad |= decision.action in (Action.BLOCK, Action.REPLACE)
+                    rows.append({"kind": "image", "item": str(path), **decision.to_dict()})
+            progress.advance(task, len(files[start : start + BATCH]))
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, sort_keys=True))
+    else:
+        table = Table(title=f"policy {engine.policy.name!r}")
+        for column in ("kind", "item", "action", "rule", "top scores"):
+            table.add_column(column, overflow="fold")
+        colours = {"allow": "green", "steer": "yellow", "blur": "yellow", "regenerate": "yellow"}
+        for row in rows:
+            colour = colours.get(row["action"], "red")
+            table.add_row(
+                row["kind"],
+                row["item"],
+                f"[{colour}]{row['action']}[/{colour}]",
+                row["rule"],
+                _top(row["scores"]),
+            )
+        console.print(table)
+    if bad:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``moderate`` command."""
+    app.command("moderate")(moderate)
