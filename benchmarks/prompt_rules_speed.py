@@ -1,0 +1,53 @@
+"""Prompts per second of ``prompt_rules`` with the bundled rules on one core.
+
+Run: ``.venv/bin/python benchmarks/prompt_rules_speed.py`` (target >= 20,000 prompts/s).
+The baseline row (``normalize`` only, and plain ``str.lower``) is measured in the same
+process, so the ratios hold across machines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from _data import read_coco, read_i2p
+from rich.console import Console
+from rich.table import Table
+
+from safety_lora.classifiers.normalize import normalize
+from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+
+
+def best_rate(
+    fn: Callable[[Sequence[str]], object], prompts: Sequence[str], repeats: int = 5
+) -> float:
+    """Best-of-``repeats`` prompts per second of ``fn`` over all ``prompts``."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(prompts)
+        best = min(best, time.perf_counter() - t0)
+    return len(prompts) / best
+
+
+def main() -> None:
+    prompts = read_coco() + [r.prompt for r in read_i2p()]
+    clf = PromptRulesConfig().build()
+    rows = [
+        ("str.lower (baseline)", best_rate(lambda ps: [p.lower() for p in ps], prompts)),
+        ("normalize", best_rate(lambda ps: [normalize(p) for p in ps], prompts)),
+        ("prompt_rules.classify", best_rate(clf.classify, prompts)),
+    ]
+    table = Table(title=f"prompt_rules speed, {len(prompts)} COCO+I2P prompts, one thread")
+    table.add_column("step")
+    table.add_column("prompts/s", justify="right")
+    table.add_column("x slower than str.lower", justify="right")
+    for name, rate in rows:
+        table.add_row(name, f"{rate:,.0f}", f"{rows[0][1] / rate:,.1f}")
+    Console().print(table)
+    verdict = "meets" if rows[-1][1] >= 20_000 else "MISSES"
+    print(f"classify: {rows[-1][1]:,.0f} prompts/s ({verdict} the 20,000/s target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Prompt normaliser: folds the usual filter evasions back to plain lowercase ASCII words.
+
+Handles Unicode compatibility forms (NFKC), homoglyphs/confusables (via ``anyascii``),
+zero-width and other format characters, separated letters (``n.u.d.e``, ``n u d e``) and,
+in a separate variant, leetspeak (``p0rn``), so that ordinary numbers such as ``1920s``
+survive in the plain form.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from anyascii import anyascii
+
+__all__ = ["deleet_variants", "normalize", "normalize_variants"]
+
+# Apostrophes vanish ("assassin's" -> "assassins"); every other non-word character separates.
+_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+# Three or more single characters with separators between them: "n.u.d.e", "n u d e", "n-u-d-e".
+# A run never starts with the English words "a " / "i " ("a n u d e woman" -> "a nude woman").
+_SEPARATED = re.compile(
+    r"(?<![^\W_])(?![ai]\s)(?:[a-z0-9@$][\s.\-_*+|/\\~]+){2,}[a-z0-9@$](?![^\W_])"
+)
+_SEPARATORS = re.compile(r"[\s.\-_*+|/\\~]+")
+_NON_WORD = re.compile(r"[^a-z0-9@$]+")
+# A token mixing letters with leet characters ("p0rn", "nud3", "@ss", "s3x").
+_LEET_TOKEN = re.compile(r"[a-z0-9@$]*(?:[a-z][0-9@$]|[0-9@$][a-z])[a-z0-9@$]*")
+_LEET_I = str.maketrans(
+    {
+        "0": "o",
+        "1": "i",
+        "3": "e",
+        "4": "a",
+        "5": "s",
+        "7": "t",
+        "8": "b",
+        "9": "g",
+        "@": "a",
+        "$": "s",
+    }
+)
+_LEET_L = str.maketrans({"1": "l"})
+
+
+def _is_dropped(ch: str) -> bool:
+    """Zero-width joiners, soft hyphens, bidi marks and other invisible format characters."""
+    return unicodedata.category(ch) in ("Cf", "Cc", "Mn") and ch not in "\t\n\r"
+
+
+def _fold_unicode(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if not _is_dropped(ch))
+    return anyascii(text)
+
+
+def _join_separated(match: re.Match[str]) -> str:
+    return " " + _SEPARATORS.sub("", match.group(0)) + " "
+
+
+def normalize(text: str) -> str:
+    """Return ``text`` as lowercase ASCII words separated by single spaces (leetspeak kept).
+
+    ``"Ｎ.u.d.е  Ph\u200boto!"`` -> ``"nude photo"``.
+    """
+    if not text.isascii():
+        text = _fold_unicode(text)
+    text = _APOSTROPHES.sub("", text.lower())
+    text = _SEPARATED.sub(_join_separated, text)
+    return _NON_WORD.sub(" ", text).strip()
+
+
+def deleet_variants(normalized: str) -> list[str]:
+    """De-leeted forms of an already normalised text; empty when it has no leet tokens.
+
+    Only tokens that mix letters with digits/``@``/``$`` are folded, so ``"1920"`` stays;
+    ``1`` is tried both as ``i`` and as ``l`` (``k1ll``, ``1oli``).
+    """
+    if not _LEET_TOKEN.search(normalized):
+        return []
+    as_i = _LEET_TOKEN.sub(lambda m: m.group(0).translate(_LEET_I), normalized)
+    out = [as_i]
+    if "1" in normalized:
+        as_l = _LEET_TOKEN.sub(
+            lambda m: m.group(0).translate(_LEET_L).translate(_LEET_I), normalized
+        )
+        out.append(as_l)
+    return out
+
+
+def normalize_variants(text: str) -> list[str]:
+    """The normalised text followed by its de-leeted variants (the forms a matcher should scan)."""
+    plain = normalize(text)
+    return [plain, *deleet_variants(plain)]

@@ -1,0 +1,205 @@
+"""``kind: prompt_rules`` — weighted per-category terms and regexes on the normalised prompt.
+
+A rule file (YAML, see ``rules/default.yaml``) lists, per category, groups of terms or
+regexes with one weight each. Terms match whole words (``gun`` also matches ``guns``;
+``decapitat*`` matches any word starting so); all terms of a file live in one Aho-Corasick
+automaton. A category's score is the noisy-OR ``1 - prod(1 - w)`` of the distinct rules that
+fired, so one explicit term (1.0) decides alone while several weak ones (0.35) add up.
+Phrases under ``allow`` shield the words inside them (``blood orange``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import ahocorasick
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from safety_lora.classifiers.base import PromptScores
+from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.normalize import deleet_variants, normalize
+from safety_lora.taxonomy import Category
+
+__all__ = ["PromptRulesClassifier", "PromptRulesConfig", "load_rules_text"]
+
+BUNDLED = "bundled"
+_PLURAL_SUFFIXES = ("", "s", "es")
+_ALLOW = -1
+
+
+class _Group(BaseModel):
+    """Terms and/or regexes sharing one weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: float = Field(gt=0.0, le=1.0)
+    terms: list[str] = Field(default_factory=list)
+    regex: list[str] = Field(default_factory=list)
+
+    @field_validator("terms")
+    @classmethod
+    def _terms_not_empty(cls, terms: list[str]) -> list[str]:
+        for term in terms:
+            if not normalize(term.rstrip("*")):
+                raise ValueError(f"term {term!r} is empty after normalisation")
+        return terms
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"regex {pattern!r} does not compile: {e}") from e
+        return patterns
+
+
+class _RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    allow: list[str] = Field(default_factory=list)
+    categories: dict[Category, list[_Group]]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    category: Category
+    label: str
+    weight: float
+
+
+def load_rules_text(rules: str | Path) -> tuple[str, str]:
+    """Return ``(source name, YAML text)`` for ``"bundled"`` or a path to a rule file."""
+    if str(rules) == BUNDLED:
+        ref = resources.files("safety_lora.classifiers").joinpath("rules/default.yaml")
+        return "bundled rules/default.yaml", ref.read_text(encoding="utf-8")
+    path = Path(rules)
+    try:
+        return str(path), path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"prompt_rules: cannot read rules file {str(path)!r}: {e}") from e
+
+
+def _parse(source: str, text: str) -> _RuleFile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not valid YAML: {e}") from e
+    try:
+        return _RuleFile.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise ValueError(f"{source}: {where}: {first['msg']} (got {first.get('input')!r})") from e
+
+
+def _one_per_category(entries: list[_Rule | int]) -> tuple[_Rule | int, ...]:
+    """Keep the heaviest rule per category for one key ("girls" is both girl+s and girls)."""
+    best: dict[Category, _Rule] = {}
+    for e in entries:
+        if isinstance(e, _Rule) and (e.category not in best or e.weight > best[e.category].weight):
+            best[e.category] = e
+    allow = (_ALLOW,) if _ALLOW in entries else ()
+    return allow + tuple(best.values())
+
+
+class PromptRulesClassifier:
+    """Scores prompts with weighted per-category term and regex rules on the normalised text."""
+
+    def __init__(
+        self,
+        *,
+        rules: str | Path = BUNDLED,
+        extra_terms: Mapping[Category, Sequence[str]] | None = None,
+        name: str = "prompt_rules",
+    ) -> None:
+        source, text = load_rules_text(rules)
+        parsed = _parse(source, text)
+        extra = {Category(c): list(ts) for c, ts in (extra_terms or {}).items()}
+        for cat, terms in extra.items():
+            for term in terms:
+                if not normalize(term.rstrip("*")):
+                    raise ValueError(f"extra_terms.{cat.value}: term {term!r} is empty")
+        self.name = name
+        blob = text + "\n" + json.dumps({c.value: t for c, t in extra.items()}, sort_keys=True)
+        self.fingerprint = "prompt_rules:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self._automaton = ahocorasick.Automaton()
+        self._regexes: list[tuple[re.Pattern[str], _Rule]] = []
+        keys: dict[str, list[_Rule | int]] = {}
+        for phrase in parsed.allow:
+            keys.setdefault(f" {normalize(phrase)} ", []).append(_ALLOW)
+        groups = [
+            (c, g.weight, g.terms, g.regex) for c, gs in parsed.categories.items() for g in gs
+        ]
+        groups += [(c, 1.0, ts, []) for c, ts in extra.items()]
+        for cat, weight, terms, patterns in groups:
+            for term in terms:
+                self._add_term(keys, _Rule(cat, normalize(term.rstrip("*")), weight), term)
+            for pattern in patterns:
+                self._regexes.append((re.compile(pattern), _Rule(cat, pattern, weight)))
+        for key, entries in keys.items():
+            self._automaton.add_word(key, (len(key), _one_per_category(entries)))
+        self._automaton.make_automaton()
+
+    @staticmethod
+    def _add_term(keys: dict[str, list[_Rule | int]], rule: _Rule, raw: str) -> None:
+        if raw.endswith("*"):
+            keys.setdefault(f" {rule.label}", []).append(rule)
+            return
+        for suffix in _PLURAL_SUFFIXES:
+            keys.setdefault(f" {rule.label}{suffix} ", []).append(rule)
+
+    def _fired(self, text: str) -> dict[tuple[Category, str], float]:
+        haystack = f" {text} "
+        allowed: list[tuple[int, int]] = []
+        hits: list[tuple[int, int, _Rule]] = []
+        for end, (length, entries) in self._automaton.iter(haystack):
+            for entry in entries:
+                if isinstance(entry, _Rule):
+                    hits.append((end - length + 1, end, entry))
+                else:
+                    allowed.append((end - length + 1, end))
+        fired: dict[tuple[Category, str], float] = {}
+        for start, end, rule in hits:
+            if not any(a <= start and end <= b for a, b in allowed):
+                fired[(rule.category, rule.label)] = rule.weight
+        for pattern, rule in self._regexes:
+            if pattern.search(text):
+                fired[(rule.category, rule.label)] = rule.weight
+        return fired
+
+    def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        return [self._classify_one(p) for p in prompts]
+
+    def _classify_one(self, prompt: str) -> PromptScores:
+        plain = normalize(prompt)
+        fired = self._fired(plain)
+        for variant in deleet_variants(plain):
+            fired.update(self._fired(variant))
+        keep: dict[Category, float] = {}
+        for (cat, _), weight in fired.items():
+            keep[cat] = 1.0 - (1.0 - keep.get(cat, 0.0)) * (1.0 - weight)
+        scores = {cat: min(1.0, max(0.0, keep.get(cat, 0.0))) for cat in Category}
+        matches = tuple(f"{cat.value}:{label}" for cat, label in fired)
+        return PromptScores(scores=scores, matches=matches, normalized=plain)
+
+
+class PromptRulesConfig(ClassifierConfig):
+    """Term/regex prompt rules: the bundled set or a YAML file, plus user ``extra_terms``."""
+
+    kind: Literal["prompt_rules"] = "prompt_rules"
+    rules: str = BUNDLED
+    extra_terms: dict[Category, list[str]] = Field(default_factory=dict)
+
+    def build(self) -> PromptRulesClassifier:
+        return PromptRulesClassifier(rules=self.rules, extra_terms=self.extra_terms)
