@@ -1,0 +1,35 @@
+"""``kind: sd_safety_checker`` — the pipeline's own Stable Diffusion safety checker as one vote.
+
+The checkpoint's 17 concepts and 3 special-care concepts only, exactly SD's algorithm (see
+:mod:`safety_lora.classifiers.clip_concepts`, which does the work): one ``sexual`` score per
+image, >= 0.5 where SD would have blacked the image out. Per-concept scores are in ``labels``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from safety_lora.classifiers.clip_concepts import ClipConceptsClassifier
+from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.taxonomy import Category
+
+
+class SDSafetyCheckerConfig(ClassifierConfig):
+    """A folder (or hub id) with a ``StableDiffusionSafetyChecker`` and its image processor."""
+
+    kind: Literal["sd_safety_checker"] = "sd_safety_checker"
+    model: str = Field(min_length=1)
+    batch_size: int = Field(default=8, ge=1)
+    device: str = "cpu"
+
+    def build(self) -> ClipConceptsClassifier:
+        return ClipConceptsClassifier(
+            model=self.model,
+            category=Category.SEXUAL,
+            special_care_category=None,
+            batch_size=self.batch_size,
+            device=self.device,
+            name="sd_safety_checker",
+        )
