@@ -1,0 +1,122 @@
+"""``safety-lora generate``: make images under a policy; write images, decisions and audit lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
+from safety_lora.taxonomy import Category
+
+#: Categories an ``--adapter`` file is credited with (risk in any of them boosts it).
+_ADAPTER_CATEGORIES = [c for c in Category if c is not Category.MINORS]
+
+
+def default_pipeline() -> Any:
+    """The embedded default model: the trained concept-world model once it ships, else tiny."""
+    import importlib
+
+    try:
+        factory = getattr(importlib.import_module("safety_lora.models"), "concept_world", None)
+    except ImportError:
+        factory = None
+    if callable(factory):
+        return factory()
+    from safety_lora.testing import tiny_pipeline
+
+    return tiny_pipeline()
+
+
+def _policy(name_or_path: str, adapters: list[Path], out: Path) -> Policy:
+    policy = Policy.load(name_or_path)
+    extra = [AdapterSpec(path=p.resolve(), categories=_ADAPTER_CATEGORIES) for p in adapters]
+    steering = policy.steering.model_copy(update={"adapters": [*policy.steering.adapters, *extra]})
+    audit = policy.audit
+    if audit.path is None:
+        audit = audit.model_copy(update={"path": (out / "audit.jsonl").resolve()})
+    return policy.model_copy(update={"steering": steering, "audit": audit})
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text prompt.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for images, decisions.json, audit.")],
+    policy: Annotated[
+        str, typer.Option("--policy", help="Policy file or preset name.")
+    ] = "balanced",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Diffusers folder or hub id (default: embedded).")
+    ] = None,
+    adapter: Annotated[
+        list[Path] | None, typer.Option("--adapter", help="Extra steering LoRA (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
+    n: Annotated[int, typer.Option("-n", min=1, help="Images to generate.")] = 1,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 20,
+    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale.")] = 7.5,
+) -> None:
+    """Generate N images for PROMPT under the policy and explain every decision."""
+    import torch
+
+    from safety_lora.pipeline import SafePipeline
+
+    err = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen = _policy(policy, list(adapter or []), out)
+    except PolicyError as e:
+        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from e
+    if model is None:
+        pipe = default_pipeline()
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(model)  # type: ignore[no-untyped-call]
+    pipe.set_progress_bar_config(disable=True)
+    safe = SafePipeline(pipe, chosen)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
+    ) as progress:
+        task = progress.add_task("generation 1", total=steps)
+        runs = [0]
+
+        def on_step(p: Any, step: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if step == 0:  # a new inner generation: the first attempt or a regeneration
+                runs[0] += 1
+                progress.reset(task, total=int(getattr(p, "num_timesteps", steps) or steps))
+                progress.update(task, description=f"generation {runs[0]}")
+            progress.advance(task)
+            return tensors
+
+        result = safe(
+            prompt,
+            num_images_per_prompt=n,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator().manual_seed(seed),
+            callback_on_step_end=on_step,
+        )
+    records = []
+    for i, (image, decision) in enumerate(zip(result.images, result.decisions, strict=True)):
+        name = f"image_{i:03d}.png"
+        image.save(out / name)
+        records.append({"file": name, **decision.to_dict()})
+    (out / "decisions.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    console = Console()
+    for record in records:
+        console.print(
+            f"{record['file']}: [bold]{record['action']}[/bold] ({record['rule']}, "
+            f"attempts {record['attempts']})",
+            highlight=False,
+        )
+    console.print(f"wrote {len(records)} images, decisions.json and audit to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``generate`` command."""
+    app.command("generate")(generate)

@@ -1,0 +1,398 @@
+"""``SafePipeline``: a drop-in wrapper enforcing a policy around a diffusers pipeline.
+
+One call: each prompt is checked (refused prompts are not generated), the rest are
+generated under the policy's steering strengths, every image is judged on its own, images
+judged ``regenerate`` are generated again with a derived seed and the next strength on the
+escalation ladder, and the final decisions are applied (allow / blur / replace / block) and
+written to the audit log.
+
+Seeds for regeneration: attempt 1 uses the caller's generator(s) unchanged. Image ``i`` of
+the call (prompt-major order, as diffusers orders its outputs) has a base seed ``s_i``: the
+``initial_seed()`` of ``generator[i]`` for a generator list, of the single ``generator``
+otherwise, or a seed drawn by the wrapper when no generator was passed (then attempt 1 runs
+with ``torch.Generator().manual_seed(s_i)``). Attempt ``k >= 2`` runs with
+``manual_seed(derive_seed(s_i, i, k))``: the same request always regenerates the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
+import torch
+from diffusers.utils.outputs import BaseOutput
+from PIL import Image
+
+from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
+from safety_lora.steering import Steering
+from safety_lora.taxonomy import Action
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from safety_lora.policies.schema import Policy
+
+__all__ = ["SafePipeline", "SafePipelineOutput", "SafeTuple", "derive_seed"]
+
+#: Arguments holding one entry per prompt (sliced when prompts are generated apart).
+_PER_PROMPT = (
+    "prompt",
+    "prompt_2",
+    "negative_prompt",
+    "negative_prompt_2",
+    "prompt_embeds",
+    "negative_prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+    "image",
+    "mask_image",
+)
+#: Arguments holding one entry per image.
+_PER_IMAGE = ("generator", "latents")
+
+
+def derive_seed(seed: int, index: int, attempt: int) -> int:
+    """The seed of image ``index``'s ``attempt`` (>= 2): a hash of (seed, index, attempt)."""
+    digest = hashlib.sha256(f"safety-lora:{seed}:{index}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+@dataclass
+class SafePipelineOutput(BaseOutput):  # type: ignore[misc]
+    """What the policy lets through, diffusers-style, plus one explained decision per image.
+
+    ``images`` has the caller's ``output_type`` (list of PIL images, ``np.ndarray`` or
+    ``torch.Tensor``); ``nsfw_content_detected[i]`` is ``decisions[i].flagged``.
+    """
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    nsfw_content_detected: list[bool]
+    decisions: list[Decision]
+
+
+class SafeTuple(tuple[Any, ...]):
+    """The ``return_dict=False`` result: the wrapped pipeline's tuple, plus ``.decisions``.
+
+    It unpacks exactly like the inner pipeline's tuple (``images, nsfw = ...`` for SD,
+    ``(images,)`` for SDXL), so existing code keeps working.
+    """
+
+    decisions: list[Decision]
+
+
+@dataclass
+class _Slot:
+    """One requested image while it is being generated and judged."""
+
+    index: int
+    prompt: int
+    seed: int
+    native: Any = None
+    decision: Decision | None = None
+    scales: tuple[dict[str, float], ...] = ()
+
+
+class SafePipeline:
+    """Wraps ``pipe`` so every call is checked, steered, judged and audited by ``policy``.
+
+    ``pipe.safety_checker`` (when present) is switched off for the duration of each call,
+    since the policy's classifiers judge; its class name is kept in
+    :attr:`disabled_safety_checker`. The adapters named in ``policy.steering`` are loaded
+    onto ``pipe.unet`` now and owned by :attr:`steering`; :meth:`close` removes them.
+    """
+
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        policy: Policy,
+        *,
+        engine: PolicyEngine | None = None,
+    ) -> None:
+        if not callable(pipe):
+            raise ValueError(f"`pipe` must be a callable diffusers pipeline, got {type(pipe)}")
+        if engine is not None and engine.policy is not policy:
+            raise ValueError("`engine` was built for another policy than `policy`")
+        self.pipe: Any = pipe
+        self.policy = policy
+        self.engine = engine or PolicyEngine(policy)
+        checker = getattr(pipe, "safety_checker", None)
+        self.disabled_safety_checker: str | None = (
+            type(checker).__name__ if checker is not None else None
+        )
+        self.steering = Steering(pipe, policy.steering)
+        self._signature = inspect.signature(pipe.__call__)
+        self._var_keyword = next(
+            (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD), ""
+        )
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, policy: Policy, **kwargs: Any) -> SafePipeline:
+        """``DiffusionPipeline.from_pretrained(path_or_id, **kwargs)``, wrapped."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)  # type: ignore[no-untyped-call]
+        return cls(pipe, policy)
+
+    def close(self) -> None:
+        """Remove the safety adapters from ``pipe.unet`` (unfusing them first)."""
+        self.steering.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Read-only conveniences (device, components, config...) come from the inner pipe.
+        if name == "pipe":
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+    # -- one call --------------------------------------------------------------------------
+
+    @overload
+    def __call__(
+        self, *args: Any, return_dict: Literal[True] = ..., **kwargs: Any
+    ) -> SafePipelineOutput: ...
+    @overload
+    def __call__(self, *args: Any, return_dict: Literal[False], **kwargs: Any) -> SafeTuple: ...
+
+    def __call__(
+        self, *args: Any, return_dict: bool = True, **kwargs: Any
+    ) -> SafePipelineOutput | SafeTuple:
+        """Call the wrapped pipeline with the same arguments, under the policy."""
+        call = dict(self._signature.bind_partial(*args, **kwargs).arguments)
+        call.update(call.pop(self._var_keyword, None) or {})
+        output_type = call.get("output_type", "pil") or "pil"
+        prompts = self._prompts(call)
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
+        per = int(call.get("num_images_per_prompt") or 1)
+        request_id = new_request_id()
+        checks = [self.engine.check_prompt(p or "", request_id=request_id) for p in prompts]
+        seeds = self._seeds(call, len(prompts) * per)
+        slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]
+        refused = {p for p, pd in enumerate(checks) if pd.refused}
+        for p in refused:
+            for slot, decision in zip(
+                slots[p * per : (p + 1) * per], self.engine.refused(checks[p], per), strict=True
+            ):
+                slot.decision = decision
+        has_nsfw = self._generate_first(call, slots, checks, refused, per, request_id)
+        self._escalate(call, slots, checks, request_id)
+        images = self._finish(slots, prompts, call, output_type)
+        decisions = [s.decision for s in slots if s.decision is not None]
+        if not return_dict:
+            result = SafeTuple((images, [d.flagged for d in decisions]) if has_nsfw else (images,))
+            result.decisions = decisions
+            return result
+        return SafePipelineOutput(
+            images=images, nsfw_content_detected=[d.flagged for d in decisions], decisions=decisions
+        )
+
+    def _prompts(self, call: dict[str, Any]) -> list[str | None]:
+        prompt = call.get("prompt")
+        if isinstance(prompt, str):
+            return [prompt]
+        if isinstance(prompt, (list, tuple)):
+            return list(prompt)
+        if prompt is not None:
+            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt)}")
+        if self.engine.prompt_classifiers:
+            raise ValueError(
+                "`prompt` is required: the policy checks prompt text, which `prompt_embeds` hide"
+            )
+        embeds = call.get("prompt_embeds")
+        return [None] * (int(embeds.shape[0]) if isinstance(embeds, torch.Tensor) else 1)
+
+    def _seeds(self, call: dict[str, Any], n: int) -> list[int]:
+        """Each image's base seed (see the module docstring); installs one when none was given."""
+        generator = call.get("generator")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n:
+                raise ValueError(f"`generator` is a list of {len(generator)}, expected {n} images")
+            return [int(g.initial_seed()) for g in generator]
+        if isinstance(generator, torch.Generator):
+            return [int(generator.initial_seed())] * n
+        seed = secrets.randbits(63)
+        call["generator"] = torch.Generator().manual_seed(seed)
+        return [seed] * n
+
+    def _run(self, call: dict[str, Any], scales: dict[str, float]) -> tuple[list[Any], bool]:
+        """One inner pipeline call under the lock: native per-image outputs, has-nsfw-field."""
+        with self.steering.apply(scales, call) as kwargs:
+            checker = self.pipe.__dict__.get("safety_checker")
+            if checker is not None:
+                object.__setattr__(self.pipe, "safety_checker", None)
+            try:
+                out = self.pipe(**kwargs, return_dict=True)
+            finally:
+                if checker is not None:
+                    object.__setattr__(self.pipe, "safety_checker", checker)
+        images = out.images if hasattr(out, "images") else out[0]
+        native = list(images) if not isinstance(images, list) else images
+        return native, hasattr(out, "nsfw_content_detected")
+
+    def _judge(
+        self,
+        slots: Sequence[_Slot],
+        pd: PromptDecision,
+        attempt: int,
+        scales: dict[str, float],
+        request_id: str,
+    ) -> None:
+        decisions = self.engine.judge(
+            [_to_pil(s.native) for s in slots],
+            prompt_decision=pd,
+            attempt=attempt,
+            steering_scales=scales,
+            request_id=request_id,
+        )
+        for slot, decision in zip(slots, decisions, strict=True):
+            slot.scales = (*slot.scales, dict(scales))
+            slot.decision = replace(decision, attempts=attempt, steering_scales=slot.scales)
+
+    def _generate_first(
+        self,
+        call: dict[str, Any],
+        slots: list[_Slot],
+        checks: list[PromptDecision],
+        refused: set[int],
+        per: int,
+        request_id: str,
+    ) -> bool:
+        """Attempt 1: one inner call per group of prompts sharing the same strengths."""
+        groups: dict[tuple[tuple[str, float], ...], list[int]] = {}
+        for p, pd in enumerate(checks):
+            if p not in refused:
+                key = tuple(sorted(self.engine.steering_scales(pd, 1).items()))
+                groups.setdefault(key, []).append(p)
+        has_nsfw = hasattr(self.pipe, "safety_checker")
+        for key, prompts in groups.items():
+            scales = dict(key)
+            sub = call if len(prompts) == len(checks) else _subset(call, prompts, per, len(checks))
+            native, has_nsfw = self._run(sub, scales)
+            group = [slots[p * per + j] for p in prompts for j in range(per)]
+            if len(native) != len(group):
+                raise RuntimeError(f"the pipeline returned {len(native)} images for {len(group)}")
+            for slot, image in zip(group, native, strict=True):
+                slot.native = image
+            for p in prompts:
+                own = group[prompts.index(p) * per : (prompts.index(p) + 1) * per]
+                self._judge(own, checks[p], 1, scales, request_id)
+        return has_nsfw
+
+    def _escalate(
+        self,
+        call: dict[str, Any],
+        slots: list[_Slot],
+        checks: list[PromptDecision],
+        request_id: str,
+    ) -> None:
+        """Attempts 2..max: regenerate flagged images, one inner call per prompt and attempt."""
+        n_prompts = len(checks)
+        per = len(slots) // max(1, n_prompts)
+        for attempt in range(2, self.policy.escalation.max_attempts + 1):
+            todo = [s for s in slots if s.decision and s.decision.action is Action.REGENERATE]
+            if not todo:
+                return
+            for p in sorted({s.prompt for s in todo}):
+                mine = [s for s in todo if s.prompt == p]
+                scales = self.engine.steering_scales(checks[p], attempt)
+                sub = _subset(call, [p], per, n_prompts)
+                sub["num_images_per_prompt"] = len(mine)
+                sub.pop("latents", None)  # fixed latents would regenerate the same image
+                device = _generator_device(call.get("generator"))
+                sub["generator"] = [
+                    torch.Generator(device).manual_seed(derive_seed(s.seed, s.index, attempt))
+                    for s in mine
+                ]
+                native, _ = self._run(sub, scales)
+                for slot, image in zip(mine, native, strict=True):
+                    slot.native = image
+                self._judge(mine, checks[p], attempt, scales, request_id)
+
+    def _finish(
+        self,
+        slots: list[_Slot],
+        prompts: list[str | None],
+        call: dict[str, Any],
+        output_type: str,
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        """Apply each final decision, audit once per image, and assemble the output."""
+        like = next((s.native for s in slots if s.native is not None), None)
+        size = _to_pil(like).size if like is not None else self._default_size(call)
+        out: list[Any] = []
+        for slot in slots:
+            assert slot.decision is not None
+            if slot.native is None:  # refused prompt: nothing was generated
+                pil = self.engine.apply(Image.new("RGB", size), slot.decision)
+                out.append(_from_pil(pil, output_type, like))
+            elif slot.decision.action is Action.ALLOW:
+                out.append(slot.native)
+            else:
+                pil = self.engine.apply(_to_pil(slot.native), slot.decision)
+                out.append(_from_pil(pil, output_type, slot.native))
+        for p, prompt in enumerate(prompts):
+            mine = [s.decision for s in slots if s.prompt == p and s.decision is not None]
+            self.engine.record(mine, prompt=prompt)
+        if output_type == "np":
+            return np.stack(out)
+        if output_type == "pt":
+            return torch.stack(out)
+        return out
+
+    def _default_size(self, call: dict[str, Any]) -> tuple[int, int]:
+        image = call.get("image")
+        if isinstance(image, Image.Image):
+            return image.size
+        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        side = int(getattr(self.pipe.unet.config, "sample_size", 64)) * factor
+        return int(call.get("width") or side), int(call.get("height") or side)
+
+
+def _subset(call: dict[str, Any], prompts: list[int], per: int, n_prompts: int) -> dict[str, Any]:
+    """``call`` restricted to ``prompts`` (indices), slicing per-prompt and per-image args."""
+    sub = dict(call)
+    images = [p * per + j for p in prompts for j in range(per)]
+    for name, index in [*((n, prompts) for n in _PER_PROMPT), *((n, images) for n in _PER_IMAGE)]:
+        sub[name] = _take(
+            call.get(name), index, n_prompts if name in _PER_PROMPT else n_prompts * per
+        )
+    return sub
+
+
+def _take(value: Any, index: list[int], n: int) -> Any:
+    """``value[index]`` when ``value`` has one entry per item (list or batch tensor), else as is."""
+    if isinstance(value, (list, tuple)) and len(value) == n and n > 1:
+        return [value[i] for i in index]
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n and n > 1:
+        return value[index]
+    return value
+
+
+def _generator_device(generator: Any) -> torch.device:
+    first = generator[0] if isinstance(generator, (list, tuple)) else generator
+    return first.device if isinstance(first, torch.Generator) else torch.device("cpu")
+
+
+def _to_pil(native: Any) -> Image.Image:
+    """One output image (PIL, HWC float array or CHW tensor in 0..1) as an RGB PIL image."""
+    if isinstance(native, Image.Image):
+        return native
+    if isinstance(native, torch.Tensor):
+        native = native.detach().cpu().float().permute(1, 2, 0).numpy()
+    array = np.clip(np.asarray(native) * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+
+
+def _from_pil(image: Image.Image, output_type: str, like: Any) -> Any:
+    """``image`` in the caller's ``output_type``, matching ``like``'s dtype/device."""
+    if output_type == "pil":
+        return image
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if output_type == "np":
+        return array.astype(like.dtype) if isinstance(like, np.ndarray) else array
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return tensor.to(like) if isinstance(like, torch.Tensor) else tensor

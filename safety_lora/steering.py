@@ -1,0 +1,248 @@
+"""The owner of the safety adapters' state on a pipeline's UNet.
+
+:class:`Steering` loads the policy's adapters once, and for every call sets their strengths
+explicitly (diffusers leaves stale scales behind after ``fuse_lora``/``unfuse_lora`` and
+``cross_attention_kwargs={"scale": ...}``), optionally only inside a timestep window, under
+one lock, and restores the resting state afterwards. Before every call it re-asserts that
+the adapters are present, enabled and fused only by itself, so a user's ``disable_lora()``,
+``set_adapters()`` or ``fuse_lora()`` on the inner pipeline cannot silently remove safety.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from safety_lora.policies.schema import AdapterIntegrityError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from peft.tuners.lora import LoraLayer
+
+    from safety_lora.policies.schema import SteeringPolicy
+
+__all__ = ["Steering", "SteeringError"]
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+
+
+class SteeringError(RuntimeError):
+    """The safety adapters were changed on the inner pipeline in a way that cannot be undone."""
+
+
+class Steering:
+    """Loads ``config.adapters`` onto ``pipe.unet`` and applies them per call.
+
+    ``dynamic`` mode sets each request's strengths on the LoRA layers (optionally only for
+    steps inside ``config.window``). ``fused`` mode folds the base strengths into the UNet
+    weights once (no per-step cost); a request that needs other strengths (prompt risk,
+    escalation) is run unfused at those strengths and the weights are re-fused afterwards.
+    :meth:`close` unfuses and removes the adapters, leaving the pipeline as it was.
+    """
+
+    def __init__(self, pipe: DiffusionPipeline, config: SteeringPolicy) -> None:
+        if config.mode == "fused" and tuple(config.window) != (0.0, 1.0):
+            raise ValueError(
+                f"`window` must be (0.0, 1.0) in fused mode (fused weights cannot switch per "
+                f"step), got {tuple(config.window)}"
+            )
+        unet: Any = getattr(pipe, "unet", None)
+        if config.adapters and unet is None:
+            raise ValueError(f"steering adapters need a pipeline with a `unet`, got {type(pipe)}")
+        self.pipe: Any = pipe
+        self.mode = config.mode
+        self.window = (float(config.window[0]), float(config.window[1]))
+        self.base_scales = {a.adapter_name: float(a.scale) for a in config.adapters}
+        self.sha256: dict[str, str] = {}
+        self.lock = threading.RLock()
+        self._fused_at: dict[str, float] | None = None
+        existing = set(getattr(unet, "peft_config", None) or {})
+        for spec in config.adapters:
+            name = spec.adapter_name
+            if name in existing:
+                raise ValueError(f"adapter name {name!r} is already loaded on `pipe.unet`")
+            self.sha256[name] = spec.verified_sha256()
+            if spec.path.suffix != ".safetensors":
+                raise AdapterIntegrityError(
+                    f"steering adapter {str(spec.path)!r}: only .safetensors files are loaded"
+                )
+            # UNet only (safety adapters steer the denoiser); also for pipelines without
+            # diffusers' LoRA loader mixin.
+            unet.load_lora_adapter(str(spec.path), prefix="unet", adapter_name=name)
+        self._layers: list[LoraLayer] = self._collect_layers()
+        with self.lock:
+            self._activate()
+            self._rest()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The adapter names this object owns on ``pipe.unet``."""
+        return tuple(self.base_scales)
+
+    def _collect_layers(self) -> list[LoraLayer]:
+        if not self.base_scales:
+            return []
+        from peft.tuners.lora import LoraLayer
+
+        return [
+            m
+            for m in self.pipe.unet.modules()
+            if isinstance(m, LoraLayer) and any(n in m.scaling for n in self.base_scales)
+        ]
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _set(self, scales: Mapping[str, float], divisor: float = 1.0) -> None:
+        """Set our adapters' strengths on every layer (``/divisor`` undoes a user's lora scale)."""
+        for layer in self._layers:
+            for name, value in scales.items():
+                layer.set_scale(name, value / divisor)
+
+    def _activate(self) -> None:
+        """Make our adapters active next to whatever other adapters the user has active."""
+        unet = self.pipe.unet
+        active = list(unet.active_adapters()) if self._layers else []
+        if all(n in active for n in self.names):
+            return
+        others = [a for a in active if a not in self.base_scales]
+        weights = [self._current_weight(a) for a in others]
+        unet.set_adapters([*others, *self.names], [*weights, *self.base_scales.values()])
+
+    def _current_weight(self, adapter: str) -> float:
+        """A user adapter's ``set_adapters`` weight, read back from its first LoRA layer."""
+        from peft.tuners.lora import LoraLayer
+
+        for m in self.pipe.unet.modules():
+            if isinstance(m, LoraLayer) and adapter in m.scaling:
+                unit = m.lora_alpha[adapter] / m.r[adapter]
+                return float(m.scaling[adapter] / unit) if unit else 1.0
+        return 1.0
+
+    def _merged(self) -> set[str]:
+        return {a for layer in self._layers for a in layer.merged_adapters}
+
+    def _fuse(self, scales: Mapping[str, float]) -> None:
+        self._set(scales)
+        for layer in self._layers:
+            layer.merge(adapter_names=[n for n in self.names if n in layer.scaling])
+        self._fused_at = dict(scales)
+
+    def _unfuse(self) -> None:
+        # peft subtracts the delta at the *current* scaling: put back the one we fused at.
+        if self._fused_at is not None:
+            self._set(self._fused_at)
+        for layer in self._layers:
+            if layer.merged:
+                layer.unmerge()
+        self._fused_at = None
+
+    def _rest(self) -> None:
+        """The resting state: base strengths, fused in fused mode."""
+        if self.mode == "fused":
+            if self._fused_at != self.base_scales:
+                self._unfuse()
+                self._fuse(self.base_scales)
+        else:
+            self._set(self.base_scales)
+
+    def assert_state(self) -> None:
+        """Re-assert our adapters: present, active, enabled, fused only by us (call under lock)."""
+        if not self._layers:
+            return
+        unet = self.pipe.unet
+        missing = [n for n in self.names if n not in (getattr(unet, "peft_config", None) or {})]
+        if missing:
+            raise SteeringError(
+                f"safety adapters {missing} were removed from `pipe.unet` (delete_adapters or "
+                f"unload_lora_weights on the inner pipeline); build a new SafePipeline"
+            )
+        merged = self._merged()
+        foreign = sorted(merged - set(self.names))
+        if foreign:
+            raise SteeringError(
+                f"`pipe.unet` has adapters {foreign} fused into its weights by someone else; the "
+                f"safety layer cannot account for them. Call `pipe.unfuse_lora()` first"
+            )
+        expected = set(self.names) if self._fused_at is not None else set()
+        if merged != expected:
+            logger.warning("safety adapters were fused/unfused on the inner pipeline; restoring")
+            self._unfuse()
+        if any(layer.disable_adapters for layer in self._layers):
+            logger.warning("safety adapters were disabled on the inner pipeline; re-enabling")
+            unet.enable_lora()
+        self._activate()
+        if self.mode == "fused" and self._fused_at is None:
+            self._fuse(self.base_scales)
+
+    # -- one call --------------------------------------------------------------------------
+
+    @contextmanager
+    def apply(
+        self, scales: Mapping[str, float], kwargs: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        """Hold the lock, set ``scales`` for one pipeline call, yield its kwargs, then restore.
+
+        The yielded kwargs carry our step callback when a window is set (chained after the
+        user's ``callback_on_step_end``, whose returned tensors are still honoured).
+        """
+        unknown = sorted(set(scales) - set(self.names))
+        if unknown:
+            raise ValueError(f"`scales` names unknown adapters {unknown}; known: {self.names}")
+        user_scale = float((kwargs.get("cross_attention_kwargs") or {}).get("scale", 1.0))
+        if self._layers and user_scale == 0.0:
+            raise ValueError(
+                "`cross_attention_kwargs['scale']` of 0 would switch the safety adapters off; "
+                "disable your own adapters with `pipe.set_adapters(...)` instead"
+            )
+        wanted = {n: float(scales.get(n, s)) for n, s in self.base_scales.items()}
+        with self.lock:
+            self.assert_state()
+            try:
+                if self.mode == "fused" and wanted != self._fused_at:
+                    self._unfuse()
+                if self._fused_at is None:
+                    off = dict.fromkeys(wanted, 0.0)
+                    self._set(wanted if self.window[0] == 0.0 else off, user_scale)
+                    if self.window != (0.0, 1.0) and self._layers:
+                        kwargs = self._with_window(kwargs, wanted, off, user_scale)
+                yield kwargs
+            finally:
+                self._rest()
+
+    def _with_window(
+        self,
+        kwargs: dict[str, Any],
+        on: Mapping[str, float],
+        off: Mapping[str, float],
+        divisor: float,
+    ) -> dict[str, Any]:
+        """Chain a step-end callback that switches strengths for the next step (i+1)/N."""
+        user = kwargs.get("callback_on_step_end")
+        lo, hi = self.window
+        out = dict(kwargs)
+        if user is not None and hasattr(user, "tensor_inputs"):
+            out["callback_on_step_end_tensor_inputs"] = list(user.tensor_inputs)
+
+        def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+            result = user(pipe, step, timestep, tensors) if user is not None else tensors
+            total = max(1, int(getattr(pipe, "num_timesteps", 0) or 1))
+            position = (step + 1) / total
+            self._set(on if lo <= position < hi else off, divisor)
+            return result
+
+        out["callback_on_step_end"] = step_end
+        return out
+
+    def close(self) -> None:
+        """Unfuse and remove our adapters from the UNet; the pipeline is as it was before."""
+        with self.lock:
+            if not self._layers:
+                return
+            self._unfuse()
+            self.pipe.unet.delete_adapters(list(self.names))
+            self._layers = []

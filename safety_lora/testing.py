@@ -1,0 +1,236 @@
+"""Offline test fixtures: tiny random diffusers pipelines and LoRA files built in code.
+
+Nothing here downloads: every component is built from a small config, and the CLIP
+tokenizer comes from a vocabulary written by this module (byte-level BPE, a few merges).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
+
+__all__ = ["TINY_WORDS", "tiny_lora_file", "tiny_pipeline", "tiny_tokenizer"]
+
+#: Words the tiny tokenizer has BPE merges for; anything else falls back to byte tokens.
+TINY_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "painting", "portrait",
+    "cat", "dog", "house", "tree", "car", "person", "woman", "man", "child", "sofa", "red",
+    "blue", "green", "nude", "naked", "blood", "gore", "weapon", "gun", "knife", "violence",
+)  # fmt: skip
+
+_MAX_LENGTH = 77
+_HIDDEN = 32
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table used by byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer over bytes plus :data:`TINY_WORDS` (about 560 ids), max length 77."""
+    chars = list(_bytes_to_unicode().values())
+    tokens = [*chars, *(c + "</w>" for c in chars)]
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        # Merge left to right: ("c", "a") -> "ca", ("ca", "t</w>") -> "cat</w>".
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merge = (parts[0], parts[1])
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(parts[0] + parts[1])
+            parts = [parts[0] + parts[1], *parts[2:]]
+    vocab: dict[str, int] = {}
+    for tok in [*tokens, _BOS, _EOS]:
+        vocab.setdefault(tok, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_LENGTH)
+
+
+def _text_config(tokenizer: CLIPTokenizer, *, projection_dim: int | None = None) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **({} if projection_dim is None else {"projection_dim": projection_dim}),
+    )
+
+
+def _unet(kind: Literal["sd", "sdxl"]) -> UNet2DConditionModel:
+    common: dict[str, object] = {
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": (16, 32),
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 8,
+        "attention_head_dim": (2, 4),
+    }
+    if kind == "sd":
+        return UNet2DConditionModel(cross_attention_dim=_HIDDEN, **common)  # type: ignore[no-untyped-call]
+    return UNet2DConditionModel(  # type: ignore[no-untyped-call]
+        cross_attention_dim=2 * _HIDDEN,  # both text encoders' hidden states, concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + _HIDDEN,  # 6 time ids + pooled text
+        use_linear_projection=True,
+        **common,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(  # type: ignore[no-untyped-call]
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def _scheduler() -> DDIMScheduler:
+    # clip_sample=False: the DDIM default (True) wrecks samples of a small latent model.
+    return DDIMScheduler(  # type: ignore[no-untyped-call]
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def tiny_pipeline(
+    kind: Literal["sd", "sdxl"] = "sd", *, img2img: bool = False, seed: int = 0
+) -> DiffusionPipeline:
+    """A random Stable Diffusion (or SDXL) pipeline of a few hundred kB making 32x32 images.
+
+    The weights depend only on ``seed``; the global torch RNG is left untouched.
+    ``safety_checker`` is ``None`` (SD) and no watermarker is attached (SDXL).
+    """
+    if kind not in ("sd", "sdxl"):
+        raise ValueError(f"`kind` must be 'sd' or 'sdxl', got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _unet(kind)
+        vae = _vae()
+        tokenizer = tiny_tokenizer()
+        text_encoder = CLIPTextModel(_text_config(tokenizer))
+        if kind == "sdxl":
+            text_encoder_2 = CLIPTextModelWithProjection(
+                _text_config(tokenizer, projection_dim=_HIDDEN)
+            )
+    pipe: Any
+    if kind == "sd":
+        cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+        pipe = cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        xl_cls = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
+        pipe = xl_cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tiny_tokenizer(),
+            unet=unet,
+            scheduler=_scheduler(),
+            add_watermarker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_lora_file(
+    pipe: DiffusionPipeline,
+    path: str | Path,
+    *,
+    rank: int = 4,
+    alpha: float | None = None,
+    seed: int = 0,
+    std: float = 0.5,
+    targets: Sequence[str] = ("attn2.to_k", "attn2.to_v", "attn2.to_q", "attn2.to_out.0"),
+) -> Path:
+    """Write a random diffusers/PEFT-format UNet LoRA for ``pipe`` to ``path`` (safetensors).
+
+    Every UNet linear whose name ends with one of ``targets`` gets ``lora_A``/``lora_B`` of
+    rank ``rank`` with entries ~ N(0, std); both are non-zero, so the adapter changes outputs.
+    ``alpha`` (default: ``rank``) is stored in the ``lora_adapter_metadata`` header that
+    diffusers reads back. ``pipe`` is not modified.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"`path` must end with .safetensors, got {str(path)!r}")
+    if rank < 1:
+        raise ValueError(f"`rank` must be >= 1, got {rank}")
+    gen = torch.Generator().manual_seed(seed)
+    layers: dict[str, torch.Tensor] = {}
+    names: list[str] = []
+    unet: torch.nn.Module = pipe.unet  # type: ignore[attr-defined]
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets):
+            names.append(name)
+            a = torch.randn(rank, module.in_features, generator=gen) * std
+            b = torch.randn(module.out_features, rank, generator=gen) * std
+            layers[f"{name}.lora_A.weight"] = a
+            layers[f"{name}.lora_B.weight"] = b
+    if not names:
+        raise ValueError(f"`targets` {list(targets)} match no linear layer of `pipe.unet`")
+    metadata = {"r": rank, "lora_alpha": float(alpha if alpha is not None else rank)}
+    metadata["target_modules"] = names  # type: ignore[assignment]
+    type(pipe).save_lora_weights(  # type: ignore[attr-defined]
+        str(path.parent),
+        unet_lora_layers=layers,
+        weight_name=path.name,
+        unet_lora_adapter_metadata=json.loads(json.dumps(metadata)),
+    )
+    return path

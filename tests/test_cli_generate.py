@@ -1,0 +1,69 @@
+"""``safety-lora generate``: images, decisions.json and audit lines, on a local model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from safety_lora.cli.generate import register
+from safety_lora.testing import tiny_lora_file, tiny_pipeline
+
+POLICY = """
+version: 1
+prompt: {classifiers: []}
+classifiers:
+  - kind: static
+    sequence: [{sexual: 0.9}, {sexual: 0.0}, {sexual: 0.0}]
+categories:
+  sexual: {threshold: 0.5, action: regenerate}
+escalation: {max_attempts: 2, ladder: [1.0, 2.0], final_action: block}
+"""
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # two commands keep `generate` a named subcommand
+    return app
+
+
+def test_generate_writes_images_decisions_and_audit(tmp_path: Path) -> None:
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "model")
+    lora = tiny_lora_file(pipe, tmp_path / "safe.safetensors")
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "generate", "a cat", "--policy", str(tmp_path / "policy.yaml"),
+            "--model", str(tmp_path / "model"), "--adapter", str(lora), "--seed", "3",
+            "-n", "2", "--steps", "2", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "image_000.png") as image:
+        assert image.size == (32, 32)
+    records = json.loads((out / "decisions.json").read_text())
+    # image 0: flagged then clean on attempt 2 at strength 2; image 1: clean at once.
+    assert [(r["file"], r["action"], r["attempts"]) for r in records] == [
+        ("image_000.png", "allow", 2),
+        ("image_001.png", "allow", 1),
+    ]
+    assert records[0]["steering_scales"] == [{"safe": 1.0}, {"safe": 2.0}]
+    audit = (out / "audit.jsonl").read_text().splitlines()
+    assert len(audit) == 2 and json.loads(audit[0])["adapters"]["safe"]
+
+
+def test_generate_reports_a_bad_policy(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("version: 1\nbogus: 1\n")
+    result = CliRunner().invoke(
+        _app(),
+        ["generate", "a cat", "--policy", str(tmp_path / "bad.yaml"), "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2
+    assert "bogus: unknown key" in result.output
