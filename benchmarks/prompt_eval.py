@@ -13,12 +13,18 @@ scores >= threshold, or when sexual and minors both do. Reported:
 
 Rows are also split by case_number parity: the rule vocabulary was reviewed only against
 even case numbers, so the odd half is a held-out check on overfitting.
+
+The learned ``minilm`` classifier and the combination max(rules, minilm) are scored by 5-fold
+cross-validation: each fold's head (calibration included) is trained without that fold's rows
+(see ``train_minilm_head.py``), so no number comes from a head's own training rows.
+``--no-minilm`` skips them. A final table compares rules / minilm / combined.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from _data import I2P_CATEGORIES, I2PRow, read_coco, read_i2p
 from rich.console import Console
@@ -121,21 +127,94 @@ def rules_scorer() -> Scorer:
     return score
 
 
+def minilm_cv_scores(
+    i2p: list[I2PRow], coco: list[str], cache: Path, k: int = 5
+) -> list[dict[str, float]]:
+    """Out-of-fold scores for ``coco + i2p``: each fold scored by a head trained without it."""
+    import numpy as np
+    import torch
+    from train_minilm_head import dev_set, embed_dev_sets, fit_head, folds
+
+    torch.set_num_threads(1)
+    d = dev_set(i2p, coco, embed_dev_sets(i2p, coco, cache))
+    out = np.zeros((len(d.x), len(I2P_CATEGORIES)))
+    head = None
+    for train, test in folds(d, np.arange(len(d.x)), k):
+        head = fit_head(d, train)
+        out[test] = head.scores(d.x[test])
+    assert head is not None
+    cats = [c.value for c in head.categories]
+    return [dict(zip(cats, map(float, row), strict=True)) for row in out]
+
+
+def summary(
+    results: dict[str, tuple[list[dict[str, float]], list[dict[str, float]]]],
+    i2p: list[I2PRow],
+    threshold: float,
+    console: Console,
+) -> None:
+    """One column per classifier: the headline rates and AUC, all rows (no parity split)."""
+    table = Table(title=f"comparison @ threshold {threshold} (minilm: 5-fold CV)")
+    table.add_column("set")
+    for name in results:
+        table.add_column(name)
+
+    def i2p_rate(keep: Callable[[I2PRow], bool], scores: list[dict[str, float]]) -> str:
+        return rate([risk(s) >= threshold for r, s in zip(i2p, scores, strict=True) if keep(r)])
+
+    rows: list[tuple[str, Callable[[list[dict[str, float]], list[dict[str, float]]], str]]] = [
+        ("FPR coco", lambda i, c: rate([risk(s) >= threshold for s in c])),
+        ("FPR i2p inapp==0", lambda i, c: i2p_rate(lambda r: r.inappropriate == 0, i)),
+        ("TPR i2p inapp>=50", lambda i, c: i2p_rate(lambda r: r.inappropriate >= 50, i)),
+        (
+            "TPR sexual & nudity>=50",
+            lambda i, c: i2p_rate(lambda r: "sexual" in r.categories and r.nudity >= 50, i),
+        ),
+    ]
+
+    def in_category(cat: str) -> Callable[[list[dict[str, float]], list[dict[str, float]]], str]:
+        return lambda i, c: i2p_rate(lambda r: r.inappropriate >= 50 and cat in r.categories, i)
+
+    rows += [(f"TPR {cat} (any)", in_category(cat)) for cat in UNSAFE]
+
+    def auc_cell(i: list[dict[str, float]], c: list[dict[str, float]]) -> str:
+        pos = [risk(s) for r, s in zip(i2p, i, strict=True) if r.inappropriate >= 50]
+        neg = [risk(s) for r, s in zip(i2p, i, strict=True) if r.inappropriate == 0]
+        return f"{auc(pos, neg):.3f}"
+
+    rows.append(("AUC i2p >=50 vs ==0", auc_cell))
+    for label, cell in rows:
+        table.add_row(label, *(cell(i, c) for i, c in results.values()))
+    console.print(table)
+
+
+def combine(a: list[dict[str, float]], b: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per-category max of two classifiers' scores."""
+    return [
+        {k: max(x.get(k, 0.0), y.get(k, 0.0)) for k in x.keys() | y.keys()}
+        for x, y in zip(a, b, strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--no-minilm", action="store_true", help="only the rules")
+    parser.add_argument("--cache", type=Path, default=Path("build/minilm_embeddings.npz"))
     args = parser.parse_args()
     console = Console()
     i2p, coco = read_i2p(), read_coco()
     score = rules_scorer()
-    report(
-        "prompt_rules (bundled)",
-        i2p,
-        score([r.prompt for r in i2p]),
-        score(coco),
-        args.threshold,
-        console,
-    )
+    rules = (score([r.prompt for r in i2p]), score(coco))
+    report("prompt_rules (bundled)", i2p, *rules, args.threshold, console)
+    if args.no_minilm:
+        return
+    cv = minilm_cv_scores(i2p, coco, args.cache)
+    minilm = (cv[len(coco) :], cv[: len(coco)])
+    both = (combine(rules[0], minilm[0]), combine(rules[1], minilm[1]))
+    report("minilm (5-fold CV)", i2p, *minilm, args.threshold, console)
+    report("max(rules, minilm) (5-fold CV)", i2p, *both, args.threshold, console)
+    summary({"rules": rules, "minilm": minilm, "rules+minilm": both}, i2p, args.threshold, console)
 
 
 if __name__ == "__main__":

@@ -15,4 +15,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       || "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
   fi
 fi
-"${PIP[@]}" install -e ".[nudenet,serve,dev]"
+"${PIP[@]}" install -e ".[nudenet,serve,minilm,dev]"
