@@ -153,15 +153,33 @@ class SafePipeline:
 
     @overload
     def __call__(
-        self, *args: Any, return_dict: Literal[True] = ..., **kwargs: Any
+        self,
+        *args: Any,
+        return_dict: Literal[True] = ...,
+        safety_request_id: str | None = ...,
+        **kwargs: Any,
     ) -> SafePipelineOutput: ...
     @overload
-    def __call__(self, *args: Any, return_dict: Literal[False], **kwargs: Any) -> SafeTuple: ...
+    def __call__(
+        self,
+        *args: Any,
+        return_dict: Literal[False],
+        safety_request_id: str | None = ...,
+        **kwargs: Any,
+    ) -> SafeTuple: ...
 
     def __call__(
-        self, *args: Any, return_dict: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        return_dict: bool = True,
+        safety_request_id: str | None = None,
+        **kwargs: Any,
     ) -> SafePipelineOutput | SafeTuple:
-        """Call the wrapped pipeline with the same arguments, under the policy."""
+        """Call the wrapped pipeline with the same arguments, under the policy.
+
+        ``safety_request_id`` (not passed to the pipeline) tags every decision and audit line of
+        this call, e.g. with an HTTP request's id; a fresh one is made when it is None.
+        """
         call = dict(self._signature.bind_partial(*args, **kwargs).arguments)
         call.update(call.pop(self._var_keyword, None) or {})
         output_type = call.get("output_type", "pil") or "pil"
@@ -169,7 +187,7 @@ class SafePipeline:
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         per = int(call.get("num_images_per_prompt") or 1)
-        request_id = new_request_id()
+        request_id = safety_request_id or new_request_id()
         checks = [self.engine.check_prompt(p or "", request_id=request_id) for p in prompts]
         seeds = self._seeds(call, len(prompts) * per)
         slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]

@@ -1,0 +1,97 @@
+"""``safety-lora serve``: the HTTP service; ``safety-lora serve hash-key``: make a key's hash."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from safety_lora.policies.schema import PolicyError
+from safety_lora.service.settings import ServiceSettings, hash_api_key
+
+serve_app = typer.Typer(
+    help="Run the HTTP service (needs the serve extra).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@serve_app.callback()
+def serve(
+    ctx: typer.Context,
+    policy: Annotated[
+        str | None, typer.Option("--policy", "-p", help="Policy file or preset name.")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="diffusers pipeline folder (default: embedded model)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    api_key_hash: Annotated[
+        list[str] | None,
+        typer.Option("--api-key-hash", help="sha256 of an accepted API key (repeatable)."),
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", help="Audit log file (JSONL).")
+    ] = None,
+    no_generation: Annotated[
+        bool, typer.Option("--no-generation", help="Moderation only; no model is loaded.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Settings file (YAML/JSON).")
+    ] = None,
+) -> None:
+    """Serve generation and moderation over HTTP; without API keys only on loopback."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides = {
+        "policy": policy,
+        "model": model,
+        "host": host,
+        "port": port,
+        "api_keys": api_key_hash or None,
+        "audit_path": audit_log,
+        "generation": False if no_generation else None,
+    }
+    try:
+        if config is not None:
+            settings = ServiceSettings.from_file(config, **overrides)
+        else:
+            settings = ServiceSettings.from_dict(
+                {k: v for k, v in overrides.items() if v is not None}
+            )
+        from safety_lora.service import serve as run
+
+        run(settings)
+    except (ValueError, PolicyError, ImportError, RuntimeError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from e
+
+
+@serve_app.command("hash-key")
+def hash_key(
+    new: Annotated[bool, typer.Option("--new", help="Generate a fresh random key too.")] = False,
+) -> None:
+    """Print the sha256 hash to configure for an API key (read from stdin or a prompt)."""
+    if new:
+        key = secrets.token_urlsafe(32)
+        typer.echo(f"key:  {key}")
+    elif sys.stdin.isatty():
+        key = typer.prompt("API key", hide_input=True)
+    else:
+        key = sys.stdin.read().strip()
+    try:
+        typer.echo(f"hash: {hash_api_key(key)}" if new else hash_api_key(key))
+    except ValueError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(code=2) from e
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command group."""
+    app.add_typer(serve_app, name="serve")

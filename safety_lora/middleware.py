@@ -1,0 +1,300 @@
+"""``SafetyMiddleware``: pure ASGI middleware moderating an existing app's generation routes.
+
+For a configured route (path pattern + methods) the JSON request's prompt is checked first
+(a refused prompt gets a 400 JSON error carrying the decision; the app is not called), then
+the app's response is judged: an ``image/*`` body, or base64 images found in a JSON body at
+a field path. Images the policy does not allow are replaced in place, re-encoded in their
+own format. Every moderated response carries the decision id header. Any other route, and
+websocket/lifespan traffic, goes to the app untouched and unbuffered (streaming included).
+
+Field paths are dotted (``"input.text"``); ``*`` matches every item of a list or mapping
+(``"data.*.b64_json"``), a number indexes a list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fnmatch
+import json
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safety_lora.guard import PromptRefused, SafetyGuard, prompt_decision_dict
+from safety_lora.policies.engine import PromptDecision, new_request_id
+from safety_lora.policies.schema import Policy
+from safety_lora.service.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_b64_image,
+    decode_image,
+    encode_image,
+)
+from safety_lora.taxonomy import Action
+
+__all__ = ["ASGIApp", "GuardedRoute", "SafetyMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DECISION_HEADER = "x-safety-decision"
+
+
+@dataclass(frozen=True)
+class GuardedRoute:
+    """A route to moderate: ``path`` is a glob (``fnmatch``) on the request path.
+
+    ``prompt_field`` is where the prompt sits in the JSON request body (None: no prompt
+    check); ``images_field`` is where base64 images sit in a JSON response body.
+    """
+
+    path: str
+    methods: frozenset[str] = field(default_factory=lambda: frozenset({"POST"}))
+    prompt_field: str | None = "prompt"
+    images_field: str = "data.*.b64_json"
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"`path` must start with '/', got {self.path!r}")
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+
+    def matches(self, method: str, path: str) -> bool:
+        """True when a request with ``method`` and ``path`` is moderated by this route."""
+        return method.upper() in self.methods and fnmatch.fnmatchcase(path, self.path)
+
+
+class _Reject(Exception):
+    """A request the middleware answers itself with ``status`` and a JSON error."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.extra = status, code, extra
+
+
+class SafetyMiddleware:
+    """Wraps ``app``; ``guard`` is a :class:`SafetyGuard`, a :class:`Policy`, preset or file.
+
+    ``max_body_bytes`` bounds the moderated request bodies it buffers (413 beyond it);
+    ``max_image_pixels`` bounds the response images it decodes.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        guard: SafetyGuard | Policy | str | Path,
+        routes: Sequence[GuardedRoute],
+        max_body_bytes: int = 10 * 1024 * 1024,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        header: str = "X-Safety-Decision",
+    ) -> None:
+        if not routes:
+            raise ValueError("`routes` is empty: the middleware would moderate nothing")
+        if max_body_bytes < 1:
+            raise ValueError(f"`max_body_bytes` must be >= 1, got {max_body_bytes}")
+        self.app = app
+        self.guard = guard if isinstance(guard, SafetyGuard) else SafetyGuard(guard)
+        self.routes = tuple(routes)
+        self.max_body_bytes = max_body_bytes
+        self.max_image_pixels = max_image_pixels
+        self.header = header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._route(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        try:
+            await self._moderate(route, request_id, scope, receive, send)
+        except _Reject as e:
+            body = {"error": {"code": e.code, "message": str(e), **e.extra}}
+            await _send_json(send, e.status, body, [(self.header, request_id.encode())])
+
+    def _route(self, scope: Scope) -> GuardedRoute | None:
+        if scope["type"] != "http":
+            return None
+        method, path = scope["method"], scope["path"]
+        return next((r for r in self.routes if r.matches(method, path)), None)
+
+    async def _moderate(
+        self, route: GuardedRoute, request_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        body = await self._read_body(receive)
+        pd = None
+        if route.prompt_field is not None:
+            prompt = _prompt_from(body, route.prompt_field)
+            pd = await asyncio.to_thread(self.guard.check_prompt, prompt, request_id=request_id)
+            if pd.refused:
+                raise _Reject(
+                    400,
+                    "prompt_refused",
+                    str(PromptRefused(pd)),
+                    decision=prompt_decision_dict(pd),
+                )
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        await self.app(scope, replay, capture)
+        if start is None:
+            raise RuntimeError("the app returned without starting a response")
+        out = b"".join(chunks)
+        status = int(start["status"])
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        if 200 <= status < 300:
+            out = await self._judge_response(route, headers, out, pd, request_id)
+        headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", self.header)]
+        headers += [(b"content-length", str(len(out)).encode()), (self.header, request_id.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Reject(400, "client_disconnected", "the client went away")
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Reject(
+                    413, "body_too_large", f"request body over {self.max_body_bytes} bytes"
+                )
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _judge_response(
+        self,
+        route: GuardedRoute,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        pd: PromptDecision | None,
+        request_id: str,
+    ) -> bytes:
+        content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+        media = content_type.split(b";")[0].strip().lower()
+        try:
+            if media.startswith(b"image/"):
+                return await asyncio.to_thread(self._judge_image_body, body, pd, request_id)
+            if media == b"application/json" or media.endswith(b"+json"):
+                return await asyncio.to_thread(self._judge_json_body, route, body, pd, request_id)
+        except ImageDecodeError as e:
+            # Fail closed: an image we cannot judge is not passed on.
+            raise _Reject(502, "unjudgeable_image", f"response image cannot be judged: {e}") from e
+        return body
+
+    def _judge_image_body(self, body: bytes, pd: PromptDecision | None, request_id: str) -> bytes:
+        decoded = decode_image(body, max_pixels=self.max_image_pixels)
+        result = self.guard.moderate([decoded.image], prompt_decision=pd, request_id=request_id)
+        if result.decisions[0].action is Action.ALLOW:
+            return body
+        return encode_image(result.images[0], decoded.format)
+
+    def _judge_json_body(
+        self, route: GuardedRoute, body: bytes, pd: PromptDecision | None, request_id: str
+    ) -> bytes:
+        try:
+            document = json.loads(body)
+        except ValueError as e:
+            raise ImageDecodeError(f"response is not valid JSON: {e}") from e
+        slots = _locate(document, route.images_field.split("."))
+        values = [container[key] for container, key in slots]
+        bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        if bad:
+            raise ImageDecodeError(f"{route.images_field}: items {bad} are not base64 strings")
+        if not slots:
+            return body
+        decoded = [decode_b64_image(v, max_pixels=self.max_image_pixels) for v in values]
+        result = self.guard.moderate(
+            [d.image for d in decoded], prompt_decision=pd, request_id=request_id
+        )
+        if all(d.action is Action.ALLOW for d in result.decisions):
+            return body
+        for (container, key), d, image, decision in zip(
+            slots, decoded, result.images, result.decisions, strict=True
+        ):
+            if decision.action is not Action.ALLOW:
+                encoded = encode_image(image, d.format)
+                container[key] = d.data_url_prefix + _b64(encoded)
+        return json.dumps(document).encode("utf-8")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _prompt_from(body: bytes, path: str) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError as e:
+        raise _Reject(400, "invalid_json", f"request body is not valid JSON: {e}") from e
+    values = [container[key] for container, key in _locate(document, path.split("."))]
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise _Reject(
+            400, "missing_prompt", f"request body needs one string at field {path!r} to check"
+        )
+    return values[0]
+
+
+def _locate(document: Any, parts: Sequence[str]) -> list[tuple[Any, Any]]:
+    """Every ``(container, key)`` whose value sits at the dotted path ``parts``."""
+    head, rest = parts[0], parts[1:]
+    keys: Iterable[Any]
+    if head == "*":
+        keys = (
+            range(len(document))
+            if isinstance(document, list)
+            else list(document)
+            if isinstance(document, dict)
+            else ()
+        )
+    elif isinstance(document, dict):
+        keys = [head] if head in document else []
+    elif isinstance(document, list) and head.isdigit():
+        keys = [int(head)] if int(head) < len(document) else []
+    else:
+        keys = []
+    if not rest:
+        return [(document, k) for k in keys]
+    return [slot for k in keys for slot in _locate(document[k], rest)]
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    data = json.dumps(body).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -1,0 +1,107 @@
+"""Running the service: ``serve`` (blocking, the CLI's) and ``BackgroundServer`` (a thread).
+
+uvicorn finishes in-flight requests on shutdown (SIGINT/SIGTERM, or ``stop()``), waiting up
+to ``shutdown_timeout_s``, and only then runs the app's shutdown (the model is released).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from safety_lora.service.settings import ServiceSettings
+
+__all__ = ["BackgroundServer", "serve"]
+
+
+def serve(settings: ServiceSettings, *, pipeline: Any | None = None) -> None:
+    """Build the app for ``settings`` and serve it until interrupted."""
+    from safety_lora.service.app import create_app
+
+    app = create_app(settings, pipeline=pipeline)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        log_level="info",
+    )
+
+
+class BackgroundServer:
+    """Serve ``app`` with uvicorn in a daemon thread; ``port=0`` picks a free port.
+
+    Use as a context manager: entering waits until the app has started (startup errors are
+    raised), leaving shuts down gracefully. Logging is left as the caller configured it.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        shutdown_timeout_s: int = 30,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_graceful_shutdown=shutdown_timeout_s,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.startup_timeout_s = startup_timeout_s
+        self._thread = threading.Thread(
+            target=self.server.run, name="safety-lora-server", daemon=True
+        )
+        self.port = port
+        self.host = host
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321``."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> BackgroundServer:
+        """Start serving and wait until the app is ready."""
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the server failed to start (see the log for the cause)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not start within {self.startup_timeout_s} s")
+            time.sleep(0.01)
+        sockets = [s for server in self.server.servers for s in server.sockets]
+        self.port = int(sockets[0].getsockname()[1])
+        return self
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Ask the server to shut down (in-flight requests finish); optionally wait for it."""
+        self.server.should_exit = True
+        if wait:
+            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the server thread; True when it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

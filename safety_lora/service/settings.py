@@ -1,0 +1,109 @@
+"""``ServiceSettings``: everything the HTTP service is configured with (pydantic, strict)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from safety_lora.policies.schema import PRESETS, format_validation_error
+from safety_lora.service.images import DEFAULT_MAX_PIXELS
+
+__all__ = ["ServiceSettings", "hash_api_key", "is_loopback"]
+
+KeyHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex digest a key is stored as (only hashes are ever configured)."""
+    if not key:
+        raise ValueError("an API key must not be empty")
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServiceSettings(BaseModel):
+    """Configuration of ``safety-lora serve``; load a YAML/JSON file with :meth:`from_file`.
+
+    With no ``api_keys`` the service is open, so it may only bind a loopback address.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str = Field(default="balanced", description="policy file or preset name")
+    model: Path | None = Field(
+        default=None, description="diffusers pipeline folder; None: the embedded default model"
+    )
+    generation: bool = Field(
+        default=True, description="serve /v1/images/generations (loads the model at start)"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[KeyHash] = Field(
+        default_factory=list, description="sha256 hex digests of the accepted API keys"
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64)
+    max_images: int = Field(default=4, ge=1, le=64, description="images per request (n, input)")
+    rate_limit_per_minute: float = Field(default=120.0, ge=0.0, description="0: no limit")
+    rate_limit_burst: int = Field(default=20, ge=1)
+    max_concurrency: int = Field(default=2, ge=1, description="requests worked on at once")
+    queue_size: int = Field(default=16, ge=0, description="requests waiting; beyond: 503")
+    audit_path: Path | None = Field(
+        default=None, description="audit log (JSONL); None: the policy's audit.path"
+    )
+    shutdown_timeout_s: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _open_only_on_loopback(self) -> ServiceSettings:
+        if not self.api_keys and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no api_keys are configured: "
+                f"the service would be open to the network. Add an API key hash "
+                f"(safety-lora serve hash-key) or bind 127.0.0.1"
+            )
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> ServiceSettings:
+        """Read YAML/JSON settings; ``overrides`` (non-None) win; errors name the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read settings file ({e.strerror or e})") from e
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not valid YAML/JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: settings must be a mapping, got {type(data).__name__}")
+        for key in ("policy", "model", "audit_path"):  # relative paths: to the file's folder
+            value = data.get(key)
+            if isinstance(value, str) and value not in PRESETS and not Path(value).is_absolute():
+                data[key] = str(path.parent / value)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str | Path = "<options>"
+    ) -> ServiceSettings:
+        """Validate ``data``; errors name ``source``, the key and the bad value."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ValueError(format_validation_error(Path(source), e)) from e

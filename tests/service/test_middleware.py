@@ -1,0 +1,174 @@
+"""SafetyMiddleware on a small FastAPI app of our own, served by a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _service_helpers import REFUSED_WORD, b64, png, policy_yaml, unb64_image
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from PIL import Image
+
+from safety_lora.audit import read_audit_log
+from safety_lora.guard import SafetyGuard
+from safety_lora.middleware import GuardedRoute, SafetyMiddleware
+from safety_lora.policies.schema import Policy
+from safety_lora.service import BackgroundServer
+
+GREY = (128, 128, 128)
+PLAIN = b'{"hello": "world",   "raw": true}'
+
+
+def make_app(calls: list[str], release: threading.Event) -> FastAPI:
+    """An image service of the test's own: PNG route, OpenAI-style JSON route, others."""
+    app = FastAPI()
+
+    @app.post("/generate")
+    async def generate(request: Request) -> Response:
+        calls.append("generate")
+        return Response(png("red"), media_type="image/png")
+
+    @app.post("/v1/gen")
+    async def gen_json(request: Request) -> Response:
+        calls.append("gen_json")
+        body = {"created": 1, "data": [{"b64_json": b64(png("red")), "note": "x"}] * 2}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @app.post("/stream-image")
+    async def stream_image() -> StreamingResponse:
+        data = png("red")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 16):
+                yield data[i : i + 16]
+
+        return StreamingResponse(chunks(), media_type="image/png")
+
+    @app.get("/plain")
+    async def plain() -> Response:
+        return Response(PLAIN, media_type="application/json", headers={"X-Own": "1"})
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            # Only a client that already received the first chunk sets `release`.
+            released = await asyncio.to_thread(release.wait, 20)
+            yield b"released\n" if released else b"buffered\n"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    return app
+
+
+ROUTES = [
+    GuardedRoute("/generate"),
+    GuardedRoute("/v1/gen", prompt_field="input.text"),
+    GuardedRoute("/stream-image", prompt_field=None),
+]
+
+
+@contextmanager
+def served(tmp_path: Path, *, sexual: float) -> Iterator[tuple[httpx.Client, list[str], Any]]:
+    calls: list[str] = []
+    release = threading.Event()
+    policy = Policy.from_file(policy_yaml(tmp_path / "policy.yaml", sexual=sexual))
+    audit = policy.audit.model_copy(update={"path": tmp_path / "audit.jsonl"})
+    guard = SafetyGuard(policy.model_copy(update={"audit": audit}))
+    app = SafetyMiddleware(make_app(calls, release), guard=guard, routes=ROUTES)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client, calls, release
+
+
+def test_refused_prompt_never_reaches_the_app(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.0) as (client, calls, _):
+        refused = client.post("/generate", json={"prompt": f"a {REFUSED_WORD} cat"})
+        nested = client.post("/v1/gen", json={"input": {"text": REFUSED_WORD}})
+        missing = client.post("/generate", json={"text": "a cat"})
+    assert refused.status_code == nested.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "prompt_refused"
+    assert error["decision"]["rule"] == "prompt.rules.violence.refuse_at"
+    assert refused.headers["x-safety-decision"] == error["decision"]["request_id"]
+    assert missing.status_code == 400
+    assert missing.json()["error"]["code"] == "missing_prompt"
+    assert calls == []
+
+
+def test_image_body_replaced_in_place(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.9) as (client, calls, _):
+        response = client.post("/generate", json={"prompt": "a cat"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    assert image.size == (32, 32)
+    assert image.convert("RGB").getpixel((0, 0)) == GREY
+    assert int(response.headers["content-length"]) == len(response.content)
+    records = read_audit_log(tmp_path / "audit.jsonl")
+    assert [r.get("kind", "image") for r in records] == ["prompt", "image"]
+    assert {r["request_id"] for r in records} == {response.headers["x-safety-decision"]}
+    assert records[1]["action"] == "replace"
+    assert calls == ["generate"]
+
+
+def test_json_images_replaced_at_field_path(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.9) as (client, _, _):
+        response = client.post("/v1/gen", json={"input": {"text": "a cat"}})
+    body = response.json()
+    assert response.status_code == 200
+    assert [item["note"] for item in body["data"]] == ["x", "x"]  # the rest is kept
+    assert [unb64_image(i["b64_json"]).getpixel((0, 0)) for i in body["data"]] == [GREY] * 2
+    assert "x-safety-decision" in response.headers
+
+
+def test_streamed_image_of_a_guarded_route_is_judged(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.9) as (client, _, _):
+        response = client.post("/stream-image")
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.content)).convert("RGB").getpixel((0, 0)) == GREY
+
+
+def test_allowed_images_are_byte_identical(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.0) as (client, _, _):
+        image = client.post("/generate", json={"prompt": "a cat"})
+        as_json = client.post("/v1/gen", json={"input": {"text": "a cat"}})
+    assert image.content == png("red")
+    assert as_json.json()["data"][0]["b64_json"] == b64(png("red"))
+
+
+def test_unconfigured_routes_untouched(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.9) as (client, _, _):
+        plain = client.get("/plain")
+        not_guarded_method = client.get("/generate")
+    assert plain.content == PLAIN
+    assert plain.headers["x-own"] == "1"
+    assert "x-safety-decision" not in plain.headers
+    assert not_guarded_method.status_code == 405  # the app's own answer
+    assert "x-safety-decision" not in not_guarded_method.headers
+
+
+def test_unconfigured_streaming_route_still_streams(tmp_path: Path) -> None:
+    with served(tmp_path, sexual=0.9) as (client, _, release), client.stream("GET", "/stream") as r:
+        lines = r.iter_lines()
+        first = next(lines)
+        release.set()  # only reachable when the first chunk arrived before the stream ended
+        rest = list(lines)
+    assert first == "first"
+    assert rest == ["released"]
+
+
+def test_routes_are_required() -> None:
+    with pytest.raises(ValueError, match="`routes` is empty"):
+        SafetyMiddleware(make_app([], threading.Event()), guard=Policy(), routes=[])
+    with pytest.raises(ValueError, match="must start with '/'"):
+        GuardedRoute("generate")
