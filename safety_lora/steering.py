@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from safety_lora.adapters import load_adapter
 from safety_lora.policies.schema import AdapterIntegrityError
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from safety_lora.policies.schema import SteeringPolicy
 
@@ -71,10 +72,10 @@ class Steering:
                 raise AdapterIntegrityError(
                     f"steering adapter {str(spec.path)!r}: only .safetensors files are loaded"
                 )
-            # UNet only (safety adapters steer the denoiser); also for pipelines without
-            # diffusers' LoRA loader mixin.
-            unet.load_lora_adapter(str(spec.path), prefix="unet", adapter_name=name)
-        self._layers: list[LoraLayer] = self._collect_layers()
+            # UNet only (safety adapters steer the denoiser); any format the project reads
+            # (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full), checked against the UNet.
+            load_adapter(unet, spec.path, adapter_name=name)
+        self._layers: list[BaseTunerLayer] = self._collect_layers()
         with self.lock:
             self._activate()
             self._rest()
@@ -84,16 +85,11 @@ class Steering:
         """The adapter names this object owns on ``pipe.unet``."""
         return tuple(self.base_scales)
 
-    def _collect_layers(self) -> list[LoraLayer]:
+    def _collect_layers(self) -> list[BaseTunerLayer]:
         if not self.base_scales:
             return []
-        from peft.tuners.lora import LoraLayer
-
-        return [
-            m
-            for m in self.pipe.unet.modules()
-            if isinstance(m, LoraLayer) and any(n in m.scaling for n in self.base_scales)
-        ]
+        layers = _adapter_layers(self.pipe.unet)
+        return [m for m in layers if any(n in m.scaling for n in self.base_scales)]
 
     # -- state -----------------------------------------------------------------------------
 
@@ -114,12 +110,11 @@ class Steering:
         unet.set_adapters([*others, *self.names], [*weights, *self.base_scales.values()])
 
     def _current_weight(self, adapter: str) -> float:
-        """A user adapter's ``set_adapters`` weight, read back from its first LoRA layer."""
-        from peft.tuners.lora import LoraLayer
-
-        for m in self.pipe.unet.modules():
-            if isinstance(m, LoraLayer) and adapter in m.scaling:
-                unit = m.lora_alpha[adapter] / m.r[adapter]
+        """A user adapter's ``set_adapters`` weight, read back from its first adapter layer."""
+        for m in _adapter_layers(self.pipe.unet):
+            if adapter in m.scaling:
+                alpha = m.lora_alpha if hasattr(m, "lora_alpha") else m.alpha  # LoRA vs LyCORIS
+                unit = alpha[adapter] / m.r[adapter]
                 return float(m.scaling[adapter] / unit) if unit else 1.0
         return 1.0
 
@@ -246,3 +241,10 @@ class Steering:
             self._unfuse()
             self.pipe.unet.delete_adapters(list(self.names))
             self._layers = []
+
+
+def _adapter_layers(unet: Any) -> list[Any]:
+    """Every peft adapter layer on ``unet`` (LoRA and LyCORIS layers alike)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in unet.modules() if isinstance(m, BaseTunerLayer) and hasattr(m, "scaling")]

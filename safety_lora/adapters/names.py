@@ -1,0 +1,115 @@
+"""Module names and weight shapes of a UNet, and the kohya name -> module path map.
+
+kohya/LyCORIS keys replace every dot of the module path with ``_`` (``attn2_to_out_0``), which
+cannot be undone by string rules alone, so the map is built from a model's actual modules:
+the UNet being loaded into, or (for ``inspect``/``convert`` without one) the standard SD 1.x/2.x
+and SDXL UNet layouts instantiated on the meta device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ModuleIndex", "config_index", "kohya_stem", "reference_index"]
+
+
+def kohya_stem(path: str) -> str:
+    """``down_blocks.1.attentions.0.proj_in`` -> ``down_blocks_1_attentions_0_proj_in``."""
+    return path.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class ModuleIndex:
+    """Adaptable modules (Linear / Conv2d) by diffusers path, with their weight shapes."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> ModuleIndex:
+        """Index every ``nn.Linear``/``nn.Conv2d`` of ``model`` (peft wrappers see through)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and name:
+                # peft wraps layers: ``x.to_k.base_layer`` is the original ``x.to_k``.
+                clean = name.replace(".base_layer", "")
+                if ".lora_" in clean or ".lokr_" in clean or ".hada_" in clean:
+                    continue
+                shapes[clean] = tuple(module.weight.shape)
+        return cls(shapes)
+
+    @cached_property
+    def by_stem(self) -> dict[str, str]:
+        """kohya stem -> module path (ambiguous stems are left out)."""
+        out: dict[str, str] = {}
+        seen: set[str] = set()
+        for path in self.shapes:
+            stem = kohya_stem(path)
+            if stem in out:
+                seen.add(stem)
+            out[stem] = path
+        for stem in seen:
+            del out[stem]
+        return out
+
+    def resolve(self, stem: str, *, key: str) -> str:
+        """The module path for a kohya stem; a clear error naming ``key`` when there is none."""
+        path = self.by_stem.get(stem)
+        if path is None:
+            raise KeyError(key)
+        return path
+
+
+_SD15: dict[str, Any] = {
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "layers_per_block": 2,
+}
+_SDXL: dict[str, Any] = {
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "layers_per_block": 2,
+}
+
+
+def config_index(folder: str | Path) -> ModuleIndex:
+    """The index of the UNet described by a diffusers ``config.json`` (meta device, no weights)."""
+    from diffusers import UNet2DConditionModel
+
+    config = UNet2DConditionModel.load_config(str(folder))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    return ModuleIndex.from_model(unet)
+
+
+@cache
+def reference_index() -> ModuleIndex:
+    """Module names of the SD 1.x/2.x and SDXL UNets (built on the meta device, no weights).
+
+    Where both layouts have a module, the SD 1.x shape is kept; shapes here only serve
+    approximate conversion of conv layers when no base UNet is given.
+    """
+    from diffusers import UNet2DConditionModel
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for config in (_SDXL, _SD15):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**config)
+        shapes.update(ModuleIndex.from_model(unet).shapes)
+    return ModuleIndex(shapes)

@@ -1,0 +1,138 @@
+"""diffusers/PEFT LoRA: ``unet.<module>.lora_A.weight``/``lora_B.weight``, alpha in metadata.
+
+diffusers (0.42) keeps the adapter's ``LoraConfig`` as JSON in the safetensors header under
+``lora_adapter_metadata`` (keys prefixed ``unet.``: ``r``, ``lora_alpha``, ``rank_pattern``,
+``alpha_pattern``, ``target_modules``); without it a file reloads with alpha = rank. Files
+written here carry that header, so diffusers' own ``load_lora_weights`` keeps every alpha.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from safety_lora.adapters.names import ModuleIndex
+from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family, ModuleWeights
+
+if TYPE_CHECKING:
+    from safety_lora.adapters.formats import FormatName
+
+__all__ = ["METADATA_KEY", "PeftFormat"]
+
+#: The safetensors header entry diffusers stores the LoraConfig in.
+METADATA_KEY = "lora_adapter_metadata"
+_PREFIXES = ("unet.", "base_model.model.")
+_NAMES = {"lora_A.weight": "lora_down", "lora_B.weight": "lora_up"}
+
+
+def _config(metadata: Mapping[str, str]) -> dict[str, Any]:
+    raw = metadata.get(METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        packed = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise AdapterFormatError(f"metadata {METADATA_KEY!r} is not valid JSON: {e}") from e
+    if not isinstance(packed, dict):
+        raise AdapterFormatError(f"metadata {METADATA_KEY!r} is not a JSON object")
+    if any(k.startswith("unet.") for k in packed):
+        return {k.removeprefix("unet."): v for k, v in packed.items() if k.startswith("unet.")}
+    return packed
+
+
+def _pattern_value(patterns: Mapping[str, Any], path: str) -> Any:
+    """peft's rule: a pattern matches a module path it equals or is a dotted suffix of."""
+    if path in patterns:
+        return patterns[path]
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", path):
+            return value
+    return None
+
+
+class PeftFormat:
+    """diffusers/PEFT LoRA files (``save_lora_weights`` / ``load_lora_weights``)."""
+
+    name: FormatName = "peft"
+    families: tuple[Family, ...] = ("lora",)
+
+    def matches(self, keys: Collection[str]) -> bool:
+        """Any ``.lora_A.``/``.lora_B.`` key."""
+        return any(".lora_A." in k or ".lora_B." in k for k in keys)
+
+    def read(
+        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+    ) -> AdapterState:
+        """Parse a diffusers/PEFT state dict; per-module alpha from the metadata header."""
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+            if prefix is None:
+                raise AdapterFormatError(
+                    f"key {key!r}: only UNet adapters ('unet.' prefix) are supported"
+                )
+            rest = key[len(prefix) :]
+            suffix = next((s for s in _NAMES if rest.endswith("." + s)), None)
+            if suffix is None:
+                raise AdapterFormatError(
+                    f"key {key!r}: unsupported tensor (expected lora_A.weight / lora_B.weight; "
+                    f"DoRA and lora_bias are not supported)"
+                )
+            path = rest[: -len(suffix) - 1]
+            if path not in index.shapes:
+                raise AdapterFormatError(f"key {key!r}: the UNet has no module {path!r}")
+            groups.setdefault(path, {})[_NAMES[suffix]] = tensor
+        config = _config(metadata)
+        alpha = config.get("lora_alpha")
+        alpha_pattern = config.get("alpha_pattern") or {}
+        modules = {}
+        for path, group in groups.items():
+            value = _pattern_value(alpha_pattern, path)
+            module_alpha = value if value is not None else alpha
+            modules[path] = ModuleWeights(
+                group, None if module_alpha is None else float(module_alpha)
+            )
+        meta = {k: v for k, v in metadata.items() if k not in ("format", METADATA_KEY)}
+        return AdapterState("lora", modules, meta, {p: index.shapes[p] for p in modules})
+
+    def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """``unet.``-prefixed keys and a ``lora_adapter_metadata`` header with every alpha."""
+        tensors: dict[str, torch.Tensor] = {}
+        ranks: dict[str, int] = {}
+        alphas: dict[str, float] = {}
+        for path, weights in state.modules.items():
+            tensors[f"unet.{path}.lora_A.weight"] = weights.tensors["lora_down"]
+            tensors[f"unet.{path}.lora_B.weight"] = weights.tensors["lora_up"]
+            rank = int(weights.tensors["lora_down"].shape[0])
+            ranks[path] = rank
+            alphas[path] = state.effective_alpha(path)
+        config = lora_config_kwargs(ranks, alphas)
+        packed = {f"unet.{k}": v for k, v in config.items()}
+        meta = {**state.metadata, "format": "pt", METADATA_KEY: json.dumps(packed, sort_keys=True)}
+        return tensors, meta
+
+
+def lora_config_kwargs(
+    ranks: Mapping[str, int], alphas: Mapping[str, float], *, alpha_key: str = "lora_alpha"
+) -> dict[str, Any]:
+    """``LoraConfig`` kwargs giving each module its exact rank and alpha (patterns for outliers).
+
+    ``alpha_key="alpha"`` gives ``LoHaConfig``/``LoKrConfig`` kwargs.
+
+    Pattern keys are the full module paths with regex metacharacters escaped, so each matches
+    its own module only.
+    """
+    r = collections.Counter(ranks.values()).most_common(1)[0][0]
+    alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
+    return {
+        "r": r,
+        alpha_key: alpha,
+        "rank_pattern": {re.escape(p): v for p, v in ranks.items() if v != r},
+        "alpha_pattern": {re.escape(p): v for p, v in alphas.items() if v != alpha},
+        "target_modules": sorted(ranks),
+    }

@@ -1,0 +1,142 @@
+"""``safety-lora inspect FILE`` and ``safety-lora convert IN OUT --to ...``: adapter files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:  # the adapters package imports torch: only on use, keeping --help fast
+    from safety_lora.adapters.names import ModuleIndex
+
+#: Metadata keys that identify the base model an adapter was trained on.
+FINGERPRINT_KEYS = (
+    "safety_lora.base_model",
+    "base_model",
+    "ss_sd_model_hash",
+    "ss_new_sd_model_hash",
+    "ss_sd_model_name",
+    "modelspec.architecture",
+)
+
+
+_BASE_HELP = "diffusers UNet folder (its config.json): resolves module names and conv shapes."
+
+
+def _index(base: Path | None) -> ModuleIndex | None:
+    from safety_lora.adapters.names import config_index
+
+    return None if base is None else config_index(base)
+
+
+def _summary(path: Path, base: Path | None) -> dict[str, Any]:
+    from safety_lora.adapters import read_adapter
+    from safety_lora.adapters.loading import sha256_of
+
+    state, fmt = read_adapter(path, unet=_index(base))
+    ranks = Counter(state.rank(p) or "full-rank" for p in state.modules)
+    alphas = Counter(state.modules[p].alpha for p in state.modules)
+    return {
+        "file": str(path),
+        "sha256": sha256_of(path),
+        "format": fmt,
+        "family": state.family,
+        "rank": {str(k): v for k, v in ranks.items()},
+        "alpha": {str(k): v for k, v in alphas.items()},
+        "modules": len(state.modules),
+        "targets": sorted(state.modules),
+        "parameters": state.parameter_count(),
+        "base_model": {k: state.metadata[k] for k in FINGERPRINT_KEYS if k in state.metadata},
+        "metadata": state.metadata,
+    }
+
+
+def inspect(
+    file: Annotated[Path, typer.Argument(help="Adapter file (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    base: Annotated[Path | None, typer.Option("--base", help=_BASE_HELP)] = None,
+) -> None:
+    """Show an adapter's format, family, rank, alpha, target layers, size and metadata."""
+    from safety_lora.adapters import AdapterFormatError
+
+    try:
+        info = _summary(file, base)
+    except AdapterFormatError as e:
+        Console(stderr=True).print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from e
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    table = Table(title=str(file), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+
+    def counts(c: dict[str, int]) -> str:
+        return ", ".join(f"{k} ({n} modules)" for k, n in c.items())
+
+    table.add_row("format", info["format"])
+    table.add_row("family", info["family"])
+    table.add_row("rank", counts(info["rank"]))
+    table.add_row("alpha", counts(info["alpha"]))
+    table.add_row("parameters", f"{info['parameters']:,}")
+    table.add_row("sha256", info["sha256"])
+    fingerprint = info["base_model"]
+    recorded = ", ".join(f"{k}={v}" for k, v in fingerprint.items())
+    table.add_row("base model", recorded or "(not recorded)")
+    table.add_row(f"targets ({info['modules']})", "\n".join(info["targets"]))
+    for key, value in sorted(info["metadata"].items()):
+        table.add_row(f"meta: {key}", value if len(value) <= 200 else value[:200] + "…")
+    Console().print(table)
+
+
+def convert_cmd(
+    source: Annotated[Path, typer.Argument(help="Adapter file to read.")],
+    target: Annotated[Path, typer.Argument(help="Where to write (.safetensors).")],
+    to: Annotated[str, typer.Option("--to", help="Target format: kohya, peft or lycoris.")],
+    approximate: Annotated[
+        bool,
+        typer.Option("--approximate", help="Allow an SVD approximation (LoHa/LoKr/full to LoRA)."),
+    ] = False,
+    rank: Annotated[
+        int | None, typer.Option("--rank", min=1, help="SVD rank (default: the source rank).")
+    ] = None,
+    base: Annotated[Path | None, typer.Option("--base", help=_BASE_HELP)] = None,
+) -> None:
+    """Convert an adapter file; exact where the target can hold it, else an error or an SVD."""
+    from safety_lora.adapters import AdapterFormatError, FormatName, convert
+
+    err = Console(stderr=True)
+    if to not in ("kohya", "peft", "lycoris"):
+        err.print(f"[red]✗[/red] --to must be kohya, peft or lycoris, got {to!r}", highlight=False)
+        raise typer.Exit(code=2)
+    fmt: FormatName = to  # type: ignore[assignment]
+    try:
+        report = convert(
+            source, target, to=fmt, approximate=approximate, rank=rank, unet=_index(base)
+        )
+    except AdapterFormatError as e:
+        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from e
+    kind = "exact" if report.exact else f"approximate, relative error {report.overall_error:.3e}"
+    Console().print(
+        f"[green]✓[/green] {source} ({report.source_format}, {report.source_family}) -> "
+        f"{target} ({report.target_format}, {report.target_family}): {report.modules} modules, "
+        f"{kind}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if not report.exact:
+        worst = sorted(report.module_errors.items(), key=lambda kv: -kv[1])[:5]
+        for path, value in worst:
+            Console().print(f"  {value:.3e}  {path}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``inspect`` and ``convert`` commands."""
+    app.command("inspect")(inspect)
+    app.command("convert")(convert_cmd)
