@@ -14,7 +14,7 @@ from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
 from safety_lora.taxonomy import Category
 
 #: Categories an ``--adapter`` file is credited with (risk in any of them boosts it).
-_ADAPTER_CATEGORIES = [c for c in Category if c is not Category.MINORS]
+_ADAPTER_CATEGORIES: list[Category] = [c for c in Category if c is not Category.MINORS]
 
 
 def default_pipeline() -> Any:
