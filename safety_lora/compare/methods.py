@@ -1,0 +1,203 @@
+"""The methods compared, one small class each behind :class:`Method`.
+
+Every method generates through one shared :class:`Sampler` (same pipeline, same sampling
+settings, one ``torch.Generator`` per image seeded by that image's seed), so differences
+between methods come from the method alone. A method's ``generate`` returns ``None`` for an
+image it withholds (classifier-only blocks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from safety_lora.compare.sld import SafetyGuidance, sld_preset
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = [
+    "AdapterMethod",
+    "BaseModel",
+    "ClassifierOnly",
+    "ConceptCheck",
+    "Method",
+    "NegativePrompt",
+    "SLDMethod",
+    "Sampler",
+]
+
+
+class Method(Protocol):
+    """A way to keep a concept out of generated images."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def strengths(self) -> tuple[float, ...]: ...
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]: ...
+
+
+class ConceptCheck(Protocol):
+    """Says whether each image shows the concept (classifier-only blocks those that do)."""
+
+    def shows(self, images: Sequence[Image]) -> list[bool]: ...
+
+
+@dataclass
+class Sampler:
+    """The pipeline and the sampling settings every method shares."""
+
+    pipe: Any
+    num_inference_steps: int
+    guidance_scale: float
+    batch_size: int = 32
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        negative_prompt: str | None = None,
+    ) -> list[Image]:
+        """One image per (prompt, seed), in batches of ``batch_size``."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds")
+        device = self.pipe._execution_device
+        images: list[Image] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = list(prompts[start : start + self.batch_size])
+            gens = [
+                torch.Generator(device).manual_seed(int(s))
+                for s in seeds[start : start + self.batch_size]
+            ]
+            negative = None if negative_prompt is None else [negative_prompt] * len(batch)
+            out = self.pipe(
+                batch,
+                negative_prompt=negative,
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                generator=gens,
+                **self.extra,
+            )
+            images.extend(out.images)
+        return images
+
+
+@dataclass
+class BaseModel:
+    """The unmodified model."""
+
+    sampler: Sampler
+    name: str = "base"
+    kind: str = "base"
+    strengths: tuple[float, ...] = (0.0,)
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        return list(self.sampler.sample(prompts, seeds))
+
+
+@dataclass
+class AdapterMethod:
+    """A steering adapter file (any format the project reads) at a strength.
+
+    ``load()`` puts it on the UNet as ``adapter_name``; ``unload()`` removes every adapter and
+    peft's wrappers (``delete_adapters`` leaves the wrappers, which hides the modules from the
+    trainer), so the compared adapter must be the UNet's only one.
+    """
+
+    sampler: Sampler
+    path: Path
+    name: str
+    kind: str = "adapter"
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5)
+    adapter_name: str = "compare"
+
+    def load(self) -> Any:
+        from safety_lora.adapters import load_adapter
+
+        return load_adapter(self.sampler.pipe.unet, self.path, adapter_name=self.adapter_name)
+
+    def unload(self) -> None:
+        self.sampler.pipe.unet.unload_lora()
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        self.sampler.pipe.unet.set_adapters([self.adapter_name], [strength])
+        return list(self.sampler.sample(prompts, seeds))
+
+
+@dataclass
+class NegativePrompt:
+    """The concept as the negative prompt (replaces the unconditional branch of CFG)."""
+
+    sampler: Sampler
+    concept: str
+    name: str = "negative prompt"
+    kind: str = "negative_prompt"
+    strengths: tuple[float, ...] = (1.0,)
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        return list(self.sampler.sample(prompts, seeds, negative_prompt=self.concept))
+
+
+@dataclass
+class SLDMethod:
+    """Safe-Latent-Diffusion guidance away from the concept with one of SLD's presets."""
+
+    sampler: Sampler
+    concept: str
+    preset: str
+    kind: str = "sld"
+    strengths: tuple[float, ...] = (1.0,)
+    extra_calls: int = 0
+    extra_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"SLD {self.preset}"
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        guidance = SafetyGuidance(
+            self.sampler.pipe, concept=self.concept, config=sld_preset(self.preset)
+        )
+        with guidance:  # SLD's state restarts with every pipeline call inside
+            images = self.sampler.sample(prompts, seeds)
+        self.extra_calls += guidance.extra_calls
+        self.extra_seconds += guidance.extra_seconds
+        return list(images)
+
+
+@dataclass
+class ClassifierOnly:
+    """Generate with the base model, then withhold (``None``) every image the check flags."""
+
+    sampler: Sampler
+    check: ConceptCheck
+    name: str = "classifier only"
+    kind: str = "classifier"
+    strengths: tuple[float, ...] = (1.0,)
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        images = self.sampler.sample(prompts, seeds)
+        flags = self.check.shows(images)
+        return [None if flagged else image for image, flagged in zip(images, flags, strict=True)]
