@@ -67,3 +67,21 @@ def test_generate_reports_a_bad_policy(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "bogus: unknown key" in result.output
+
+
+def test_generate_defaults_to_the_embedded_model(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nclassifiers:\n  - kind: concept_world\n    unsafe: {sexual: [red]}\n"
+        "categories:\n  sexual: {threshold: 0.5, action: block}\n"
+        "escalation: {max_attempts: 1}\n"
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        _app(),
+        ["generate", "a blue square", "--policy", str(tmp_path / "policy.yaml"), "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads((out / "decisions.json").read_text())
+    assert record["action"] == "allow"  # the trained model draws blue, which the policy allows
+    with Image.open(out / "image_000.png") as image:
+        assert image.size == (32, 32)

@@ -17,19 +17,17 @@ from safety_lora.taxonomy import Category
 _ADAPTER_CATEGORIES: list[Category] = [c for c in Category if c is not Category.MINORS]
 
 
-def default_pipeline() -> Any:
-    """The embedded default model: the trained concept-world model once it ships, else tiny."""
-    import importlib
+def default_pipeline() -> tuple[Any, dict[str, Any]]:
+    """The embedded concept-world model and its sampling settings.
 
-    try:
-        factory = getattr(importlib.import_module("safety_lora.models"), "concept_world", None)
-    except ImportError:
-        factory = None
-    if callable(factory):
-        return factory()
-    from safety_lora.testing import tiny_pipeline
+    It is tiny: one torch thread is several times faster than many on a small CPU.
+    """
+    import torch
 
-    return tiny_pipeline()
+    from safety_lora.models import CONCEPT_WORLD_DEFAULTS, concept_world
+
+    torch.set_num_threads(1)
+    return concept_world(), dict(CONCEPT_WORLD_DEFAULTS)
 
 
 def _policy(name_or_path: str, adapters: list[Path], out: Path) -> Policy:
@@ -56,8 +54,12 @@ def generate(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
     n: Annotated[int, typer.Option("-n", min=1, help="Images to generate.")] = 1,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 20,
-    guidance: Annotated[float, typer.Option("--guidance", help="Guidance scale.")] = 7.5,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Denoising steps [default: model's].")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Guidance scale [default: model's].")
+    ] = None,
 ) -> None:
     """Generate N images for PROMPT under the policy and explain every decision."""
     import torch
@@ -72,11 +74,14 @@ def generate(
         err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
     if model is None:
-        pipe = default_pipeline()
+        pipe, defaults = default_pipeline()
     else:
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(model)  # type: ignore[no-untyped-call]
+        defaults = {"num_inference_steps": 30, "guidance_scale": 7.5}
+    steps = steps or int(defaults["num_inference_steps"])
+    guidance = defaults["guidance_scale"] if guidance is None else guidance
     pipe.set_progress_bar_config(disable=True)
     safe = SafePipeline(pipe, chosen)
     with Progress(

@@ -1,0 +1,123 @@
+"""Quality and speed of the shipped concept-world model, measured by the analyser.
+
+    python benchmarks/concept_world_quality.py [--model DIR] [--seeds N] [--steps S] [--guidance G]
+
+Prints: colour/shape correctness over >= 200 single-object generations at the shipped
+sampling settings (bars: colour >= 95%, shape >= 90%), per-colour and per-shape confusion
+tables, two-object prompt correctness, seconds per 32x32 image (batch 1), and the analyser's
+own accuracy on generated ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from rich.console import Console
+from rich.table import Table
+
+from safety_lora.concept_world.analyser import analyse
+from safety_lora.concept_world.evaluate import Generation, accuracy, confusion, evaluate
+from safety_lora.concept_world.world import COLOURS, SHAPES, generate
+from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
+
+FULL = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+PARTIAL = [f"a {c} shape" for c in COLOURS] + [f"a {s}" for s in SHAPES]
+VARIANTS = ["a small red circle on the left", "a large blue triangle", "a green square at the top"]
+TWO = [
+    "a red circle and a blue square",
+    "a green triangle and a yellow circle",
+    "a blue square and a red triangle",
+    "a yellow square and a green circle",
+]
+
+
+def _confusion_table(results: list[Generation], attribute: str, names: list[str]) -> Table:
+    counts = confusion(results, attribute)
+    table = Table(title=f"{attribute}: asked (rows) vs seen (columns)")
+    table.add_column("asked")
+    for seen in [*names, "none"]:
+        table.add_column(seen, justify="right")
+    for asked in names:
+        table.add_row(asked, *(str(counts[(asked, seen)]) for seen in [*names, "none"]))
+    return table
+
+
+def _analyser_accuracy(n: int) -> float:
+    correct = 0
+    for sample in generate(n, seed=2024):
+        seen = sorted(analyse(sample.image).objects, key=lambda o: o.box[0])
+        correct += [(o.colour, o.shape) for o in seen] == [
+            (o.colour, o.shape) for o in sample.scene.objects
+        ]
+    return correct / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=CONCEPT_WORLD_DIR)
+    parser.add_argument("--seeds", type=int, default=12, help="seeds per full prompt")
+    parser.add_argument(
+        "--steps", type=int, default=int(CONCEPT_WORLD_DEFAULTS["num_inference_steps"])
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=float(CONCEPT_WORLD_DEFAULTS["guidance_scale"])
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console()
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        args.model, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    settings = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    seeds = list(range(args.seeds))
+    single = evaluate(pipe, FULL, seeds=seeds, **settings)
+    single += evaluate(
+        pipe, PARTIAL + VARIANTS, seeds=seeds[: max(1, args.seeds * 2 // 3)], **settings
+    )
+    two = evaluate(pipe, TWO, seeds=seeds, **settings)
+
+    summary = Table(title=f"concept world quality ({args.model.name}, {settings})")
+    summary.add_column("set")
+    summary.add_column("generations", justify="right")
+    summary.add_column("colour correct", justify="right")
+    summary.add_column("shape correct", justify="right")
+    for name, results in (("single object", single), ("two objects", two)):
+        summary.add_row(
+            name,
+            str(len(results)),
+            f"{accuracy(results, 'colour'):.1%}",
+            f"{accuracy(results, 'shape'):.1%}",
+        )
+    console.print(summary)
+    console.print(_confusion_table(single, "colour", list(COLOURS)))
+    console.print(_confusion_table(single, "shape", list(SHAPES)))
+    failures = Counter(
+        r.prompt for r in single if r.colour_correct is False or r.shape_correct is False
+    )
+    console.print("most failing prompts:", failures.most_common(5))
+
+    timings = []
+    for seed in range(10):
+        began = time.perf_counter()
+        pipe("a red circle", generator=torch.Generator().manual_seed(seed), **settings)
+        timings.append(time.perf_counter() - began)
+    timings.sort()
+    console.print(
+        f"seconds per image (batch 1, {args.threads} thread(s)): "
+        f"median {timings[len(timings) // 2]:.3f}, min {timings[0]:.3f}"
+    )
+    console.print(
+        f"analyser accuracy on 1000 generated ground-truth images: {_analyser_accuracy(1000):.2%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""``kind: concept_world`` — colours/shapes of the concept world stand in for harm categories.
+
+``unsafe: {sexual: [red]}`` scores ``sexual`` 1.0 on every image in which the analyser sees
+a red object (any object, not only the largest), else 0.0. A term is a colour (``red``), a
+shape (``triangle``) or both (``red triangle``: only red triangles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator
+
+from safety_lora.classifiers.base import ImageScores, Region
+from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.concept_world.world import COLOURS, SHAPES
+from safety_lora.taxonomy import Category
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from safety_lora.concept_world.analyser import DetectedObject
+
+#: Bumped whenever the analyser's decisions change, so audit fingerprints change with them.
+ANALYSER_VERSION = 1
+
+
+def _parse_term(term: str) -> tuple[str | None, str | None] | None:
+    """``(colour, shape)`` a term asks for, or None when it names anything unknown."""
+    words = term.lower().split()
+    colours = [w for w in words if w in COLOURS]
+    shapes = [w for w in words if w in SHAPES]
+    if not words or len(colours) > 1 or len(shapes) > 1 or len(colours) + len(shapes) != len(words):
+        return None
+    return (colours[0] if colours else None, shapes[0] if shapes else None)
+
+
+def _matches(obj: DetectedObject, colour: str | None, shape: str | None) -> bool:
+    return (colour is None or obj.colour == colour) and (shape is None or obj.shape == shape)
+
+
+class ConceptWorldClassifier:
+    """Scores each category 1.0 where any detected object matches one of its unsafe terms."""
+
+    def __init__(self, *, unsafe: dict[Category, list[str]], name: str = "concept_world") -> None:
+        terms: dict[Category, list[tuple[str, tuple[str | None, str | None]]]] = {}
+        for category, names in unsafe.items():
+            parsed = []
+            for term in names:
+                spec = _parse_term(term)
+                if spec is None:
+                    raise ValueError(f"concept_world: unknown term {term!r} for {category}")
+                parsed.append((term, spec))
+            terms[Category(category)] = parsed
+        self.name = name
+        self._terms = terms
+        payload = {str(c): [t for t, _ in ts] for c, ts in sorted(terms.items())}
+        blob = json.dumps({"unsafe": payload, "analyser": ANALYSER_VERSION}, sort_keys=True)
+        self.fingerprint = "concept_world:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        from safety_lora.concept_world.analyser import analyse
+
+        out = []
+        for image in images:
+            objects = analyse(image).objects
+            scores: dict[Category, float] = {}
+            regions = []
+            for category, terms in self._terms.items():
+                hits = [
+                    (term, obj) for term, spec in terms for obj in objects if _matches(obj, *spec)
+                ]
+                scores[category] = 1.0 if hits else 0.0
+                regions += [Region(obj.box, term, 1.0, category) for term, obj in hits]
+            labels = {f"{o.colour} {o.shape}": 1.0 for o in objects}
+            out.append(ImageScores(scores=scores, regions=tuple(regions), labels=labels))
+        return out
+
+
+class ConceptWorldConfig(ClassifierConfig):
+    """Which concept-world colours/shapes count as which harm category."""
+
+    kind: Literal["concept_world"] = "concept_world"
+    unsafe: dict[Category, list[str]] = Field(default_factory=dict)
+
+    @field_validator("unsafe")
+    @classmethod
+    def _known_terms(cls, value: dict[Category, list[str]]) -> dict[Category, list[str]]:
+        bad = sorted({t for terms in value.values() for t in terms if _parse_term(t) is None})
+        if bad:
+            allowed = ", ".join([*COLOURS, *SHAPES])
+            raise ValueError(
+                f"unknown concept_world term(s) {bad}; use a colour, a shape or "
+                f"'colour shape' from: {allowed}"
+            )
+        return value
+
+    def build(self) -> ConceptWorldClassifier:
+        return ConceptWorldClassifier(unsafe=self.unsafe)
