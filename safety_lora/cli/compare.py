@@ -110,6 +110,10 @@ def compare(
     """Compare LoRA, LoHa and LoKr erasure adapters with negative prompt, SLD, classifier-only."""
     from safety_lora.compare import CompareConfig, run
 
+    if base is None and device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # the embedded model is tiny: one thread beats many on a CPU
     console = Console()
     try:
         config = CompareConfig(

@@ -17,19 +17,6 @@ from safety_lora.taxonomy import Category
 _ADAPTER_CATEGORIES: list[Category] = [c for c in Category if c is not Category.MINORS]
 
 
-def default_pipeline() -> tuple[Any, dict[str, Any]]:
-    """The embedded concept-world model and its sampling settings.
-
-    It is tiny: one torch thread is several times faster than many on a small CPU.
-    """
-    import torch
-
-    from safety_lora.models import CONCEPT_WORLD_DEFAULTS, concept_world
-
-    torch.set_num_threads(1)
-    return concept_world(), dict(CONCEPT_WORLD_DEFAULTS)
-
-
 def _policy(name_or_path: str, adapters: list[Path], out: Path) -> Policy:
     policy = Policy.load(name_or_path)
     extra = [AdapterSpec(path=p.resolve(), categories=_ADAPTER_CATEGORIES) for p in adapters]
@@ -74,7 +61,9 @@ def generate(
         err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
     if model is None:
-        pipe, defaults = default_pipeline()
+        from safety_lora.models import embedded_default
+
+        pipe, defaults = embedded_default()
     else:
         from diffusers import DiffusionPipeline
 

@@ -99,7 +99,7 @@ def _gen(torch: Any, seed: int) -> Any:
 def _grid(rows: Sequence[DemoRow]) -> Image.Image:
     names = list(rows[0].columns)
     label_w, header_h, caption_h = 220, 24, 16
-    width = label_w + CELL * len(names)
+    width = label_w + CELL * len(names) + 40  # room for the last caption
     height = header_h + (CELL + caption_h) * len(rows)
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)

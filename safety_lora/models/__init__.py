@@ -16,7 +16,7 @@ CONCEPT_WORLD_DIR = Path(__file__).parent / "concept_world"
 #: Sampling settings the shipped weights were measured at; pass them to the pipeline call.
 CONCEPT_WORLD_DEFAULTS: dict[str, float | int] = dict(SAMPLING_DEFAULTS)
 
-__all__ = ["CONCEPT_WORLD_DEFAULTS", "CONCEPT_WORLD_DIR", "concept_world"]
+__all__ = ["CONCEPT_WORLD_DEFAULTS", "CONCEPT_WORLD_DIR", "concept_world", "embedded_default"]
 
 
 def concept_world(
@@ -40,3 +40,15 @@ def concept_world(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def embedded_default() -> tuple[StableDiffusionPipeline, dict[str, float | int]]:
+    """The model the CLI and the service use when given none, with its sampling settings.
+
+    The model is tiny, and one torch thread runs it several times faster than many on a
+    small CPU, so this also sets torch to one thread for the process.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    return concept_world(), dict(CONCEPT_WORLD_DEFAULTS)

@@ -175,10 +175,10 @@ def _load_model(settings: ServiceSettings) -> tuple[Any, dict[str, Any]]:
         pipe = DiffusionPipeline.from_pretrained(settings.model)
         pipe.set_progress_bar_config(disable=True)
         return pipe, {}
-    from safety_lora.models import CONCEPT_WORLD_DEFAULTS, concept_world
+    from safety_lora.models import embedded_default
 
     try:
-        return concept_world(), dict(CONCEPT_WORLD_DEFAULTS)
+        return embedded_default()
     except FileNotFoundError as e:
         raise RuntimeError(f"{e}; pass --model PATH (a diffusers pipeline folder)") from e
 

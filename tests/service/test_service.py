@@ -316,6 +316,8 @@ def test_graceful_shutdown_finishes_in_flight(tmp_path: Path, blocking_pipeline:
                 httpx.get(f"{server.url}/healthz", timeout=1)
             except httpx.ConnectError:
                 break
+            except (httpx.TimeoutException, httpx.RemoteProtocolError):
+                pass  # accepted just before the socket closed, or dropped during shutdown
             threading.Event().wait(0.05)
         else:
             pytest.fail("the server kept accepting connections after shutdown began")
