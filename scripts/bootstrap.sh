@@ -11,8 +11,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     "${PIP[@]}" install "torch>=2.1"
   else
-    "${PIP[@]}" install --no-index "torch==2.13.0" 2>/dev/null \
-      || "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
+    # A local CPU wheel when pip's find-links has one (then its dependencies from the index),
+    # else PyTorch's own CPU index.
+    if "${PIP[@]}" install --no-deps --no-index "torch==2.13.0" 2>/dev/null; then
+      "${PIP[@]}" install "torch==2.13.0"
+    else
+      "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
+    fi
   fi
 fi
 "${PIP[@]}" install -e ".[nudenet,serve,minilm,dev]"
