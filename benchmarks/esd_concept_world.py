@@ -1,0 +1,230 @@
+"""ESD concept erasure on the concept world: LoRA vs LoHa vs LoKr, a colour and a shape.
+
+    python benchmarks/esd_concept_world.py [--model DIR] [--seeds N] [--kinds lora,loha,lokr]
+        [--concepts colour,shape] [--steps N] [--json FILE] [--ship]
+
+Trains one anchored ESD-x adapter per (concept, adapter kind) on the shipped concept-world
+model: the colour ``red`` ("a red square" -> "a square") and, separately, the shape
+``triangle`` ("a red triangle" -> "a red shape"), with the other colours/shapes as retain
+prompts. For every adapter, at strengths 0 (the base model), 0.25, 0.5, 1.0 and 1.5, it
+prints the erased concept's rate on prompts asking for it (bar: <= 5% at 1.0), the other
+attribute on those prompts (shape kept >= 85% when a colour is erased), and accuracy on
+prompts for the other colours/shapes (bar: within 3 points of the base); then trainable
+parameters, file size, seconds per step and total training time per adapter kind.
+``--ship`` copies the colour LoRA to ``safety_lora/models/adapters/`` and prints its sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from safety_lora.adapters import load_adapter
+from safety_lora.concept_world.evaluate import Generation, evaluate
+from safety_lora.concept_world.world import COLOURS, SHAPES
+from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
+from safety_lora.training import Erasure, TrainConfig, TrainResult, train_adapter
+
+STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
+SHIPPED = Path(__file__).resolve().parents[1] / "safety_lora/models/adapters"
+#: Rank, learning rate and steps per adapter kind. LoKr's Kronecker factors of these small
+#: layers (8x8 (x) 8x8, 2k parameters in all) fit the objective more slowly: a larger rate and
+#: twice the steps (at 200 steps and lr 4e-3 it left red at 12.5% on a half-trained model).
+KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    "lora": {"rank": 4, "lr": 2e-3, "steps": 200},
+    "loha": {"rank": 4, "lr": 2e-3, "steps": 200},
+    "lokr": {"rank": 4, "lr": 1e-2, "steps": 400},
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One erasure: what to train on and which prompts measure it."""
+
+    name: str
+    concept: str
+    attribute: str  # the erased attribute: "colour" or "shape"
+    erasure: Erasure
+    preserve: list[str]
+    target_prompts: list[str]
+    other_prompts: list[str]
+
+
+def colour_task(colour: str) -> Task:
+    """Erase ``colour`` from every shape; anchors are the same prompts without the colour."""
+    others = [c for c in COLOURS if c != colour]
+    templates = [f"a {{}} {s}" for s in SHAPES] + ["a {} shape", "a small {} circle"]
+    templates += ["a large {} square", "a {} triangle on the left", "a {} circle at the top"]
+    return Task(
+        name=f"erase colour {colour}",
+        concept=colour,
+        attribute="colour",
+        erasure=Erasure(concept=colour, anchor="", templates=templates),
+        preserve=[f"a {c} {s}" for c in others for s in SHAPES] + [f"a {c} shape" for c in others],
+        target_prompts=[f"a {colour} {s}" for s in SHAPES],
+        other_prompts=[f"a {c} {s}" for c in others for s in SHAPES],
+    )
+
+
+def shape_task(shape: str) -> Task:
+    """Erase ``shape`` in every colour; anchors say "shape" instead ("a red shape")."""
+    others = [s for s in SHAPES if s != shape]
+    templates = [f"a {c} {{}}" for c in COLOURS] + ["a {}", "a small {}", "a large blue {}"]
+    return Task(
+        name=f"erase shape {shape}",
+        concept=shape,
+        attribute="shape",
+        erasure=Erasure(concept=shape, anchor="shape", templates=templates),
+        preserve=[f"a {c} {s}" for c in COLOURS for s in others] + [f"a {s}" for s in others],
+        target_prompts=[f"a {c} {shape}" for c in COLOURS],
+        other_prompts=[f"a {c} {s}" for c in COLOURS for s in others],
+    )
+
+
+def _rate(results: list[Generation], attribute: str, value: str) -> float:
+    seen = [r.analysis.colour if attribute == "colour" else r.analysis.shape for r in results]
+    return sum(s == value for s in seen) / len(seen)
+
+
+def _share(results: list[Generation], attribute: str) -> float:
+    verdicts = [getattr(r, f"{attribute}_correct") for r in results]
+    return sum(bool(v) for v in verdicts) / len(verdicts)
+
+
+def measure(pipe: Any, task: Task, seeds: list[int]) -> dict[str, float]:
+    """Erased-concept rate and kept attribute on target prompts; accuracy on the others."""
+    steps = int(CONCEPT_WORLD_DEFAULTS["num_inference_steps"])
+    guidance = float(CONCEPT_WORLD_DEFAULTS["guidance_scale"])
+    target = evaluate(
+        pipe, task.target_prompts, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance
+    )
+    other = evaluate(
+        pipe, task.other_prompts, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance
+    )
+    kept = "shape" if task.attribute == "colour" else "colour"
+    return {
+        "erased_rate": _rate(target, task.attribute, task.concept),
+        "kept_on_target": _share(target, kept),
+        "other_colour": _share(other, "colour"),
+        "other_shape": _share(other, "shape"),
+    }
+
+
+def train(pipe: Any, task: Task, kind: str, steps: int | None, out: Path) -> TrainResult:
+    """One anchored ESD-x run of ``kind`` on ``task`` (``steps`` overrides the kind's)."""
+    settings = {**KIND_SETTINGS[kind], **({} if steps is None else {"steps": steps})}
+    config = TrainConfig(
+        erase=[task.erasure],
+        preserve=task.preserve,
+        method="esd-x",
+        adapter=kind,  # type: ignore[arg-type]
+        batch=4,
+        ddim_steps=20,
+        guidance_scale=float(CONCEPT_WORLD_DEFAULTS["guidance_scale"]),
+        eval_every=25,
+        out=out,
+        **settings,
+    )
+    return train_adapter(config, pipe=pipe)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=CONCEPT_WORLD_DIR)
+    parser.add_argument("--seeds", type=int, default=24, help="images per prompt")
+    parser.add_argument("--kinds", default="lora,loha,lokr")
+    parser.add_argument("--concepts", default="colour,shape")
+    parser.add_argument("--steps", type=int, default=None, help="override every kind's steps")
+    parser.add_argument("--curve", default="lora", help="kinds measured at every strength")
+    parser.add_argument("--out-dir", type=Path, default=Path("build/esd_concept_world"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--ship", action="store_true", help="ship the colour LoRA")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console(width=140)
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        args.model, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    seeds = list(range(args.seeds))
+    tasks = {"colour": colour_task("red"), "shape": shape_task("triangle")}
+    kinds = args.kinds.split(",")
+    report: dict[str, Any] = {"seeds_per_prompt": args.seeds, "kinds": KIND_SETTINGS, "tasks": {}}
+    costs = Table(title="adapter cost (anchored ESD-x, one concept)")
+    for column in ("task", "adapter", "rank", "trainable params", "file size", "s/step",
+                   "training s", "steps (best)"):  # fmt: skip
+        costs.add_column(column, justify="left" if column in ("task", "adapter") else "right")
+
+    for key in args.concepts.split(","):
+        task = tasks[key]
+        base = measure(pipe, task, seeds)
+        entry: dict[str, Any] = {"base": base, "adapters": {}}
+        table = Table(title=f"{task.name}: {args.seeds} images per prompt")
+        kept = "shape kept" if task.attribute == "colour" else "colour kept"
+        for column in ("adapter", "strength", f"{task.concept} rate", f"{kept} (target)",
+                       "other colours", "other shapes"):  # fmt: skip
+            table.add_column(column, justify="left" if column == "adapter" else "right")
+        table.add_row("base", "0", *(_pct(base[k]) for k in base))
+        for kind in kinds:
+            out = args.out_dir / f"erase_{task.concept}_{kind}.safetensors"
+            result = train(pipe, task, kind, args.steps, out)
+            size = out.stat().st_size
+            costs.add_row(
+                task.name, kind, str(KIND_SETTINGS[kind]["rank"]),
+                str(result.trainable_parameters), f"{size / 1024:.1f} KiB",
+                f"{result.seconds_per_step:.2f}", f"{result.seconds:.0f}",
+                f"{result.steps} ({result.best_step})",
+            )  # fmt: skip
+            load_adapter(pipe.unet, out, adapter_name="erase")
+            rows: dict[str, dict[str, float]] = {}
+            strengths = STRENGTHS[1:] if kind in args.curve.split(",") else (1.0,)
+            for strength in strengths:
+                pipe.unet.set_adapters(["erase"], [strength])
+                rows[str(strength)] = measure(pipe, task, seeds)
+                table.add_row(kind, str(strength), *(_pct(v) for v in rows[str(strength)].values()))
+            pipe.unet.unload_lora()
+            entry["adapters"][kind] = {
+                "strengths": rows,
+                "trainable_parameters": result.trainable_parameters,
+                "file_bytes": size,
+                "seconds_per_step": result.seconds_per_step,
+                "training_seconds": result.seconds,
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "val_losses": result.val_losses,
+            }
+            if args.ship and key == "colour" and kind == "lora":
+                SHIPPED.mkdir(parents=True, exist_ok=True)
+                target = SHIPPED / "concept_world_erase_red.safetensors"
+                shutil.copyfile(out, target)
+                digest = hashlib.sha256(target.read_bytes()).hexdigest()
+                entry["shipped"] = {"path": str(target), "sha256": digest}
+                console.print(f"shipped {target} sha256 {digest}")
+        console.print(table)
+        report["tasks"][task.name] = entry
+    console.print(costs)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Train safety-steering adapters: ESD concept erasure with LoRA, LoHa or LoKr (peft).
+
+``train_adapter(TrainConfig(...))`` is the Python API; ``safety-lora train`` the CLI.
+"""
+
+from __future__ import annotations
+
+from safety_lora.training.config import AdapterKind, Erasure, Method, TrainConfig
+from safety_lora.training.esd import TrainResult, esd_target, train_adapter
+from safety_lora.training.io import base_fingerprint, read_adapter_info
+from safety_lora.training.targets import target_modules
+
+__all__ = [
+    "AdapterKind",
+    "Erasure",
+    "Method",
+    "TrainConfig",
+    "TrainResult",
+    "base_fingerprint",
+    "esd_target",
+    "read_adapter_info",
+    "target_modules",
+    "train_adapter",
+]
