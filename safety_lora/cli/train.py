@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from safety_lora.training.config import AdapterKind, Erasure, Method, TrainConfig
+if TYPE_CHECKING:  # the training package imports torch: only on use, keeping --help fast
+    from safety_lora.training.config import AdapterKind, Method
 
 __all__ = ["register"]
 
@@ -79,7 +80,7 @@ def train(
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Train a concept-erasure adapter (ESD) and write it with its metadata."""
-    from safety_lora.training.esd import train_adapter
+    from safety_lora.training import Erasure, TrainConfig, train_adapter
 
     anchors = _anchors(anchor or [], erase)
     try:
@@ -94,8 +95,8 @@ def train(
                 for c in erase
             ],
             preserve=preserve or [],
-            method=cast(Method, _choice(method, ("esd-x", "esd-u"), "--method")),
-            adapter=cast(AdapterKind, _choice(adapter, ("lora", "loha", "lokr"), "--adapter")),
+            method=cast("Method", _choice(method, ("esd-x", "esd-u"), "--method")),
+            adapter=cast("AdapterKind", _choice(adapter, ("lora", "loha", "lokr"), "--adapter")),
             rank=rank,
             alpha=alpha,
             steps=steps,
