@@ -353,26 +353,11 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
     if not enabled:
         yield lambda _: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from safety_lora.progress import progress_bar
 
-    columns = (
-        TextColumn("compare"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-    )
-    with Progress(*columns) as progress:
-        task = progress.add_task("", total=total)
-        yield lambda key: progress.update(task, advance=1, description=key)
+    with progress_bar("{task.fields[unit]}") as progress:
+        task = progress.add_task("compare", total=total, unit="")
+        yield lambda key: progress.update(task, advance=1, unit=key)
 
 
 def _load_pipe(config: CompareConfig) -> Any:

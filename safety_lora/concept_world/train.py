@@ -117,23 +117,9 @@ def _lr(step: int, total: int | None, peak: float, warmup: int = 100) -> float:
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from safety_lora.progress import progress_bar
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ) as progress:
+    with progress_bar("loss {task.fields[loss]:.4f}") as progress:
         yield progress
 
 

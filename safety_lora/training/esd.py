@@ -403,23 +403,9 @@ def _progress(enabled: bool, title: str, total: int, done: int) -> Iterator[Any]
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from safety_lora.progress import progress_bar
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  val {task.fields[val]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ) as progress:
+    with progress_bar("loss {task.fields[loss]:.4f}  val {task.fields[val]}") as progress:
         task = progress.add_task(title, total=total, completed=done, loss=float("nan"), val="-")
         yield lambda **kw: progress.update(task, completed=kw.pop("step"), **kw)
 
