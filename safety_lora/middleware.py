@@ -114,7 +114,7 @@ class SafetyMiddleware:
             await self._moderate(route, request_id, scope, receive, send)
         except _Reject as e:
             body = {"error": {"code": e.code, "message": str(e), **e.extra}}
-            await _send_json(send, e.status, body, [(self.header, request_id.encode())])
+            await send_json(send, e.status, body, [(self.header, request_id.encode())])
 
     def _route(self, scope: Scope) -> GuardedRoute | None:
         if scope["type"] != "http":
@@ -282,9 +282,10 @@ def _locate(document: Any, parts: Sequence[str]) -> list[tuple[Any, Any]]:
     return [slot for k in keys for slot in _locate(document[k], rest)]
 
 
-async def _send_json(
+async def send_json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
 ) -> None:
+    """Send a whole JSON response on a raw ASGI ``send`` (also used by the service's gate)."""
     data = json.dumps(body).encode("utf-8")
     await send(
         {

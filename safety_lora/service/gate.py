@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import math
 import re
@@ -18,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from safety_lora.middleware import ASGIApp, Message, Receive, Scope, Send
+from safety_lora.middleware import ASGIApp, Message, Receive, Scope, Send, send_json
 from safety_lora.service.metrics import ServiceMetrics
 from safety_lora.service.settings import ServiceSettings, hash_api_key
 
@@ -262,16 +261,4 @@ async def _error(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     body: dict[str, Any] = {"error": {"message": message, "type": code, "code": code}}
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    await send_json(send, status, body, headers or [])
