@@ -9,8 +9,9 @@ model: the colour ``red`` ("a red square" -> "a square") and, separately, the sh
 prompts. For every adapter, at strengths 0 (the base model), 0.25, 0.5, 1.0 and 1.5, it
 prints the erased concept's rate on prompts asking for it (bar: <= 5% at 1.0), the other
 attribute on those prompts (shape kept >= 85% when a colour is erased), and accuracy on
-prompts for the other colours/shapes (bar: within 3 points of the base); then trainable
-parameters, file size, seconds per step and total training time per adapter kind.
+prompts for the other colours/shapes (bar: within 3 points of the base), with a column
+saying whether the row at strength 1.0 meets all three; then trainable parameters, file
+size, seconds per step and total training time per adapter kind.
 ``--ship`` copies the colour LoRA to ``safety_lora/models/adapters/`` and prints its sha256.
 """
 
@@ -37,13 +38,16 @@ from safety_lora.training import Erasure, TrainConfig, TrainResult, train_adapte
 
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
 SHIPPED = Path(__file__).resolve().parents[1] / "safety_lora/models/adapters"
-#: Rank, learning rate and steps per adapter kind. LoKr's Kronecker factors of these small
-#: layers (8x8 (x) 8x8, 2k parameters in all) fit the objective more slowly: a larger rate and
-#: twice the steps (at 200 steps and lr 4e-3 it left red at 12.5% on a half-trained model).
+#: Rank, learning rate, steps and retain weight per adapter kind. LoKr's Kronecker factors of
+#: these small layers (8x8 (x) 8x8, 2k parameters in all) fit the objective more slowly: a
+#: larger rate and twice the steps (at 200 steps and lr 4e-3 it left red at 12.5% on a
+#: half-trained model). Its factors are shared across the whole weight, so one step moves
+#: unrelated prompts more: twice the retain weight (erasing triangle, 32 seeds, other shapes
+#: went from 97.3% at weight 1 to 99.6%, the base's rate, with triangle 1.6% both times).
 KIND_SETTINGS: dict[str, dict[str, Any]] = {
     "lora": {"rank": 4, "lr": 2e-3, "steps": 200},
     "loha": {"rank": 4, "lr": 2e-3, "steps": 200},
-    "lokr": {"rank": 4, "lr": 1e-2, "steps": 400},
+    "lokr": {"rank": 4, "lr": 1e-2, "steps": 400, "preserve_weight": 2.0},
 }
 
 
@@ -142,14 +146,23 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
+    """The issue's bar at strength 1.0: erased <= 5%, kept >= 85%, others within 3 points."""
+    return (
+        row["erased_rate"] <= 0.05
+        and row["kept_on_target"] >= 0.85
+        and all(row[k] >= base[k] - 0.03 - 1e-9 for k in ("other_colour", "other_shape"))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=CONCEPT_WORLD_DIR)
-    parser.add_argument("--seeds", type=int, default=24, help="images per prompt")
+    parser.add_argument("--seeds", type=int, default=32, help="images per prompt")
     parser.add_argument("--kinds", default="lora,loha,lokr")
     parser.add_argument("--concepts", default="colour,shape")
     parser.add_argument("--steps", type=int, default=None, help="override every kind's steps")
-    parser.add_argument("--curve", default="lora", help="kinds measured at every strength")
+    parser.add_argument("--curve", default="lora,loha,lokr", help="kinds run at every strength")
     parser.add_argument("--out-dir", type=Path, default=Path("build/esd_concept_world"))
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--ship", action="store_true", help="ship the colour LoRA")
@@ -180,9 +193,9 @@ def main() -> None:
         table = Table(title=f"{task.name}: {args.seeds} images per prompt")
         kept = "shape kept" if task.attribute == "colour" else "colour kept"
         for column in ("adapter", "strength", f"{task.concept} rate", f"{kept} (target)",
-                       "other colours", "other shapes"):  # fmt: skip
+                       "other colours", "other shapes", "bar at 1.0"):  # fmt: skip
             table.add_column(column, justify="left" if column == "adapter" else "right")
-        table.add_row("base", "0", *(_pct(base[k]) for k in base))
+        table.add_row("base", "0", *(_pct(base[k]) for k in base), "")
         for kind in kinds:
             out = args.out_dir / f"erase_{task.concept}_{kind}.safetensors"
             result = train(pipe, task, kind, args.steps, out)
@@ -198,11 +211,13 @@ def main() -> None:
             strengths = STRENGTHS[1:] if kind in args.curve.split(",") else (1.0,)
             for strength in strengths:
                 pipe.unet.set_adapters(["erase"], [strength])
-                rows[str(strength)] = measure(pipe, task, seeds)
-                table.add_row(kind, str(strength), *(_pct(v) for v in rows[str(strength)].values()))
+                row = rows[str(strength)] = measure(pipe, task, seeds)
+                verdict = ("yes" if meets_bar(row, base) else "NO") if strength == 1.0 else ""
+                table.add_row(kind, str(strength), *(_pct(v) for v in row.values()), verdict)
             pipe.unet.unload_lora()
             entry["adapters"][kind] = {
                 "strengths": rows,
+                "meets_bar": meets_bar(rows["1.0"], base),
                 "trainable_parameters": result.trainable_parameters,
                 "file_bytes": size,
                 "seconds_per_step": result.seconds_per_step,

@@ -68,8 +68,16 @@ def train(
     ddim_steps: Annotated[int, typer.Option(help="DDIM schedule of the partial run.")] = 50,
     guidance_scale: Annotated[float, typer.Option(help="CFG of the partial run.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Seed (the run is deterministic).")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of prompts held out.")] = 0.2,
-    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 25,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of prompts held out for validation (never trained on) [default: none; "
+            "validation then uses the training prompts at noise draws training never sees]."
+        ),
+    ] = 0.0,
+    eval_every: Annotated[
+        int, typer.Option(help="Validate every N steps; 0: never (the last adapter is saved).")
+    ] = 25,
     patience: Annotated[
         int | None, typer.Option(help="Stop after N validations without gain.")
     ] = None,
@@ -107,7 +115,7 @@ def train(
             guidance_scale=guidance_scale,
             seed=seed,
             val_fraction=val_fraction,
-            eval_every=eval_every,
+            eval_every=eval_every or None,
             patience=patience,
             checkpoint_every=checkpoint_every,
             resume=resume,

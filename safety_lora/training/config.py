@@ -79,10 +79,16 @@ class TrainConfig(_Strict):
     concept-world model. ``target_modules`` overrides the method's module selection (full
     module names or suffixes such as ``"attn2.to_k"``). ``ddim_steps`` is the length of the
     DDIM schedule the partial denoising runs on; ``guidance_scale`` its classifier-free
-    guidance (1.0 = none). Validation: ``val_fraction`` of the pairs (and preserve prompts)
-    are held out; every ``eval_every`` steps the validation loss is computed and training
-    stops after ``patience`` evaluations without an improvement of ``min_delta`` (``None``:
-    never stop early). The saved adapter is the best one on validation.
+    guidance (1.0 = none).
+
+    Validation: every ``eval_every`` steps the loss is computed on a fixed batch of ``x_t``
+    drawn apart from training; training stops after ``patience`` evaluations without an
+    improvement of ``min_delta`` (``None``: never stop early) and the saved adapter is the
+    best one on validation. ``eval_every=None``: no validation, the last adapter is saved.
+    ``val_fraction`` > 0 also holds out that share of the pairs and preserve prompts (never
+    trained on), to measure generalisation to unseen prompts; keep it 0 when the prompts
+    are few and each matters (a held-out retain prompt is not preserved, a held-out concept
+    prompt not erased).
     """
 
     base: str | None = None
@@ -101,9 +107,9 @@ class TrainConfig(_Strict):
     ddim_steps: Annotated[int, Field(ge=2, le=1000)] = 50
     guidance_scale: Annotated[float, Field(ge=1.0)] = 3.0
     seed: int = 0
-    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     val_draws: Annotated[int, Field(ge=1)] = 4
-    eval_every: Annotated[int, Field(ge=1)] = 25
+    eval_every: Annotated[int, Field(ge=1)] | None = 25
     patience: Annotated[int, Field(ge=1)] | None = None
     min_delta: Annotated[float, Field(ge=0.0)] = 0.0
     checkpoint_every: Annotated[int, Field(ge=1)] | None = None
@@ -131,8 +137,8 @@ class TrainConfig(_Strict):
             # LyCORIS scales a LoKr module without a low-rank factor by 1, peft by alpha/r:
             # only alpha == rank means the same in both.
             raise ValueError(f"LoKr needs `alpha` == `rank` ({self.rank}), got {self.alpha}")
-        if self.patience is not None and self.val_fraction == 0.0:
-            raise ValueError(f"`patience` {self.patience} needs validation: `val_fraction` is 0")
+        if self.patience is not None and self.eval_every is None:
+            raise ValueError(f"`patience` {self.patience} needs validation: `eval_every` is None")
         return self
 
     @property

@@ -20,7 +20,9 @@ Where ``x_t`` comes from, per training step (as the paper: from the model being 
    the reverse of the level reached; we use the consistent one.)
 
 Validation uses fixed ``x_t`` from the *base* model at ``val_draws`` stop indices spread
-evenly over the schedule, with held-out pairs, so its loss is comparable across steps.
+evenly over the schedule, drawn from a noise stream training never sees, so its loss is
+comparable across steps; its prompts are the held-out ones when ``val_fraction`` > 0, else
+the training prompts.
 Every step draws from a ``torch.Generator`` seeded by ``(seed, step)``: a resumed run
 continues exactly as an uninterrupted one.
 """
@@ -410,6 +412,11 @@ def _progress(enabled: bool, title: str, total: int, done: int) -> Iterator[Any]
         yield lambda **kw: progress.update(task, completed=kw.pop("step"), **kw)
 
 
+def _due(step: int, every: int | None, last: bool) -> bool:
+    """Whether a periodic action (every ``every`` steps, ``None``: never) runs at ``step``."""
+    return every is not None and (last or step % every == 0)
+
+
 def train_adapter(config: TrainConfig, *, pipe: Any | None = None) -> TrainResult:
     """Train an ESD adapter as ``config`` says and write it to ``config.out``.
 
@@ -423,7 +430,6 @@ def train_adapter(config: TrainConfig, *, pipe: Any | None = None) -> TrainResul
         ckpt = config.checkpoint_path
         if config.resume and ckpt.exists():
             trainer.load_checkpoint(ckpt)
-        validate = config.val_fraction > 0.0
         title = f"ESD {config.method} {config.adapter} r{config.rank}"
         began, first = time.perf_counter(), trainer.step
         with _progress(config.progress, title, config.steps, trainer.step) as update:
@@ -431,11 +437,9 @@ def train_adapter(config: TrainConfig, *, pipe: Any | None = None) -> TrainResul
                 loss = trainer.train_step()
                 at_end = trainer.step == config.steps
                 fields: dict[str, Any] = {"step": trainer.step, "loss": loss}
-                if validate and (trainer.step % config.eval_every == 0 or at_end):
+                if _due(trainer.step, config.eval_every, at_end):
                     fields["val"] = f"{trainer.evaluate():.4f}"
-                every = config.checkpoint_every
-                done = at_end or trainer.stopped_early
-                if every is not None and (trainer.step % every == 0 or done):
+                if _due(trainer.step, config.checkpoint_every, at_end or trainer.stopped_early):
                     trainer.save_checkpoint(ckpt)
                 if update is not None:
                     update(**fields)

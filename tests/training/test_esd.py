@@ -64,7 +64,7 @@ def test_adapter_moves_concept_toward_target_and_keeps_unrelated(config_factory:
     red = pipe.tokenizer("red", add_special_tokens=False).input_ids
     with torch.no_grad():
         pipe.text_encoder.get_input_embeddings().weight[red] *= 30
-    trainer = EsdTrainer(pipe, config_factory(lr=3e-3, preserve_weight=4.0))
+    trainer = EsdTrainer(pipe, config_factory(lr=3e-3, preserve_weight=4.0, val_fraction=0.25))
     held_out = trainer.val_keep[0]  # a retain prompt the adapter never trained on
     assert held_out not in trainer.keep
     try:
@@ -87,7 +87,7 @@ def test_adapter_moves_concept_toward_target_and_keeps_unrelated(config_factory:
 @pytest.mark.parametrize("method", ["esd-x", "esd-u"])
 def test_save_load_round_trip_is_exact(config_factory: Factory, kind: str, method: str) -> None:
     pipe = tiny_pipeline()
-    config = config_factory(adapter=kind, method=method, steps=2, val_fraction=0.0)
+    config = config_factory(adapter=kind, method=method, steps=2, eval_every=None)
     trainer = EsdTrainer(pipe, config)
     try:
         trainer.train_step()
@@ -112,7 +112,7 @@ def test_save_load_round_trip_is_exact(config_factory: Factory, kind: str, metho
 
 
 def test_lora_file_loads_with_diffusers(config_factory: Factory) -> None:
-    config = config_factory(steps=2, val_fraction=0.0)
+    config = config_factory(steps=2, eval_every=None)
     pipe = tiny_pipeline()
     train_adapter(config, pipe=pipe)
     with safe_open(str(config.out), framework="pt") as fh:
@@ -128,7 +128,7 @@ def test_lora_file_loads_with_diffusers(config_factory: Factory) -> None:
 def test_metadata_describes_the_run(config_factory: Factory) -> None:
     pipe = tiny_pipeline()
     fingerprint = base_fingerprint(pipe.unet)
-    config = config_factory(adapter="loha", rank=2, alpha=1.0)
+    config = config_factory(adapter="loha", rank=2, alpha=1.0, val_fraction=0.25)
     result = train_adapter(config, pipe=pipe)
     info = read_adapter_info(result.path)
     assert info["adapter"] == "loha" and info["rank"] == 2 and info["alpha"] == 1.0
@@ -140,6 +140,29 @@ def test_metadata_describes_the_run(config_factory: Factory) -> None:
     assert TrainConfig.model_validate(info["training_args"]) == config
     assert info["steps"] == 6 and info["best_step"] == result.best_step
     assert result.val_held_out and [s for s, _ in result.val_losses] == [2, 4, 6]
+
+
+def test_validation_holds_out_prompts_only_when_asked(config_factory: Factory) -> None:
+    pipe = tiny_pipeline()
+    every = EsdTrainer(pipe, config_factory())
+    every.close()
+    held = EsdTrainer(pipe, config_factory(val_fraction=0.25))
+    held.close()
+    preserve, pairs = every.config.preserve, every.config.erase[0].prompt_pairs()
+    assert len(preserve) == len(pairs) == 4
+    # Default: every concept pair and retain prompt is trained on, and validated on.
+    assert every.keep == every.val_keep == preserve and not every.val_held_out
+    assert every.pairs == every.val_pairs == pairs
+    # val_fraction: a quarter of each held out, never trained on.
+    assert held.val_held_out and len(held.val_keep) == len(held.val_pairs) == 1
+    assert sorted(held.keep + held.val_keep) == sorted(preserve)
+    assert held.val_keep[0] not in held.keep and held.val_pairs[0] not in held.pairs
+
+
+def test_without_validation_the_last_adapter_is_saved(config_factory: Factory) -> None:
+    result = train_adapter(config_factory(steps=3, eval_every=None), pipe=tiny_pipeline())
+    assert result.val_losses == [] and result.best_step == 3
+    assert read_adapter_info(result.path)["val_loss"] is None
 
 
 def test_training_leaves_the_pipeline_as_it_was(config_factory: Factory) -> None:

@@ -36,7 +36,7 @@ def test_explicit_pairs_follow_template_pairs() -> None:
         ({"out": Path("a.pt")}, "must end with .safetensors"),
         ({"erase": [Erasure(concept="red"), Erasure(concept="red")]}, "names a concept twice"),
         ({"adapter": "lokr", "rank": 4, "alpha": 2.0}, "LoKr needs `alpha` == `rank`"),
-        ({"patience": 2, "val_fraction": 0.0}, "needs validation"),
+        ({"patience": 2, "eval_every": None}, "needs validation"),
         ({"target_modules": []}, "must not be empty"),
         ({"method": "esd-z"}, "esd-x"),
     ],

@@ -61,7 +61,7 @@ def test_cli_trains_from_a_pipeline_folder(cli: typer.Typer, tmp_path: Path) -> 
         "train", "--base", str(tmp_path / "base"), "--erase", "red", "--anchor", "red=",
         "--template", "a {} car", "--template", "a {} tree", "--preserve", "a blue car",
         "--method", "esd-x", "--adapter", "lokr", "--rank", "2", "--steps", "2",
-        "--ddim-steps", "3", "--batch", "1", "--out", str(out), "--seed", "3",
+        "--ddim-steps", "3", "--batch", "1", "--out", str(out), "--seed", "3", "--eval-every", "0",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -69,6 +69,7 @@ def test_cli_trains_from_a_pipeline_folder(cli: typer.Typer, tmp_path: Path) -> 
     info = read_adapter_info(out)
     assert info["adapter"] == "lokr" and info["anchors"] == {"red": ""}
     assert info["training_args"]["seed"] == 3 and info["base"] == str(tmp_path / "base")
+    assert info["training_args"]["eval_every"] is None and info["val_loss"] is None
 
 
 @pytest.mark.parametrize(
