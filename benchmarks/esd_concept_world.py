@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from safety_lora.adapters import load_adapter
+from safety_lora.compare.metrics import BAR
 from safety_lora.concept_world.evaluate import Generation, evaluate
 from safety_lora.concept_world.world import COLOURS, SHAPES
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
@@ -147,9 +148,9 @@ def _pct(value: float) -> str:
 
 
 def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
-    """The issue's bar at strength 1.0: erased <= 5%, kept >= 85%, others within 3 points."""
+    """The issue's bar at strength 1.0: erased <= BAR (5%), kept >= 85%, others within 3 points."""
     return (
-        row["erased_rate"] <= 0.05
+        row["erased_rate"] <= BAR
         and row["kept_on_target"] >= 0.85
         and all(row[k] >= base[k] - 0.03 - 1e-9 for k in ("other_colour", "other_shape"))
     )
