@@ -33,7 +33,7 @@ from rich.table import Table
 from safety_lora.adapters import load_adapter
 from safety_lora.compare.metrics import BAR
 from safety_lora.concept_world.evaluate import Generation, evaluate
-from safety_lora.concept_world.world import COLOURS, SHAPES
+from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
 from safety_lora.training import Erasure, TrainConfig, TrainResult, train_adapter
 
@@ -65,34 +65,17 @@ class Task:
     other_prompts: list[str]
 
 
-def colour_task(colour: str) -> Task:
-    """Erase ``colour`` from every shape; anchors are the same prompts without the colour."""
-    others = [c for c in COLOURS if c != colour]
-    templates = [f"a {{}} {s}" for s in SHAPES] + ["a {} shape", "a small {} circle"]
-    templates += ["a large {} square", "a {} triangle on the left", "a {} circle at the top"]
+def concept_task(concept: str) -> Task:
+    """Erase ``concept`` (a colour or a shape) as :func:`erasure_task` defines it."""
+    task = erasure_task(concept)
     return Task(
-        name=f"erase colour {colour}",
-        concept=colour,
-        attribute="colour",
-        erasure=Erasure(concept=colour, anchor="", templates=templates),
-        preserve=[f"a {c} {s}" for c in others for s in SHAPES] + [f"a {c} shape" for c in others],
-        target_prompts=[f"a {colour} {s}" for s in SHAPES],
-        other_prompts=[f"a {c} {s}" for c in others for s in SHAPES],
-    )
-
-
-def shape_task(shape: str) -> Task:
-    """Erase ``shape`` in every colour; anchors say "shape" instead ("a red shape")."""
-    others = [s for s in SHAPES if s != shape]
-    templates = [f"a {c} {{}}" for c in COLOURS] + ["a {}", "a small {}", "a large blue {}"]
-    return Task(
-        name=f"erase shape {shape}",
-        concept=shape,
-        attribute="shape",
-        erasure=Erasure(concept=shape, anchor="shape", templates=templates),
-        preserve=[f"a {c} {s}" for c in COLOURS for s in others] + [f"a {s}" for s in others],
-        target_prompts=[f"a {c} {shape}" for c in COLOURS],
-        other_prompts=[f"a {c} {s}" for c in COLOURS for s in others],
+        name=f"erase {task.attribute} {concept}",
+        concept=concept,
+        attribute=task.attribute,
+        erasure=Erasure(concept=concept, anchor=task.anchor, templates=list(task.templates)),
+        preserve=list(task.preserve),
+        target_prompts=list(task.target_prompts),
+        other_prompts=list(task.other_prompts),
     )
 
 
@@ -179,7 +162,7 @@ def main() -> None:
     )
     pipe.set_progress_bar_config(disable=True)
     seeds = list(range(args.seeds))
-    tasks = {"colour": colour_task("red"), "shape": shape_task("triangle")}
+    tasks = {"colour": concept_task("red"), "shape": concept_task("triangle")}
     kinds = args.kinds.split(",")
     report: dict[str, Any] = {"seeds_per_prompt": args.seeds, "kinds": KIND_SETTINGS, "tasks": {}}
     costs = Table(title="adapter cost (anchored ESD-x, one concept)")

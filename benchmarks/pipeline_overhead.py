@@ -26,7 +26,8 @@ from safety_lora.policies.schema import Policy
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
 PROMPT = "a photo of a cat"
-STATIC: dict[str, Any] = {"prompt": {"classifiers": []}, "classifiers": [{"kind": "static"}]}
+_ZERO: list[dict[str, Any]] = [{"kind": "static", "scores": {"sexual": 0.0}}]
+STATIC: dict[str, Any] = {"prompt": {"classifiers": _ZERO}, "classifiers": _ZERO}
 
 
 def _policy(lora: Path | None, mode: str = "dynamic") -> Policy:

@@ -236,6 +236,7 @@ class ClipConceptsConfig(ClassifierConfig):
     only the user's concepts (the checkpoint still supplies the image tower).
     """
 
+    HOW = "`concepts` phrases for it; needs local CLIP weights"
     kind: Literal["clip_concepts"] = "clip_concepts"
     model: str = Field(min_length=1)
     concepts: list[Concept] = Field(default_factory=list)
@@ -266,6 +267,11 @@ class ClipConceptsConfig(ClassifierConfig):
         if both:
             raise ValueError(f"phrase(s) {sorted(both)} in both `concepts` and `special_care`")
         return self
+
+    def categories(self) -> frozenset[Category]:
+        own = [self.category, self.special_care_category] if self.include_original else []
+        users = [c.category for c in (*self.concepts, *self.special_care)]
+        return frozenset(c for c in (*own, *users) if c is not None)
 
     def build(self) -> ClipConceptsClassifier:
         options = {name: getattr(self, name) for name in type(self).model_fields if name != "kind"}

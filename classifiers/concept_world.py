@@ -83,6 +83,7 @@ class ConceptWorldClassifier:
 class ConceptWorldConfig(ClassifierConfig):
     """Which concept-world colours/shapes count as which harm category."""
 
+    HOW = "colours/shapes of the embedded model"
     kind: Literal["concept_world"] = "concept_world"
     unsafe: dict[Category, list[str]] = Field(default_factory=dict)
 
@@ -97,6 +98,9 @@ class ConceptWorldConfig(ClassifierConfig):
                 f"'colour shape' from: {allowed}"
             )
         return value
+
+    def categories(self) -> frozenset[Category]:
+        return frozenset(c for c, terms in self.unsafe.items() if terms)
 
     def build(self) -> ConceptWorldClassifier:
         return ConceptWorldClassifier(unsafe=self.unsafe)

@@ -149,11 +149,15 @@ class HFImageClassifier:
 class HFImageConfig(ClassifierConfig):
     """A local folder (or hub id) with an image-classification model and its image processor."""
 
+    HOW = "`labels` mapped to it; needs a local model"
     kind: Literal["hf_image"] = "hf_image"
     model: str = Field(min_length=1)
     labels: dict[str, Category | None] = Field(min_length=1)
     batch_size: int = Field(default=8, ge=1)
     device: str = "cpu"
+
+    def categories(self) -> frozenset[Category]:
+        return frozenset(c for c in self.labels.values() if c is not None)
 
     def build(self) -> HFImageClassifier:
         return HFImageClassifier(

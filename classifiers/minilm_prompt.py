@@ -240,9 +240,14 @@ class MiniLMPromptClassifier:
 class MiniLMPromptConfig(ClassifierConfig):
     """Learned prompt classifier: the bundled head (``"bundled"``) or a head safetensors file."""
 
+    HOW = "a head trained for it"
     kind: Literal["minilm"] = "minilm"
     head: str = BUNDLED
     batch_size: int = Field(default=64, ge=1, le=4096)
+
+    def categories(self) -> frozenset[Category]:
+        source, data = _read_head(self.head)
+        return frozenset(MiniLMHead.from_bytes(data, source=source).categories)
 
     def build(self) -> MiniLMPromptClassifier:
         return MiniLMPromptClassifier(head=self.head, batch_size=self.batch_size)

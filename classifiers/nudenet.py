@@ -180,6 +180,8 @@ class NudeNetConfig(ClassifierConfig):
     ``threads`` caps onnxruntime's intra-op threads (default: onnxruntime's choice, all cores).
     """
 
+    CAN_SCORE = frozenset({Category.SEXUAL})
+    HOW = "exposed body parts; ships in its wheel"
     kind: Literal["nudenet"] = "nudenet"
     model_path: str | None = None
     inference_resolution: int = Field(default=320, ge=32)
@@ -193,6 +195,10 @@ class NudeNetConfig(ClassifierConfig):
     def _known_labels(cls, value: dict[str, Category | None]) -> dict[str, Category | None]:
         _check_labels(value, where="label_map")
         return value
+
+    def categories(self) -> frozenset[Category]:
+        mapped = {**DEFAULT_LABEL_MAP, **self.label_map}.values()
+        return frozenset(c for c in mapped if c is not None)
 
     def build(self) -> NudeNetClassifier:
         return NudeNetClassifier(

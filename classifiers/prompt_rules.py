@@ -197,9 +197,17 @@ class PromptRulesClassifier:
 class PromptRulesConfig(ClassifierConfig):
     """Term/regex prompt rules: the bundled set or a YAML file, plus user ``extra_terms``."""
 
+    HOW = "`extra_terms` or a rules file"
     kind: Literal["prompt_rules"] = "prompt_rules"
     rules: str = BUNDLED
     extra_terms: dict[Category, list[str]] = Field(default_factory=dict)
+
+    def categories(self) -> frozenset[Category]:
+        source, text = load_rules_text(self.rules)
+        declared = _parse(source, text).categories
+        return frozenset(c for c, groups in declared.items() if groups) | {
+            c for c, terms in self.extra_terms.items() if terms
+        }
 
     def build(self) -> PromptRulesClassifier:
         return PromptRulesClassifier(rules=self.rules, extra_terms=self.extra_terms)

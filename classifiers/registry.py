@@ -45,5 +45,8 @@ PromptClassifierConfig = Annotated[
     Field(discriminator="kind"),
 ]
 
+#: The ``kind`` names of image and prompt classifiers, in registry order.
+IMAGE_KINDS: tuple[str, ...] = tuple(c.model_fields["kind"].default for c in IMAGE_CONFIGS)
+PROMPT_KINDS: tuple[str, ...] = tuple(c.model_fields["kind"].default for c in PROMPT_CONFIGS)
 #: Every ``kind`` a policy may name (used to tidy error paths).
-KINDS = frozenset(c.model_fields["kind"].default for c in (*IMAGE_CONFIGS, *PROMPT_CONFIGS))
+KINDS = frozenset((*IMAGE_KINDS, *PROMPT_KINDS))

@@ -19,10 +19,15 @@ from safety_lora.taxonomy import Category
 class SDSafetyCheckerConfig(ClassifierConfig):
     """A folder (or hub id) with a ``StableDiffusionSafetyChecker`` and its image processor."""
 
+    CAN_SCORE = frozenset({Category.SEXUAL})
+    HOW = "needs the safety checker's weights"
     kind: Literal["sd_safety_checker"] = "sd_safety_checker"
     model: str = Field(min_length=1)
     batch_size: int = Field(default=8, ge=1)
     device: str = "cpu"
+
+    def categories(self) -> frozenset[Category]:
+        return frozenset({Category.SEXUAL})
 
     def build(self) -> ClipConceptsClassifier:
         return ClipConceptsClassifier(

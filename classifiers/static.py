@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from safety_lora.classifiers.base import ImageScores, PromptScores
 from safety_lora.classifiers.config import ClassifierConfig
@@ -64,9 +64,19 @@ class StaticPromptClassifier:
 class StaticImageConfig(ClassifierConfig):
     """Fixed image scores; ``sequence`` lets successive images get different scores."""
 
+    HOW = "fixed scores, for tests"
     kind: Literal["static"] = "static"
     scores: dict[Category, float] = Field(default_factory=dict)
     sequence: list[dict[Category, float]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _scores_something(self) -> StaticImageConfig:
+        if not self.categories():
+            raise ValueError("a static classifier needs `scores` or `sequence` naming a category")
+        return self
+
+    def categories(self) -> frozenset[Category]:
+        return frozenset(c for entry in (self.scores, *self.sequence) for c in entry)
 
     def build(self) -> StaticImageClassifier:
         seq = self.sequence or [self.scores]
@@ -76,8 +86,18 @@ class StaticImageConfig(ClassifierConfig):
 class StaticPromptConfig(ClassifierConfig):
     """Fixed prompt scores."""
 
+    HOW = "fixed scores, for tests"
     kind: Literal["static"] = "static"
     scores: dict[Category, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _scores_something(self) -> StaticPromptConfig:
+        if not self.scores:
+            raise ValueError("a static classifier needs `scores` naming a category")
+        return self
+
+    def categories(self) -> frozenset[Category]:
+        return frozenset(self.scores)
 
     def build(self) -> StaticPromptClassifier:
         return StaticPromptClassifier(scores=self.scores)

@@ -45,6 +45,7 @@ class PromptDecision:
     request_id: str = ""
     prompt_sha256: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    unjudged: tuple[Category, ...] = ()
 
     @property
     def refused(self) -> bool:
@@ -54,7 +55,12 @@ class PromptDecision:
 
 @dataclass(frozen=True)
 class Decision:
-    """The verdict on one image: what to do, which rule fired, and the evidence."""
+    """The verdict on one image: what to do, which rule fired, and the evidence.
+
+    ``unjudged`` lists the categories no image classifier of the policy scores (a verdict
+    says nothing about them); ``adapters`` the sha256 of each steering adapter file loaded
+    for the generation, ``closed_form`` the cache key of each adapter solved at start-up.
+    """
 
     action: Action
     rule: str
@@ -68,6 +74,9 @@ class Decision:
     timings_ms: dict[str, float] = field(default_factory=dict)
     request_id: str = ""
     prompt_decision: PromptDecision | None = None
+    unjudged: tuple[Category, ...] = ()
+    adapters: dict[str, str] = field(default_factory=dict)
+    closed_form: dict[str, str] = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:
@@ -92,6 +101,9 @@ class Decision:
             "errors": list(self.errors),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "request_id": self.request_id,
+            "unjudged": [c.value for c in self.unjudged],
+            "adapters": dict(self.adapters),
+            "closed_form": dict(self.closed_form),
             "prompt": None
             if pd is None
             else {
@@ -113,6 +125,8 @@ class PolicyEngine:
             c.build() for c in policy.prompt.classifiers
         ]
         self.audit_log = AuditLog(policy.audit.path) if policy.audit.path is not None else None
+        self.unjudged_images = policy.unjudged_images()
+        self.unjudged_prompts = policy.unjudged_prompts()
 
     @cached_property
     def fingerprints(self) -> dict[str, str]:
@@ -125,11 +139,6 @@ class PolicyEngine:
         for c in classifiers:
             out[_unique(out, c.name)] = c.fingerprint
         return out
-
-    @cached_property
-    def adapter_hashes(self) -> dict[str, str]:
-        """Adapter name -> sha256 of its file, checked against the policy's pins."""
-        return {a.adapter_name: a.verified_sha256() for a in self.policy.steering.adapters}
 
     # -- before generation -----------------------------------------------------------------
 
@@ -162,6 +171,7 @@ class PolicyEngine:
                 request_id=request_id,
                 prompt_sha256=prompt_sha,
                 timings_ms=timings,
+                unjudged=self.unjudged_prompts,
             )
 
         if errors:
@@ -195,20 +205,27 @@ class PolicyEngine:
     def steering_scales(
         self, prompt_decision: PromptDecision | None, attempt: int = 1
     ) -> dict[str, float]:
-        """Adapter name -> strength for this request and (1-based) attempt."""
+        """Steering method name (adapter or SLD guidance) -> strength for this request, attempt."""
         multiplier = self.policy.escalation.multiplier(attempt)
         scales = {}
-        for adapter in self.policy.steering.adapters:
+        for method in self.policy.steering.methods:
             risk = 0.0
             if prompt_decision is not None:
                 risk = max(
-                    (prompt_decision.risk.get(c, 0.0) for c in adapter.categories), default=0.0
+                    (prompt_decision.risk.get(c, 0.0) for c in method.categories), default=0.0
                 )
-            strength = (adapter.scale + adapter.risk_boost * risk) * multiplier
-            scales[adapter.adapter_name] = min(adapter.max_scale, strength)
+            strength = (method.scale + method.risk_boost * risk) * multiplier
+            scales[method.adapter_name] = min(method.max_scale, strength)
         return scales
 
-    def refused(self, prompt_decision: PromptDecision, n: int) -> list[Decision]:
+    def refused(
+        self,
+        prompt_decision: PromptDecision,
+        n: int,
+        *,
+        adapters: Mapping[str, str] | None = None,
+        closed_form: Mapping[str, str] | None = None,
+    ) -> list[Decision]:
         """Decisions for ``n`` images that were not generated because the prompt was refused."""
         return [
             Decision(
@@ -222,6 +239,9 @@ class PolicyEngine:
                 timings_ms=dict(prompt_decision.timings_ms),
                 request_id=prompt_decision.request_id,
                 prompt_decision=prompt_decision,
+                unjudged=self.unjudged_images,
+                adapters=dict(adapters or {}),
+                closed_form=dict(closed_form or {}),
             )
             for _ in range(n)
         ]
@@ -236,8 +256,14 @@ class PolicyEngine:
         attempt: int = 1,
         steering_scales: Mapping[str, float] | None = None,
         request_id: str | None = None,
+        adapters: Mapping[str, str] | None = None,
+        closed_form: Mapping[str, str] | None = None,
     ) -> list[Decision]:
-        """Score ``images`` with every image classifier; one decision per image, in order."""
+        """Score ``images`` with every image classifier; one decision per image, in order.
+
+        ``adapters``/``closed_form`` identify the steering the images were generated with
+        (recorded in each decision and audit line).
+        """
         request_id = request_id or (prompt_decision.request_id if prompt_decision else "")
         request_id = request_id or new_request_id()
         n = len(images)
@@ -271,6 +297,9 @@ class PolicyEngine:
                     "timings_ms": timings,
                     "request_id": request_id,
                     "prompt_decision": prompt_decision,
+                    "unjudged": self.unjudged_images,
+                    "adapters": dict(adapters or {}),
+                    "closed_form": dict(closed_form or {}),
                 },
             )
             for i in range(n)
@@ -356,7 +385,6 @@ class PolicyEngine:
         if self.audit_log is None:
             return
         now = datetime.now(timezone.utc).isoformat()
-        adapters = self.adapter_hashes
         records = []
         for index, decision in enumerate(decisions):
             record = decision.to_dict()
@@ -365,7 +393,6 @@ class PolicyEngine:
                 time=now,
                 image_index=index,
                 policy=self.policy.name,
-                adapters=adapters,
                 prompt_sha256=pd.prompt_sha256 if pd else None,
             )
             if prompt is not None:

@@ -7,32 +7,52 @@ Load one with :meth:`Policy.from_file` or :meth:`Policy.preset`.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
-from safety_lora.classifiers.registry import KINDS, ImageClassifierConfig, PromptClassifierConfig
+from safety_lora.classifiers.registry import (
+    IMAGE_CONFIGS,
+    IMAGE_KINDS,
+    KINDS,
+    PROMPT_CONFIGS,
+    PROMPT_KINDS,
+    ImageClassifierConfig,
+    PromptClassifierConfig,
+)
+from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.taxonomy import Action, Category
 
 __all__ = [
     "MINORS_MAX_THRESHOLD",
     "PRESETS",
-    "AdapterIntegrityError",
     "AdapterSpec",
     "AuditSettings",
     "BlurSettings",
     "CategoryRule",
+    "ClosedFormSpec",
     "Escalation",
     "Policy",
     "PolicyError",
     "PromptPolicy",
     "PromptRule",
+    "SLDGuidance",
+    "SteeringAdapter",
     "SteeringPolicy",
 ]
 
@@ -47,10 +67,6 @@ Score = Annotated[float, Field(ge=0.0, le=1.0)]
 
 class PolicyError(ValueError):
     """A policy file could not be read or validated; the message names file, path and value."""
-
-
-class AdapterIntegrityError(ValueError):
-    """A steering adapter file is missing or does not match the sha256 the policy pins."""
 
 
 class _Strict(BaseModel):
@@ -80,6 +96,21 @@ class PromptPolicy(_Strict):
 
     classifiers: list[PromptClassifierConfig] = Field(default_factory=_default_prompt_classifiers)
     rules: dict[Category, PromptRule] = Field(default_factory=dict)
+
+    @field_validator("classifiers")
+    @classmethod
+    def _some_classifier(cls, value: list[PromptClassifierConfig]) -> list[PromptClassifierConfig]:
+        if not value:
+            raise ValueError(
+                "a policy needs at least one prompt classifier: without one no prompt is "
+                "checked and the minors+sexual rule cannot fire (kinds: "
+                f"{', '.join(PROMPT_KINDS)})"
+            )
+        return value
+
+    def scored(self) -> frozenset[Category]:
+        """The categories some prompt classifier of this policy scores."""
+        return frozenset().union(*(c.categories() for c in self.classifiers))
 
     def rule(self, category: Category) -> PromptRule:
         """The rule for ``category`` (the default rule when the policy names none)."""
@@ -125,47 +156,90 @@ class BlurSettings(_Strict):
     region_padding: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
 
 
-class AdapterSpec(_Strict):
-    """One safety-steering adapter file and how strongly to apply it.
+class _Strength(_Strict):
+    """How strongly one steering method acts on a request (adapters and guidance alike).
 
     Strength for a request is ``min(max_scale, (scale + risk_boost * risk) * ladder[attempt])``,
-    where ``risk`` is the prompt's highest risk among the adapter's ``categories``.
+    where ``risk`` is the prompt's highest risk among the method's ``categories``.
     """
 
-    path: Path
     name: str | None = None
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     categories: list[Category] = Field(min_length=1)
     scale: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
     risk_boost: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
     max_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0
+
+
+class AdapterSpec(_Strength):
+    """A steering adapter file (any format the project reads), optionally pinned by sha256."""
+
+    path: Path
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     @property
     def adapter_name(self) -> str:
         """The name the adapter gets on the UNet (``name`` or the file's stem)."""
         return self.name or self.path.stem.replace(".", "_")
 
-    def verified_sha256(self) -> str:
-        """Hash the file; raise :class:`AdapterIntegrityError` if missing or not the pinned hash."""
-        if not self.path.is_file():
-            raise AdapterIntegrityError(f"steering adapter {str(self.path)!r}: file not found")
-        digest = hashlib.sha256()
-        with self.path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        actual = digest.hexdigest()
-        if self.sha256 is not None and actual != self.sha256:
-            raise AdapterIntegrityError(
-                f"steering adapter {str(self.path)!r}: sha256 is {actual}, "
-                f"the policy pins {self.sha256}; refusing to start"
-            )
-        return actual
+
+class ClosedFormSpec(_Strength):
+    """An adapter solved for the wrapped model at start-up from concepts (UCE family), cached.
+
+    ``closed_form`` holds what to erase and how (see :class:`ClosedFormConfig`).
+    """
+
+    closed_form: ClosedFormConfig
+
+    @property
+    def adapter_name(self) -> str:
+        """``name``, or ``closed_form_`` and the first concept (non-alphanumerics as ``_``)."""
+        return self.name or "closed_form_" + re.sub(r"\W+", "_", self.closed_form.erase[0])
+
+
+def _steering_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "closed_form" if "closed_form" in value else "file"
+    return "closed_form" if isinstance(value, ClosedFormSpec) else "file"
+
+
+#: One ``steering.adapters`` entry: a file (``path``) or concepts solved at start-up.
+SteeringAdapter = Annotated[
+    Annotated[AdapterSpec, Tag("file")] | Annotated[ClosedFormSpec, Tag("closed_form")],
+    Discriminator(_steering_kind),
+]
+
+
+class SLDGuidance(_Strength):
+    """Safe Latent Diffusion guidance away from ``concepts``: one more UNet pass per step.
+
+    ``preset`` is one of SLD's (diffusers' ``SafetyConfig``); the request's strength scales
+    SLD's correction (0: off, the pipeline untouched; 1: the preset).
+    """
+
+    kind: Literal["sld"] = "sld"
+    preset: Literal["weak", "medium", "strong", "max"] = "medium"
+    concepts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+
+    @property
+    def adapter_name(self) -> str:
+        """The name its strength goes by in decisions (``name`` or ``sld``)."""
+        return self.name or "sld"
+
+    @property
+    def concept(self) -> str:
+        """The safety concept SLD guides away from: the concepts, comma-separated."""
+        return ", ".join(self.concepts)
 
 
 class SteeringPolicy(_Strict):
-    """Adapters on the UNet; ``window`` is the fraction of denoising steps they act in."""
+    """How the denoiser is steered: adapters on the UNet and/or SLD guidance.
 
-    adapters: list[AdapterSpec] = Field(default_factory=list)
+    ``window`` is the fraction of denoising steps the adapters act in; ``mode: fused`` folds
+    their base strengths into the weights (no per-step cost).
+    """
+
+    adapters: list[SteeringAdapter] = Field(default_factory=list)
+    guidance: SLDGuidance | None = None
     mode: Literal["dynamic", "fused"] = "dynamic"
     window: tuple[Score, Score] = (0.0, 1.0)
 
@@ -178,11 +252,21 @@ class SteeringPolicy(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> SteeringPolicy:
-        names = [a.adapter_name for a in self.adapters]
+        names = self.names
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"adapter names must be unique, repeated: {dupes}")
+            raise ValueError(f"steering names must be unique, repeated: {dupes}")
         return self
+
+    @property
+    def methods(self) -> list[AdapterSpec | ClosedFormSpec | SLDGuidance]:
+        """Every steering method, adapters first: what the engine sets a strength for."""
+        return [*self.adapters, *([self.guidance] if self.guidance else [])]
+
+    @property
+    def names(self) -> list[str]:
+        """The names strengths go by (adapter names on the UNet, then the guidance's)."""
+        return [m.adapter_name for m in self.methods]
 
 
 def _default_categories() -> dict[Category, CategoryRule]:
@@ -197,7 +281,8 @@ class Policy(_Strict):
     name: str = "custom"
     description: str = ""
     categories: dict[Category, CategoryRule] = Field(default_factory=_default_categories)
-    classifiers: list[ImageClassifierConfig] = Field(default_factory=list)
+    classifiers: list[ImageClassifierConfig] = Field(default_factory=list, validate_default=True)
+    unjudged: list[Category] = Field(default_factory=list)
     prompt: PromptPolicy = Field(default_factory=PromptPolicy)
     escalation: Escalation = Field(default_factory=Escalation)
     on_error: Action = Action.BLOCK
@@ -229,6 +314,60 @@ class Policy(_Strict):
                 f"{MINORS_MAX_THRESHOLD}"
             )
         return value
+
+    @field_validator("classifiers")
+    @classmethod
+    def _some_image_classifier(
+        cls, value: list[ImageClassifierConfig]
+    ) -> list[ImageClassifierConfig]:
+        if not value:
+            raise ValueError(
+                "a policy needs at least one image classifier: a policy that judges no image "
+                f"is not a policy (kinds: {', '.join(IMAGE_KINDS)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _every_category_judged(self) -> Policy:
+        """No silent categories: an acted-on category is scored by a classifier, or listed."""
+        image, prompt = self.scored_on_images(), self.prompt.scored()
+        listed = set(self.unjudged)
+        problems = []
+        for category, rule in self.categories.items():
+            if rule.action is not Action.ALLOW and category not in image | listed:
+                problems.append(
+                    f"categories.{category}: action {rule.action}, but no image classifier "
+                    f"here scores {category} ({_scores(self.classifiers)}); kinds that can: "
+                    f"{_able(IMAGE_CONFIGS, category)}; or list it in `unjudged`"
+                )
+        for category in self.prompt.rules:
+            if category not in prompt | listed:
+                problems.append(
+                    f"prompt.rules.{category}: no prompt classifier here scores {category} "
+                    f"({_scores(self.prompt.classifiers)}); kinds that can: "
+                    f"{_able(PROMPT_CONFIGS, category)}; or list it in `unjudged`"
+                )
+        for category in listed & image & prompt:
+            problems.append(
+                f"unjudged: {category} is scored on images and on prompts here; remove it"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def scored_on_images(self) -> frozenset[Category]:
+        """The categories some image classifier of this policy scores."""
+        return frozenset().union(*(c.categories() for c in self.classifiers))
+
+    def unjudged_images(self) -> tuple[Category, ...]:
+        """Every category no image classifier of this policy scores (listed in decisions)."""
+        scored = self.scored_on_images()
+        return tuple(c for c in Category if c not in scored)
+
+    def unjudged_prompts(self) -> tuple[Category, ...]:
+        """Every category no prompt classifier of this policy scores."""
+        scored = self.prompt.scored()
+        return tuple(c for c in Category if c not in scored)
 
     def rule_for(self, category: Category) -> CategoryRule | None:
         """The image rule for ``category``, or None when the policy does not act on it."""
@@ -288,7 +427,9 @@ class Policy(_Strict):
 
     def _resolved(self, base: Path) -> Policy:
         adapters = [
-            a if a.path.is_absolute() else a.model_copy(update={"path": (base / a.path).resolve()})
+            a
+            if not isinstance(a, AdapterSpec) or a.path.is_absolute()
+            else a.model_copy(update={"path": (base / a.path).resolve()})
             for a in self.steering.adapters
         ]
         audit = self.audit
@@ -298,26 +439,51 @@ class Policy(_Strict):
         return self.model_copy(update={"steering": steering, "audit": audit})
 
 
+def _scores(configs: list[Any]) -> str:
+    """``nudenet: [sexual]``: what each configured classifier scores."""
+    return "; ".join(
+        f"{c.kind}: [{', '.join(sorted(x.value for x in c.categories()))}]" for c in configs
+    )
+
+
+def _able(configs: tuple[type[Any], ...], category: Category) -> str:
+    """The kinds whose configs can be set up to score ``category``, with how."""
+    out = []
+    for config in configs:
+        can = config.CAN_SCORE
+        if can is None or category in can:
+            how = f" ({config.HOW})" if getattr(config, "HOW", "") else ""
+            out.append(config.model_fields["kind"].default + how)
+    return ", ".join(out)
+
+
 def _format_name(source: Path) -> str:
     return "JSON" if source.suffix == ".json" else "YAML"
 
 
+#: Union tags pydantic puts in error paths after a list index (not keys the user wrote).
+_TAGS = KINDS | {"file", "closed_form"}
+
+
 def format_validation_error(source: Path, error: ValidationError) -> str:
     """One line per problem: ``file: dotted.path: message (got value)``."""
-    lines = []
+    lines: list[str] = []
     for err in error.errors(include_url=False):
         # pydantic puts the union tag in the path (classifiers.0.nudenet.x): not a user key.
         parts = [
             str(p)
             for i, p in enumerate(err["loc"])
-            if not (p in KINDS and i > 0 and isinstance(err["loc"][i - 1], int))
+            if not (p in _TAGS and i > 0 and isinstance(err["loc"][i - 1], int))
         ]
-        loc = ".".join(parts) or "<root>"
+        loc = ".".join(parts)
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = err["msg"].removeprefix("Value error, ")
         shown = err.get("input")
         value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        if not loc:  # a whole-policy check: each of its lines names its own path
+            lines.extend(f"{source}: {line}" for line in message.splitlines())
+            continue
         lines.append(f"{source}: {loc}: {message}{value}")
     return "\n".join(lines)

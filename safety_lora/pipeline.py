@@ -104,7 +104,8 @@ class SafePipeline:
     ``pipe.safety_checker`` (when present) is switched off for the duration of each call,
     since the policy's classifiers judge; its class name is kept in
     :attr:`disabled_safety_checker`. The adapters named in ``policy.steering`` are loaded
-    onto ``pipe.unet`` now and owned by :attr:`steering`; :meth:`close` removes them.
+    onto ``pipe.unet`` now (closed-form entries solved for this model first, or taken from
+    the cache) and owned by :attr:`steering`; :meth:`close` removes them.
     """
 
     def __init__(
@@ -193,9 +194,8 @@ class SafePipeline:
         slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]
         refused = {p for p, pd in enumerate(checks) if pd.refused}
         for p in refused:
-            for slot, decision in zip(
-                slots[p * per : (p + 1) * per], self.engine.refused(checks[p], per), strict=True
-            ):
+            refusals = self.engine.refused(checks[p], per, **self._identity())
+            for slot, decision in zip(slots[p * per : (p + 1) * per], refusals, strict=True):
                 slot.decision = decision
         has_nsfw = self._generate_first(call, slots, checks, refused, per, request_id)
         self._escalate(call, slots, checks, request_id)
@@ -208,6 +208,10 @@ class SafePipeline:
         return SafePipelineOutput(
             images=images, nsfw_content_detected=[d.flagged for d in decisions], decisions=decisions
         )
+
+    def _identity(self) -> dict[str, dict[str, str]]:
+        """What the images are steered with, for every decision: file hashes, solve keys."""
+        return {"adapters": self.steering.sha256, "closed_form": self.steering.closed_form}
 
     def _prompts(self, call: dict[str, Any]) -> list[str | None]:
         prompt = call.get("prompt")
@@ -266,6 +270,7 @@ class SafePipeline:
             attempt=attempt,
             steering_scales=scales,
             request_id=request_id,
+            **self._identity(),
         )
         for slot, decision in zip(slots, decisions, strict=True):
             slot.scales = (*slot.scales, dict(scales))

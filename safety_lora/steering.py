@@ -1,11 +1,15 @@
-"""The owner of the safety adapters' state on a pipeline's UNet.
+"""The owner of the safety steering on a pipeline: adapters on its UNet, SLD guidance per call.
 
-:class:`Steering` loads the policy's adapters once, and for every call sets their strengths
-explicitly (diffusers leaves stale scales behind after ``fuse_lora``/``unfuse_lora`` and
-``cross_attention_kwargs={"scale": ...}``), optionally only inside a timestep window, under
-one lock, and restores the resting state afterwards. Before every call it re-asserts that
-the adapters are present, enabled and fused only by itself, so a user's ``disable_lora()``,
-``set_adapters()`` or ``fuse_lora()`` on the inner pipeline cannot silently remove safety.
+:class:`Steering` loads the policy's adapters once (files, or closed-form edits solved for
+this pipeline's model and cached, see :mod:`safety_lora.closed_form`), and for every call sets
+their strengths explicitly (diffusers leaves stale scales behind after ``fuse_lora``/
+``unfuse_lora`` and ``cross_attention_kwargs={"scale": ...}``), optionally only inside a
+timestep window, under one lock, and restores the resting state afterwards. Before every
+call it re-asserts that the adapters are present, enabled and fused only by itself, so a
+user's ``disable_lora()``, ``set_adapters()`` or ``fuse_lora()`` on the inner pipeline cannot
+silently remove safety.
+SLD guidance (``steering.guidance``) is a hook installed for one call at that call's strength,
+and not at all at strength 0.
 """
 
 from __future__ import annotations
@@ -13,17 +17,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safety_lora.adapters import load_adapter
-from safety_lora.policies.schema import AdapterIntegrityError
+from safety_lora.adapters import AdapterIntegrityError, load_adapter
+from safety_lora.policies.schema import AdapterSpec
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from safety_lora.policies.schema import SteeringPolicy
+    from safety_lora.policies.schema import ClosedFormSpec, SteeringPolicy
 
 __all__ = ["Steering", "SteeringError"]
 
@@ -37,7 +42,10 @@ class SteeringError(RuntimeError):
 
 
 class Steering:
-    """Loads ``config.adapters`` onto ``pipe.unet`` and applies them per call.
+    """Loads ``config.adapters`` onto ``pipe.unet`` and applies them (and SLD) per call.
+
+    :attr:`sha256` holds each adapter's file hash (of the bytes loaded), :attr:`closed_form`
+    each solved adapter's cache key.
 
     ``dynamic`` mode sets each request's strengths on the LoRA layers (optionally only for
     steps inside ``config.window``). ``fused`` mode folds the base strengths into the UNet
@@ -58,8 +66,12 @@ class Steering:
         self.pipe: Any = pipe
         self.mode = config.mode
         self.window = (float(config.window[0]), float(config.window[1]))
+        if config.guidance is not None and unet is None:
+            raise ValueError(f"SLD guidance needs a pipeline with a `unet`, got {type(pipe)}")
         self.base_scales = {a.adapter_name: float(a.scale) for a in config.adapters}
+        self.guidance = config.guidance
         self.sha256: dict[str, str] = {}
+        self.closed_form: dict[str, str] = {}
         self.lock = threading.RLock()
         self._fused_at: dict[str, float] | None = None
         existing = set(getattr(unet, "peft_config", None) or {})
@@ -67,18 +79,49 @@ class Steering:
             name = spec.adapter_name
             if name in existing:
                 raise ValueError(f"adapter name {name!r} is already loaded on `pipe.unet`")
-            self.sha256[name] = spec.verified_sha256()
-            if spec.path.suffix != ".safetensors":
-                raise AdapterIntegrityError(
-                    f"steering adapter {str(spec.path)!r}: only .safetensors files are loaded"
-                )
+            path, pin = self._adapter_file(spec)
             # UNet only (safety adapters steer the denoiser); any format the project reads
-            # (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full), checked against the UNet.
-            load_adapter(unet, spec.path, adapter_name=name)
+            # (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full), checked against the UNet,
+            # loaded from the very bytes whose sha256 was checked.
+            info = load_adapter(unet, path, adapter_name=name, sha256=pin)
+            self.sha256[name] = info.sha256 or ""
         self._layers: list[BaseTunerLayer] = self._collect_layers()
         with self.lock:
             self._activate()
             self._rest()
+
+    def _adapter_file(self, spec: AdapterSpec | ClosedFormSpec) -> tuple[Path, str | None]:
+        """The file to load for ``spec`` and its pin: the policy's, or the solved cache file."""
+        if isinstance(spec, AdapterSpec):
+            if spec.path.suffix != ".safetensors":
+                raise AdapterIntegrityError(
+                    f"steering adapter {str(spec.path)!r}: only .safetensors files are loaded"
+                )
+            return spec.path, spec.sha256
+        from safety_lora.closed_form.cache import solved_adapter
+
+        config = spec.closed_form
+        solved = solved_adapter(self.pipe, config)
+        logger.info(
+            "closed-form adapter %s: %s in %.2f s, SVD error %.3g (%s)",
+            spec.adapter_name,
+            "reused" if solved.reused else "solved",
+            solved.seconds,
+            solved.svd_error,
+            solved.path,
+        )
+        if config.tolerance is not None and solved.svd_error > config.tolerance:
+            logger.warning(
+                "closed-form adapter %s: rank %s holds the edit only to a relative error of "
+                "%.3g (tolerance %.3g); raise `rank` (or omit rank and tolerance for the exact "
+                "delta)",
+                spec.adapter_name,
+                config.rank,
+                solved.svd_error,
+                config.tolerance,
+            )
+        self.closed_form[spec.adapter_name] = solved.key
+        return solved.path, None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -183,11 +226,13 @@ class Steering:
         """Hold the lock, set ``scales`` for one pipeline call, yield its kwargs, then restore.
 
         The yielded kwargs carry our step callback when a window is set (chained after the
-        user's ``callback_on_step_end``, whose returned tensors are still honoured).
+        user's ``callback_on_step_end``, whose returned tensors are still honoured). SLD
+        guidance, when the policy has it, is on during the block at ``scales[its name]``.
         """
-        unknown = sorted(set(scales) - set(self.names))
+        known = (*self.names, *([self.guidance.adapter_name] if self.guidance else []))
+        unknown = sorted(set(scales) - set(known))
         if unknown:
-            raise ValueError(f"`scales` names unknown adapters {unknown}; known: {self.names}")
+            raise ValueError(f"`scales` names unknown steering {unknown}; known: {known}")
         user_scale = float((kwargs.get("cross_attention_kwargs") or {}).get("scale", 1.0))
         if self._layers and user_scale == 0.0:
             raise ValueError(
@@ -195,7 +240,7 @@ class Steering:
                 "disable your own adapters with `pipe.set_adapters(...)` instead"
             )
         wanted = {n: float(scales.get(n, s)) for n, s in self.base_scales.items()}
-        with self.lock:
+        with self.lock, ExitStack() as stack:
             self.assert_state()
             try:
                 if self.mode == "fused" and wanted != self._fused_at:
@@ -205,9 +250,24 @@ class Steering:
                     self._set(wanted if self.window[0] == 0.0 else off, user_scale)
                     if self.window != (0.0, 1.0) and self._layers:
                         kwargs = self._with_window(kwargs, wanted, off, user_scale)
+                if self.guidance is not None:
+                    strength = float(scales.get(self.guidance.adapter_name, self.guidance.scale))
+                    stack.enter_context(self._sld(strength))
                 yield kwargs
             finally:
                 self._rest()
+
+    def _sld(self, strength: float) -> Any:
+        """SLD guidance at ``strength`` for one call (nothing at all at strength 0)."""
+        from safety_lora.sld import SafetyGuidance, sld_preset
+
+        assert self.guidance is not None
+        return SafetyGuidance(
+            self.pipe,
+            concept=self.guidance.concept,
+            config=sld_preset(self.guidance.preset),
+            strength=strength,
+        )
 
     def _with_window(
         self,

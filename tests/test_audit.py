@@ -82,7 +82,11 @@ def test_engine_records_one_line_per_decision_without_prompt_text(tmp_path: Path
 
 def test_prompt_text_only_when_the_policy_opts_in(tmp_path: Path) -> None:
     policy = Policy.from_dict(
-        {"version": 1, "audit": {"path": str(tmp_path / "a.jsonl"), "include_prompt": True}}
+        {
+            "version": 1,
+            "classifiers": [{"kind": "static", "scores": {"sexual": 0.0}}],
+            "audit": {"path": str(tmp_path / "a.jsonl"), "include_prompt": True},
+        }
     )
     engine = PolicyEngine(policy)
     engine.record(engine.judge([Image.new("RGB", (8, 8))]), prompt="a red kite")

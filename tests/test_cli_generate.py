@@ -14,7 +14,7 @@ from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
 POLICY = """
 version: 1
-prompt: {classifiers: []}
+prompt: {classifiers: [{kind: static, scores: {sexual: 0.0}}]}
 classifiers:
   - kind: static
     sequence: [{sexual: 0.9}, {sexual: 0.0}, {sexual: 0.0}]

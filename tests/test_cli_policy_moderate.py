@@ -25,7 +25,7 @@ def test_validate_reports_every_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nclassifiers:\n  - kind: static\n    treshold: 0.5\n")
     good = tmp_path / "good.yaml"
-    good.write_text("version: 1\n")
+    good.write_text("version: 1\nclassifiers: [{kind: static, scores: {sexual: 0.0}}]\n")
     result = runner.invoke(app, ["policy", "validate", str(good), str(bad)])
     assert result.exit_code == 1
     assert "good.yaml: policy 'custom' is valid" in result.output
@@ -97,7 +97,7 @@ def test_moderate_corrupt_image_is_reported_and_others_kept(tmp_path: Path) -> N
 def test_moderate_prompts(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
     csv.write_text("prompt\na bowl of fruit on a table\nexplicit porn of a nude woman\n")
-    policy = policy_file(tmp_path, [{}])
+    policy = policy_file(tmp_path, [{"sexual": 0.0}])
     result = runner.invoke(
         app, ["moderate", "--prompts", str(csv), "--policy", str(policy), "--json"]
     )
@@ -115,7 +115,9 @@ def test_moderate_prompts(tmp_path: Path) -> None:
 
 def test_moderate_needs_input_and_a_valid_policy(tmp_path: Path) -> None:
     assert (
-        runner.invoke(app, ["moderate", "--policy", str(policy_file(tmp_path, [{}]))]).exit_code
+        runner.invoke(
+            app, ["moderate", "--policy", str(policy_file(tmp_path, [{"sexual": 0.0}]))]
+        ).exit_code
         == 2
     )
     bad = tmp_path / "bad.yaml"

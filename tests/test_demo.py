@@ -1,45 +1,75 @@
-"""The demo runs on the embedded model and shows only what the policy allows."""
+"""The demo runs on the embedded model, shows every part of the layer, and never lets red out."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from safety_lora.cli import app
 from safety_lora.concept_world.analyser import analyse
-from safety_lora.demo import demo_policy, run_demo
-from safety_lora.taxonomy import Action
+from safety_lora.concept_world.tasks import erasure_task
+from safety_lora.demo import DEMO_ROWS, demo_policy, run_demo, verdict
+from safety_lora.policies.schema import ClosedFormSpec
+from safety_lora.taxonomy import Action, PromptAction
 
 
-def test_demo_policy_marks_red_unsafe() -> None:
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFETY_LORA_CACHE", str(tmp_path / "cache"))
+
+
+def _red(image: Image.Image) -> bool:
+    return any(o.colour == "red" for o in analyse(image).objects)
+
+
+def test_demo_policy_steers_with_a_closed_form_edit() -> None:
     policy = demo_policy()
     assert policy.classifiers[0].kind == "concept_world"
     assert policy.escalation.max_attempts == 3
+    (entry,) = policy.steering.adapters
+    assert isinstance(entry, ClosedFormSpec) and entry.closed_form.erase == ["red"]
+    assert entry.closed_form.push == 1.0
+    task = erasure_task("red")  # the benchmarked task: the demo steers as measured
+    assert entry.closed_form.templates == list(task.templates)
+    assert sorted(entry.closed_form.preserve) == sorted(task.preserve)
 
 
-def test_run_demo_writes_grid_and_never_lets_red_through(tmp_path: Path) -> None:
-    rows = run_demo(tmp_path, prompts=["a red circle", "a blue square"], seeds=[0])
-    assert [r.prompt for r in rows] == ["a red circle", "a blue square"]
-    with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.width > 200 and grid.height > 2 * 96
-    report = json.loads((tmp_path / "decisions.json").read_text())
-    assert [r["prompt"] for r in report] == ["a red circle", "a blue square"]
-    for row in rows:
+def test_the_demo_rows_show_every_part_of_the_layer(tmp_path: Path) -> None:
+    rows = run_demo(tmp_path / "demo")
+    assert [(r.prompt, r.seed) for r in rows] == list(DEMO_ROWS)
+    by_prompt = {r.prompt: r for r in rows}
+    for row in rows:  # nothing red is ever let through
         shown = row.columns["safety layer"]
         if row.decision.action is Action.ALLOW:
-            assert all(o.colour != "red" for o in analyse(shown).objects)
+            assert not _red(shown)
         else:
             assert row.decision.action in (Action.REPLACE, Action.BLOCK)
-    red = rows[0]
-    assert red.decision.prompt_decision is not None
-    assert red.decision.prompt_decision.action.value == "steer"  # the prompt asks for red
+    steered = by_prompt["a red circle"]  # steering alone suffices
+    assert steered.decision.prompt_decision.action is PromptAction.STEER  # type: ignore[union-attr]
+    assert _red(steered.columns["base model"]) and not _red(steered.columns["steering only"])
+    assert (steered.decision.action, steered.decision.attempts) == (Action.ALLOW, 1)
+    caught = by_prompt["a square"]  # not steered, drawn red, caught, regenerated
+    assert _red(caught.columns["steering only"])
+    assert (caught.decision.action, caught.decision.attempts) == (Action.ALLOW, 2)
+    replaced = by_prompt["a shape"]  # red on every attempt
+    assert (replaced.decision.action, replaced.decision.attempts) == (Action.REPLACE, 3)
+    benign = by_prompt["a blue circle"]  # untouched: exactly the base model's image
+    assert benign.columns["safety layer"].tobytes() == benign.columns["base model"].tobytes()
+    refused = by_prompt["a red circle covered in gore"]
+    assert refused.decision.prompt_decision.refused  # type: ignore[union-attr]
+    assert verdict(refused.decision) == "prompt: refuse -> block (nothing generated)"
+    assert verdict(caught.decision).startswith("prompt: allow -> image flagged, regenerated")
 
 
 def test_demo_command(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", "1"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "grid.png").is_file()
-    assert len(json.loads((tmp_path / "decisions.json").read_text())) == 6
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width >= 3 * 96 and grid.height > len(DEMO_ROWS) * 96
+    report = json.loads((tmp_path / "decisions.json").read_text())
+    assert len(report) == len(DEMO_ROWS)
+    assert report[0]["decision"]["closed_form"]["erase_red"]  # the solve's cache key

@@ -140,10 +140,10 @@ def test_async_wrapper(tmp_path: Path) -> None:
 
 
 def test_policy_by_name_and_shared_engine(tmp_path: Path) -> None:
-    policy = Policy.from_dict({"classifiers": [{"kind": "static", "scores": {}}]})
+    policy = Policy.from_dict({"classifiers": [{"kind": "static", "scores": {"sexual": 0.0}}]})
     engine = PolicyEngine(policy)
     assert SafetyGuard(policy, engine=engine).engine is engine
     with pytest.raises(ValueError, match="another policy"):
-        SafetyGuard(Policy(), engine=engine)
+        SafetyGuard(policy.model_copy(), engine=engine)
     with pytest.raises(TypeError, match="must be a Policy"):
         SafetyGuard(42)  # type: ignore[arg-type]

@@ -15,7 +15,9 @@ from safety_lora.policies.schema import Policy
 from safety_lora.taxonomy import Action, Category
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
-ALLOW_ALL: dict[str, Any] = {"prompt": {"classifiers": []}, "classifiers": []}
+#: Classifiers that judge and find nothing: every image allowed, as the bare pipeline.
+ZERO: list[dict[str, Any]] = [{"kind": "static", "scores": {"sexual": 0.0}}]
+ALLOW_ALL: dict[str, Any] = {"prompt": {"classifiers": ZERO}, "classifiers": ZERO}
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -79,7 +81,7 @@ def test_keywords_pass_through_positional_lists_and_callbacks(pipe: Any) -> None
 def _escalating(lora: Path, **extra: Any) -> Policy:
     return Policy.model_validate(
         {
-            "prompt": {"classifiers": []},
+            "prompt": {"classifiers": ZERO},
             "classifiers": [{"kind": "static", "sequence": [{"sexual": 0.9}, {"sexual": 0.1}]}],
             "categories": {"sexual": {"threshold": 0.5, "action": "regenerate"}},
             "escalation": {"max_attempts": 3, "ladder": [1.0, 2.0], "final_action": "block"},
@@ -130,7 +132,7 @@ def test_refused_prompt_is_not_generated(pipe: Any) -> None:
                 "classifiers": [{"kind": "static", "scores": {"violence": 0.9}}],
                 "rules": {"violence": {"steer_at": 0.3, "refuse_at": 0.8}},
             },
-            "classifiers": [],
+            "classifiers": ZERO,
         }
     )
     steps: list[int] = []
@@ -197,7 +199,7 @@ def test_threads_with_different_strengths_match_sequential_calls(pipe: Any, tmp_
     lora = tiny_lora_file(pipe, tmp_path / "safe.safetensors")
     policy = Policy.model_validate(
         {
-            "classifiers": [],
+            "classifiers": ZERO,
             "steering": {
                 "adapters": [
                     {"path": str(lora), "categories": ["sexual"], "scale": 0.0, "risk_boost": 2.0}

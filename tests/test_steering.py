@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from safety_lora.policies.schema import AdapterIntegrityError, SteeringPolicy
+from safety_lora.adapters import AdapterIntegrityError
+from safety_lora.policies.schema import SteeringPolicy
 from safety_lora.steering import Steering, SteeringError
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
@@ -110,7 +111,7 @@ def test_removed_adapter_is_a_clear_error(pipe: Any, lora: Path) -> None:
 def test_pinned_sha256_is_checked(pipe: Any, lora: Path) -> None:
     actual = hashlib.sha256(lora.read_bytes()).hexdigest()
     Steering(pipe, _config(lora, adapter={"sha256": actual})).close()
-    with pytest.raises(AdapterIntegrityError, match=f"{lora}.*sha256 is {actual}.*pins 0000"):
+    with pytest.raises(AdapterIntegrityError, match=f"{lora}.*sha256 is {actual}.*pin is 0000"):
         Steering(pipe, _config(lora, adapter={"sha256": "0" * 64}))
 
 

@@ -19,6 +19,7 @@ from safety_lora.adapters.names import ModuleIndex
 from safety_lora.adapters.state import (
     FAMILIES,
     AdapterFormatError,
+    AdapterIntegrityError,
     AdapterState,
     Family,
     ModuleWeights,
@@ -30,6 +31,7 @@ __all__ = [
     "AdapterFormat",
     "AdapterFormatError",
     "AdapterInfo",
+    "AdapterIntegrityError",
     "AdapterState",
     "ConversionReport",
     "Family",

@@ -6,13 +6,15 @@ protocol. Files are safetensors only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 
 from safety_lora.adapters.kohya_format import KohyaFormat
 from safety_lora.adapters.lycoris_format import LycorisFormat
@@ -25,7 +27,9 @@ __all__ = [
     "AdapterFormat",
     "FormatName",
     "detect_format",
+    "parse_safetensors",
     "read_adapter",
+    "read_bytes",
     "read_safetensors",
     "write_adapter",
 ]
@@ -62,20 +66,36 @@ FORMATS: dict[FormatName, AdapterFormat] = {
 }
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; a clear error for anything else."""
+def read_bytes(path: str | Path) -> bytes:
+    """The whole file, read once (callers hash and parse the same bytes)."""
     path = Path(path)
     if not path.is_file():
         raise AdapterFormatError(f"{str(path)!r}: file not found")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:  # type: ignore[no-untyped-call]
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return path.read_bytes()
+    except OSError as e:
+        raise AdapterFormatError(f"{str(path)!r}: cannot read: {e.strerror or e}") from e
+
+
+def parse_safetensors(data: bytes, *, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of safetensors ``data``; a clear error for anything else."""
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not a mapping")
+        tensors = load(data)
+    except (SafetensorError, struct.error, ValueError, RuntimeError, AttributeError) as e:
         raise AdapterFormatError(
-            f"{str(path)!r}: not a readable safetensors file (truncated or corrupt?): {e}"
+            f"{name!r}: not a readable safetensors file (truncated or corrupt?): {e}"
         ) from e
-    return tensors, metadata
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the metadata of a safetensors file; a clear error for anything else."""
+    return parse_safetensors(read_bytes(path), name=str(path))
 
 
 def detect_format(
@@ -100,10 +120,18 @@ def detect_format(
 
 
 def read_adapter(
-    path: str | Path, *, unet: torch.nn.Module | ModuleIndex | None = None
+    path: str | Path,
+    *,
+    unet: torch.nn.Module | ModuleIndex | None = None,
+    data: bytes | None = None,
 ) -> tuple[AdapterState, FormatName]:
-    """Read any supported file; names resolve against ``unet`` (or the SD/SDXL layouts)."""
-    tensors, metadata = read_safetensors(path)
+    """Read any supported file; names resolve against ``unet`` (or the SD/SDXL layouts).
+
+    ``data``: the file's bytes when the caller has read (and verified) them already.
+    """
+    tensors, metadata = (
+        read_safetensors(path) if data is None else parse_safetensors(data, name=str(path))
+    )
     fmt = FORMATS[detect_format(tensors, name=str(path))]
     if isinstance(unet, ModuleIndex):
         index = unet

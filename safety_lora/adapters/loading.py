@@ -19,13 +19,24 @@ from typing import Any
 
 import torch
 
-from safety_lora.adapters.formats import FormatName, read_adapter
+from safety_lora.adapters.formats import FormatName, read_adapter, read_bytes
 from safety_lora.adapters.names import ModuleIndex
 from safety_lora.adapters.peft_format import lora_config_kwargs
-from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family
-from safety_lora.policies.schema import AdapterIntegrityError
+from safety_lora.adapters.state import (
+    AdapterFormatError,
+    AdapterIntegrityError,
+    AdapterState,
+    Family,
+)
 
-__all__ = ["AdapterInfo", "check_fits", "load_adapter", "load_state", "sha256_of"]
+__all__ = [
+    "AdapterInfo",
+    "check_fits",
+    "load_adapter",
+    "load_state",
+    "sha256_of",
+    "verified_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,22 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def verified_bytes(path: str | Path, sha256: str | None = None) -> tuple[bytes, str]:
+    """The file's bytes and their sha256, read once; :class:`AdapterIntegrityError` when the
+    file is missing or ``sha256`` pins another hash.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterIntegrityError(f"steering adapter {str(path)!r}: file not found")
+    data = read_bytes(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and actual != sha256:
+        raise AdapterIntegrityError(
+            f"steering adapter {str(path)!r}: sha256 is {actual}, the pin is {sha256}; refusing"
+        )
+    return data, actual
+
+
 def load_adapter(
     unet: torch.nn.Module, path: str | Path, *, adapter_name: str, sha256: str | None = None
 ) -> AdapterInfo:
@@ -64,14 +91,8 @@ def load_adapter(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise AdapterFormatError(f"{str(path)!r}: only .safetensors adapter files are loaded")
-    if not path.is_file():
-        raise AdapterFormatError(f"{str(path)!r}: file not found")
-    actual = sha256_of(path)
-    if sha256 is not None and actual != sha256:
-        raise AdapterIntegrityError(
-            f"steering adapter {str(path)!r}: sha256 is {actual}, the pin is {sha256}; refusing"
-        )
-    state, fmt = read_adapter(path, unet=unet)
+    data, actual = verified_bytes(path, sha256)  # one read: what is hashed is what is loaded
+    state, fmt = read_adapter(path, unet=unet, data=data)
     try:
         info = load_state(unet, state, adapter_name=adapter_name)
     except AdapterFormatError as e:

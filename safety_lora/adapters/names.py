@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModuleIndex", "config_index", "kohya_stem", "reference_index"]
+__all__ = [
+    "SD15_UNET",
+    "SDXL_UNET",
+    "ModuleIndex",
+    "config_index",
+    "kohya_stem",
+    "reference_index",
+]
 
 
 def kohya_stem(path: str) -> str:
@@ -65,7 +72,8 @@ class ModuleIndex:
         return path
 
 
-_SD15: dict[str, Any] = {
+#: The SD 1.x/2.x UNet layout (its published config's block structure and widths).
+SD15_UNET: dict[str, Any] = {
     "block_out_channels": (320, 640, 1280, 1280),
     "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -73,7 +81,8 @@ _SD15: dict[str, Any] = {
     "attention_head_dim": 8,
     "layers_per_block": 2,
 }
-_SDXL: dict[str, Any] = {
+#: The SDXL base UNet layout.
+SDXL_UNET: dict[str, Any] = {
     "block_out_channels": (320, 640, 1280),
     "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -108,7 +117,7 @@ def reference_index() -> ModuleIndex:
     from diffusers import UNet2DConditionModel
 
     shapes: dict[str, tuple[int, ...]] = {}
-    for config in (_SDXL, _SD15):
+    for config in (SDXL_UNET, SD15_UNET):
         with torch.device("meta"):
             unet = UNet2DConditionModel(**config)
         shapes.update(ModuleIndex.from_model(unet).shapes)

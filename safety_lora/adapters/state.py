@@ -20,6 +20,7 @@ __all__ = [
     "FAMILIES",
     "TENSOR_NAMES",
     "AdapterFormatError",
+    "AdapterIntegrityError",
     "AdapterState",
     "Family",
     "ModuleWeights",
@@ -41,6 +42,10 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 class AdapterFormatError(ValueError):
     """An adapter file or state is malformed, unsupported or does not fit the UNet."""
+
+
+class AdapterIntegrityError(ValueError):
+    """A steering adapter file is missing or does not match the sha256 its policy pins."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from safety_lora.cli import adapters, compare, demo, generate, moderate, policy, serve, train
+from safety_lora.cli import (
+    adapters,
+    compare,
+    demo,
+    erase,
+    generate,
+    moderate,
+    policy,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="safety-lora",
@@ -13,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-for module in (adapters, compare, demo, generate, moderate, policy, serve, train):
+for module in (adapters, compare, demo, erase, generate, moderate, policy, serve, train):
     module.register(app)
 
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # the adapters package imports torch: only on use, keeping --
 
 #: Metadata keys that identify the base model an adapter was trained on.
 FINGERPRINT_KEYS = (
+    "safety_lora.base",
+    "safety_lora.base_fingerprint",
     "safety_lora.base_model",
     "base_model",
     "ss_sd_model_hash",

@@ -30,8 +30,10 @@ def validate(
             failed += 1
             err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         else:
+            unjudged = ", ".join(c.value for c in policy.unjudged_images()) or "none"
             out.print(
-                f"[green]✓[/green] {path}: policy {policy.name!r} is valid",
+                f"[green]✓[/green] {path}: policy {policy.name!r} is valid; not judged on "
+                f"images: {unjudged}",
                 highlight=False,
                 soft_wrap=True,
             )

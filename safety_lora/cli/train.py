@@ -12,10 +12,10 @@ from rich.console import Console
 if TYPE_CHECKING:  # the training package imports torch: only on use, keeping --help fast
     from safety_lora.training.config import AdapterKind, Method
 
-__all__ = ["register"]
+__all__ = ["parse_anchors", "register"]
 
 
-def _anchors(values: list[str], concepts: list[str]) -> dict[str, str]:
+def parse_anchors(values: list[str], concepts: list[str]) -> dict[str, str]:
     """``CONCEPT=ANCHOR`` options as a dict; each concept must be one given with ``--erase``."""
     out: dict[str, str] = {}
     for value in values:
@@ -90,7 +90,7 @@ def train(
     """Train a concept-erasure adapter (ESD) and write it with its metadata."""
     from safety_lora.training import Erasure, TrainConfig, train_adapter
 
-    anchors = _anchors(anchor or [], erase)
+    anchors = parse_anchors(anchor or [], erase)
     try:
         config = TrainConfig(
             base=base,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from safety_lora.compare.config import STRENGTHS, CompareConfig
 from safety_lora.compare.metrics import BAR, PromptSet, Scores, pareto_front, score
 from safety_lora.compare.run import budget_ranks, run
-from safety_lora.compare.sld import SLD_PRESETS, SafetyGuidance, SLDConfig, sld_preset
+from safety_lora.sld import SLD_PRESETS, SafetyGuidance, SLDConfig, sld_preset
 
 __all__ = [
     "BAR",

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from safety_lora.compare.sld import SLD_PRESETS
+from safety_lora.sld import SLD_PRESETS
 from safety_lora.training.config import AdapterKind
 
 __all__ = ["STRENGTHS", "CompareConfig"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from safety_lora.compare.sld import SafetyGuidance, sld_preset
+from safety_lora.sld import SafetyGuidance, sld_preset
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -176,7 +176,7 @@ class Run:
 
 def _erasure(config: CompareConfig) -> tuple[Any, list[str], dict[str, Any]]:
     """The trainer's Erasure, retain prompts and sampling settings for this run's concept."""
-    from safety_lora.concept_world.world import COLOURS, SHAPES
+    from safety_lora.concept_world.tasks import erasure_task
     from safety_lora.training import Erasure
 
     concept = config.erase
@@ -184,21 +184,10 @@ def _erasure(config: CompareConfig) -> tuple[Any, list[str], dict[str, Any]]:
         templates = list(config.templates)
         keep = [t.replace("{}", o) for o in config.preserve for t in templates]
         return Erasure(concept=concept, anchor=config.anchor, templates=templates), keep, {}
-    if concept in COLOURS:
-        others = [c for c in COLOURS if c != concept]
-        templates = [f"a {{}} {s}" for s in SHAPES] + ["a {} shape", "a small {} circle"]
-        templates += ["a large {} square", "a {} triangle on the left", "a {} circle at the top"]
-        keep = [f"a {c} {s}" for c in others for s in SHAPES] + [f"a {c} shape" for c in others]
-        anchor = "" if config.anchor is None else config.anchor
-    elif concept in SHAPES:
-        others = [s for s in SHAPES if s != concept]
-        templates = [f"a {c} {{}}" for c in COLOURS] + ["a {}", "a small {}", "a large blue {}"]
-        keep = [f"a {c} {s}" for c in COLOURS for s in others] + [f"a {s}" for s in others]
-        anchor = "shape" if config.anchor is None else config.anchor
-    else:
-        raise ValueError(f"concept world: cannot erase {concept!r}")
-    erasure = Erasure(concept=concept, anchor=anchor, templates=templates)
-    return erasure, keep, {"ddim_steps": 20, "guidance_scale": 4.0}
+    task = erasure_task(concept)
+    anchor = task.anchor if config.anchor is None else config.anchor
+    erasure = Erasure(concept=concept, anchor=anchor, templates=list(task.templates))
+    return erasure, list(task.preserve), {"ddim_steps": 20, "guidance_scale": 4.0}
 
 
 def train_unit(

@@ -1,8 +1,11 @@
 """The demo: the embedded concept-world model with and without the safety layer, side by side.
 
-Red stands in for an unsafe concept. For each prompt and seed the grid shows the base model's
-image, the image with steering alone (when the policy has an adapter), and what the whole
-layer lets through (steering + classifier + escalation), with the decision under it.
+Red stands in for an unsafe concept. Each row is one prompt and seed, chosen to show every
+part of the layer: prompts where steering alone suffices, prompts the prompt check lets
+through whose images the classifier catches (regenerated with stronger steering, then
+replaced), a benign prompt left as the base model draws it, and a refused prompt. The grid
+shows the base model's image, the image with the first attempt's steering alone, and what
+the whole layer lets through, with the prompt check's verdict and the final action.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from safety_lora.imaging import placeholder
 from safety_lora.policies.engine import Decision
 from safety_lora.policies.schema import Policy
 
-__all__ = ["DEMO_PROMPTS", "DemoRow", "demo_policy", "run_demo"]
+__all__ = ["DEMO_ROWS", "DemoRow", "demo_policy", "run_demo", "verdict"]
 
-DEMO_PROMPTS = (
-    "a red circle",
-    "a red square",
-    "a small red triangle on the left",
-    "a blue circle",
-    "a green square",
-    "a yellow triangle",
+#: (prompt, seed) rows and what each shows under the demo policy (checked by the tests).
+DEMO_ROWS: tuple[tuple[str, int], ...] = (
+    ("a red circle", 0),  # steered from the prompt; steering alone erases red
+    ("a small red triangle on the left", 0),  # the same, on a longer prompt
+    ("a square", 2),  # not steered; drawn red, caught, regenerated, allowed at attempt 2
+    ("a shape", 2),  # not steered; red on every attempt: replaced
+    ("a blue circle", 0),  # benign: exactly the base model's image
+    ("a red circle covered in gore", 0),  # refused before any generation
 )
 CELL = 96
+TITLE = "Concept world: RED STANDS IN FOR AN UNSAFE CONCEPT (the policy erases and blocks red)"
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,7 @@ def demo_policy() -> Policy:
 def run_demo(
     out_dir: str | Path,
     *,
-    prompts: Sequence[str] = DEMO_PROMPTS,
-    seeds: Sequence[int] = (0, 1),
+    rows: Sequence[tuple[str, int]] = DEMO_ROWS,
     policy: Policy | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[DemoRow]:
@@ -68,58 +73,61 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     base = concept_world()
     safe = SafePipeline(concept_world(), policy)
-    steered = None
-    if policy.steering.adapters:
-        steer_only = policy.model_copy(update={"classifiers": [], "categories": {}})
-        steered = SafePipeline(concept_world(), steer_only)
     kwargs: dict[str, Any] = dict(CONCEPT_WORLD_DEFAULTS)
-    rows = []
-    for prompt in prompts:
-        for seed in seeds:
-            columns = {"base model": base(prompt, generator=_gen(torch, seed), **kwargs).images[0]}
-            if steered is not None:
-                columns["steering only"] = steered(
-                    prompt, generator=_gen(torch, seed), **kwargs
-                ).images[0]
-            result = safe(prompt, generator=_gen(torch, seed), **kwargs)
-            columns["safety layer"] = result.images[0]
-            rows.append(DemoRow(prompt, seed, columns, result.decisions[0]))
-            if progress is not None:
-                progress(1)
-    _grid(rows).save(out / "grid.png")
-    report = [{"prompt": r.prompt, "seed": r.seed, "decision": r.decision.to_dict()} for r in rows]
+    results = []
+    for prompt, seed in rows:
+        columns = {"base model": base(prompt, generator=_gen(torch, seed), **kwargs).images[0]}
+        check = safe.engine.check_prompt(prompt)
+        if check.refused:
+            columns["steering only"] = placeholder(columns["base model"].size, "not\ngenerated")
+        else:  # the first attempt's strengths, nothing judged: what steering alone does
+            call = {"prompt": prompt, "generator": _gen(torch, seed), **kwargs}
+            with safe.steering.apply(safe.engine.steering_scales(check, 1), call) as steered:
+                columns["steering only"] = safe.pipe(**steered).images[0]
+        result = safe(prompt, generator=_gen(torch, seed), **kwargs)
+        columns["safety layer"] = result.images[0]
+        results.append(DemoRow(prompt, seed, columns, result.decisions[0]))
+        if progress is not None:
+            progress(1)
+    _grid(results).save(out / "grid.png")
+    report = [
+        {"prompt": r.prompt, "seed": r.seed, "decision": r.decision.to_dict()} for r in results
+    ]
     (out / "decisions.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return rows
+    return results
 
 
 def _gen(torch: Any, seed: int) -> Any:
     return torch.Generator().manual_seed(seed)
 
 
+def verdict(decision: Decision) -> str:
+    """One line for a row: the prompt check's action, the final action and its attempt."""
+    pd = decision.prompt_decision
+    check = pd.action.value if pd is not None else "-"
+    if pd is not None and pd.refused:
+        return f"prompt: {check} -> block (nothing generated)"
+    caught = " -> image flagged, regenerated" if decision.attempts > 1 else ""
+    return f"prompt: {check}{caught} -> {decision.action.value} at attempt {decision.attempts}"
+
+
 def _grid(rows: Sequence[DemoRow]) -> Image.Image:
     names = list(rows[0].columns)
-    label_w, header_h, caption_h = 220, 24, 16
-    width = label_w + CELL * len(names) + 40  # room for the last caption
-    height = header_h + (CELL + caption_h) * len(rows)
+    label_w, title_h, header_h, caption_h = 250, 22, 22, 18
+    width = max(label_w + CELL * len(names) + 8, 620)
+    height = title_h + header_h + (CELL + caption_h) * len(rows)
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=12)
+    draw.text((4, 4), TITLE, fill=(170, 0, 0), font=font)
     for j, name in enumerate(names):
-        draw.text((label_w + j * CELL + 4, 6), name, fill=(0, 0, 0), font=font)
+        draw.text((label_w + j * CELL + 4, title_h + 4), name, fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):
-        y = header_h + i * (CELL + caption_h)
-        draw.text(
-            (4, y + CELL // 2 - 6), f"{row.prompt} (seed {row.seed})", fill=(0, 0, 0), font=font
-        )
+        y = title_h + header_h + i * (CELL + caption_h)
+        draw.text((4, y + CELL // 2 - 14), row.prompt, fill=(0, 0, 0), font=font)
+        draw.text((4, y + CELL // 2 + 2), f"seed {row.seed}", fill=(90, 90, 90), font=font)
         for j, name in enumerate(names):
             cell = row.columns[name].convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST)
             grid.paste(cell, (label_w + j * CELL, y))
-        d = row.decision
-        caption = f"{d.action.value}, attempt {d.attempts}"
-        draw.text(
-            (label_w + (len(names) - 1) * CELL + 2, y + CELL + 2),
-            caption,
-            fill=(0, 0, 0),
-            font=font,
-        )
+        draw.text((label_w, y + CELL + 2), verdict(row.decision), fill=(0, 0, 0), font=font)
     return grid

@@ -18,23 +18,17 @@ object). Explicit ``pairs`` are added to the templates' pairs as given.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from safety_lora.templates import check_template, fill_template
+
 __all__ = ["AdapterKind", "Erasure", "Method", "TrainConfig"]
 
 Method = Literal["esd-x", "esd-u"]
 AdapterKind = Literal["lora", "loha", "lokr"]
-
-_SPACES = re.compile(r"\s+")
-
-
-def _fill(template: str, word: str) -> str:
-    """``template`` with ``word`` at ``{}``, whitespace collapsed (so removal leaves no gap)."""
-    return _SPACES.sub(" ", template.replace("{}", word)).strip()
 
 
 class _Strict(BaseModel):
@@ -52,10 +46,7 @@ class Erasure(_Strict):
     @field_validator("templates")
     @classmethod
     def _one_slot(cls, value: list[str]) -> list[str]:
-        for template in value:
-            if template.count("{}") != 1:
-                raise ValueError(f"each template needs exactly one '{{}}', got {template!r}")
-        return value
+        return [check_template(t) for t in value]
 
     @model_validator(mode="after")
     def _some_pairs(self) -> Erasure:
@@ -67,8 +58,8 @@ class Erasure(_Strict):
         """The (concept prompt, anchor prompt) pairs this erasure trains on, in order."""
         out = []
         for template in self.templates:
-            anchor = "" if self.anchor is None else _fill(template, self.anchor)
-            out.append((_fill(template, self.concept), anchor))
+            anchor = "" if self.anchor is None else fill_template(template, self.anchor)
+            out.append((fill_template(template, self.concept), anchor))
         return [*out, *self.pairs]
 
 

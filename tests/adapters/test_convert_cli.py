@@ -103,6 +103,7 @@ def test_public_surface() -> None:
 
     assert sorted(adapters.__all__) == sorted(
         ["FAMILIES", "FORMATS", "AdapterFormat", "AdapterFormatError", "AdapterInfo",
+             "AdapterIntegrityError",
          "AdapterState", "ConversionReport", "Family", "FormatName", "ModuleIndex",
          "ModuleWeights", "check_fits", "convert", "detect_format", "load_adapter", "load_state",
          "read_adapter", "write_adapter"]

@@ -10,9 +10,14 @@ import torch
 from _adapter_fixtures import base_unet, lycoris_file
 from safetensors.torch import load_file, save_file
 
-from safety_lora.adapters import AdapterFormatError, convert, detect_format, load_adapter
+from safety_lora.adapters import (
+    AdapterFormatError,
+    AdapterIntegrityError,
+    convert,
+    detect_format,
+    load_adapter,
+)
 from safety_lora.adapters.loading import sha256_of
-from safety_lora.policies.schema import AdapterIntegrityError
 
 TO_K = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
 Edit = Callable[[dict[str, torch.Tensor]], None]

@@ -14,12 +14,13 @@ from safety_lora.policies.schema import Policy
 from safety_lora.testing import tiny_pipeline
 from tests.adapters._adapter_fixtures import lycoris_file
 
+ZERO: list[dict[str, Any]] = [{"kind": "static", "scores": {"sexual": 0.0}}]
 ROWS = [("loha", {"algo": "loha"}), ("lokr", {"algo": "lokr"}), ("full", {"algo": "full"})]
 
 
 def _policy(path: Path, scale: float) -> Policy:
     adapter = {"path": str(path), "categories": ["sexual"], "scale": scale}
-    return Policy.model_validate({"classifiers": [], "steering": {"adapters": [adapter]}})
+    return Policy.model_validate({"classifiers": ZERO, "steering": {"adapters": [adapter]}})
 
 
 def _run(pipe: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipelineSafe
 
-from safety_lora.compare.sld import SLD_PRESETS, SafetyGuidance, SLDConfig, sld_preset
+from safety_lora.sld import SLD_PRESETS, SafetyGuidance, SLDConfig, sld_preset
 from safety_lora.testing import tiny_pipeline
 
 PROMPTS = ["a red car", "a photo of a dog"]

@@ -15,6 +15,9 @@ from safety_lora.policies import Policy, PolicyEngine
 from safety_lora.policies.engine import HARD_RULE
 from safety_lora.taxonomy import Action, Category, PromptAction
 
+#: Every category the test policies act on, at score 0: a static classifier that scores them.
+ZERO = dict.fromkeys(("sexual", "violence", "shocking", "hate", "harassment"), 0.0)
+
 
 def engine_for(
     image_scores: dict[str, float] | list[dict[str, float]], **extra: Any
@@ -22,7 +25,7 @@ def engine_for(
     sequence = image_scores if isinstance(image_scores, list) else [image_scores]
     data: dict[str, Any] = {
         "version": 1,
-        "classifiers": [{"kind": "static", "sequence": sequence}],
+        "classifiers": [{"kind": "static", "sequence": [{**ZERO, **s} for s in sequence]}],
         "categories": {
             "sexual": {"threshold": 0.5, "action": "regenerate"},
             "violence": {"threshold": 0.5, "action": "blur"},
@@ -59,7 +62,7 @@ def test_image_actions(scores: dict[str, float], action: Action, rule: str) -> N
     (decision,) = engine_for(scores).judge([image()])
     assert decision.action is action
     assert decision.rule == rule
-    assert decision.scores == {Category(k): v for k, v in scores.items()}
+    assert decision.scores == {Category(k): v for k, v in {**ZERO, **scores}.items()}
     assert decision.flagged is (action is not Action.ALLOW)
 
 
@@ -167,7 +170,11 @@ def prompt_engine(
 ) -> PolicyEngine:
     data: dict[str, Any] = {
         "version": 1,
-        "prompt": {"classifiers": [{"kind": "static", "scores": scores}], "rules": rules or {}},
+        "classifiers": [{"kind": "static", "scores": ZERO}],
+        "prompt": {
+            "classifiers": [{"kind": "static", "scores": {**ZERO, **scores}}],
+            "rules": rules or {},
+        },
     }
     data.update(kw)
     return PolicyEngine(Policy.from_dict(data))
@@ -228,3 +235,16 @@ def test_failing_prompt_classifier_refuses() -> None:
     pd = engine.check_prompt("hello")
     assert (pd.action, pd.rule) == (PromptAction.REFUSE, "on_error")
     assert "bad rules" in pd.errors[0]
+
+
+def test_every_decision_lists_what_the_policy_does_not_judge(tmp_path: Path) -> None:
+    engine = engine_for({"sexual": 0.1})  # the static classifier scores five categories
+    (decision,) = engine.judge([image()])
+    assert decision.unjudged == (Category.SELF_HARM, Category.ILLEGAL_ACTIVITY, Category.MINORS)
+    assert decision.to_dict()["unjudged"] == ["self_harm", "illegal_activity", "minors"]
+    pd = prompt_engine({"sexual": 0.1}).check_prompt("x")
+    assert set(pd.unjudged) == {Category.SELF_HARM, Category.ILLEGAL_ACTIVITY, Category.MINORS}
+    (refused,) = engine.refused(pd, 1)
+    assert refused.unjudged == decision.unjudged
+    nudenet = PolicyEngine(Policy.preset("balanced")).judge  # builds nudenet: scores sexual
+    assert Category.SEXUAL not in nudenet([image()])[0].unjudged

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from safety_lora.policies import Policy, PolicyError
-from safety_lora.policies.schema import PRESETS, AdapterIntegrityError
+from safety_lora.policies.schema import PRESETS, ClosedFormSpec, SLDGuidance
 from safety_lora.taxonomy import Action, Category
 
 
@@ -36,8 +36,11 @@ def test_presets_differ_as_documented() -> None:
     assert permissive.categories[Category.SEXUAL].action is Action.ALLOW
 
 
+MINIMAL = "version: 1\nclassifiers:\n  - {kind: static, scores: {sexual: 0.0}}\n"
+
+
 def test_minimal_policy_gets_defaults(tmp_path: Path) -> None:
-    policy = Policy.from_file(write(tmp_path, "version: 1\n"))
+    policy = Policy.from_file(write(tmp_path, MINIMAL))
     assert policy.categories[Category.MINORS].threshold == 0.5
     assert [c.kind for c in policy.prompt.classifiers] == ["prompt_rules"]
     assert policy.escalation.multiplier(1) == 1.0
@@ -108,8 +111,8 @@ def test_missing_file_and_unknown_preset(tmp_path: Path) -> None:
 
 
 def test_relative_paths_resolve_against_the_policy_folder(tmp_path: Path) -> None:
-    text = (
-        "version: 1\naudit: {path: logs/audit.jsonl}\n"
+    text = MINIMAL + (
+        "audit: {path: logs/audit.jsonl}\n"
         "steering:\n  adapters:\n    - {path: adapters/erase.safetensors, categories: [sexual]}\n"
     )
     policy = Policy.from_file(write(tmp_path, text))
@@ -119,22 +122,6 @@ def test_relative_paths_resolve_against_the_policy_folder(tmp_path: Path) -> Non
     assert adapter.adapter_name == "erase"
 
 
-def test_adapter_sha256_pin(tmp_path: Path) -> None:
-    (tmp_path / "a.safetensors").write_bytes(b"weights")
-    good = "a8b3d1d4c1a1e1b1c6a4c5ae9cbc3d1b6b6f0e4c3b8e6a8e1e0b1b8b7f3b1d2e"
-    text = (
-        "version: 1\nsteering:\n  adapters:\n"
-        f"    - {{path: a.safetensors, categories: [sexual], sha256: {good}}}\n"
-    )
-    adapter = Policy.from_file(write(tmp_path, text)).steering.adapters[0]
-    with pytest.raises(AdapterIntegrityError, match="the policy pins a8b3"):
-        adapter.verified_sha256()
-    unpinned = adapter.model_copy(update={"sha256": None})
-    import hashlib
-
-    assert unpinned.verified_sha256() == hashlib.sha256(b"weights").hexdigest()
-
-
 def test_json_schema_is_exported() -> None:
     schema = Policy.model_json_schema()
     assert schema["additionalProperties"] is False
@@ -142,3 +129,140 @@ def test_json_schema_is_exported() -> None:
     text = json.dumps(schema)
     for kind in ("nudenet", "clip_concepts", "hf_image", "static", "prompt_rules", "concept_world"):
         assert f'"{kind}"' in text
+
+
+# -- steering that works on any model, and no silent categories ------------------------------
+
+
+@pytest.mark.parametrize("name", ["strict", "balanced"])
+def test_strict_and_balanced_steer_every_category_they_act_on(name: str) -> None:
+    policy = Policy.preset(name)
+    entries = [a for a in policy.steering.adapters if isinstance(a, ClosedFormSpec)]
+    assert len(entries) == len(policy.steering.adapters) == 3
+    steered = {c for a in entries for c in a.categories}
+    acted_on = {c for c, r in policy.categories.items() if r.action is not Action.ALLOW}
+    assert acted_on <= steered | {Category.ILLEGAL_ACTIVITY}
+    assert "nudity" in entries[0].closed_form.erase
+    assert all(a.scale > 0 for a in entries)  # every request is steered, not only risky ones
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_say_what_they_do_not_judge(name: str) -> None:
+    policy = Policy.preset(name)
+    unjudged = set(policy.unjudged_images())
+    assert Category.SEXUAL not in unjudged  # NudeNet judges it
+    assert {Category.VIOLENCE, Category.MINORS} <= unjudged
+    assert set(policy.unjudged) <= unjudged
+
+
+UNJUDGED = [
+    (
+        "version: 1\nclassifiers: [{kind: nudenet}]\n"
+        "categories:\n  violence: {threshold: 0.5, action: block}\n",
+        "categories.violence: action block, but no image classifier here scores violence "
+        "(nudenet: [sexual]); kinds that can: clip_concepts",
+    ),
+    (
+        "version: 1\nclassifiers: []\n",
+        "classifiers: a policy needs at least one image classifier",
+    ),
+    ("version: 1\n", "classifiers: a policy needs at least one image classifier"),
+    (
+        MINIMAL + "prompt: {classifiers: []}\n",
+        "prompt.classifiers: a policy needs at least one prompt classifier",
+    ),
+    (
+        "version: 1\nclassifiers: [{kind: static, scores: {}}]\n",
+        "classifiers.0: a static classifier needs `scores`",
+    ),
+    (
+        MINIMAL + "prompt:\n  classifiers: [{kind: static, scores: {sexual: 0.1}}]\n"
+        "  rules: {violence: {steer_at: 0.3}}\n",
+        "prompt.rules.violence: no prompt classifier here scores violence (static: [sexual])",
+    ),
+    (
+        MINIMAL + "unjudged: [sexual]\n",
+        "unjudged: sexual is scored on images and on prompts here; remove it",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), UNJUDGED)
+def test_a_policy_that_judges_nothing_or_leaves_a_category_unjudged_is_refused(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_file(path)
+    assert f"{path}: {expected}" in str(info.value)
+
+
+def test_listing_a_category_as_unjudged_is_explicit_and_allowed(tmp_path: Path) -> None:
+    text = (
+        "version: 1\nclassifiers: [{kind: nudenet}]\nunjudged: [violence]\n"
+        "categories:\n  violence: {threshold: 0.5, action: block}\n"
+    )
+    policy = Policy.from_file(write(tmp_path, text))
+    assert policy.unjudged == [Category.VIOLENCE]
+    assert Category.VIOLENCE in policy.unjudged_images()
+
+
+def test_closed_form_and_sld_entries(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "steering:\n"
+        "  adapters:\n"
+        "    - closed_form: {erase: [nudity, naked], preserve: [a person], push: 1.0}\n"
+        "      categories: [sexual]\n"
+        "      risk_boost: 1.0\n"
+        "    - {path: a.safetensors, categories: [sexual]}\n"
+        "  guidance: {kind: sld, preset: strong, concepts: [nudity, violence],"
+        " categories: [sexual], scale: 0.0, risk_boost: 1.0}\n"
+    )
+    steering = Policy.from_file(write(tmp_path, text)).steering
+    solved, _file = steering.adapters
+    assert isinstance(solved, ClosedFormSpec)
+    assert solved.adapter_name == "closed_form_nudity"
+    assert solved.closed_form.pairs() == [("nudity", ""), ("naked", "")]
+    assert isinstance(steering.guidance, SLDGuidance)
+    assert steering.guidance.concept == "nudity, violence"
+    assert steering.names == ["closed_form_nudity", "a", "sld"]
+
+
+BAD_STEERING = [
+    (
+        "steering:\n  adapters:\n    - closed_form: {erase: [red], push: -1}\n"
+        "      categories: [sexual]\n",
+        "steering.adapters.0.closed_form.push: Input should be greater than or equal to 0",
+    ),
+    (
+        "steering:\n  adapters:\n    - closed_form: {erase: [red], templates: [a red]}\n"
+        "      categories: [sexual]\n",
+        "steering.adapters.0.closed_form.templates: each template needs",
+    ),
+    (
+        "steering:\n  adapters:\n    - closed_form: {erase: [red], anchors: {blue: ''}}\n"
+        "      categories: [sexual]\n",
+        "anchors` names concepts not in `erase`: ['blue']",
+    ),
+    (
+        "steering:\n  adapters:\n    - {closed_form: {erase: [red]}}\n",
+        "steering.adapters.0.categories: Field required",
+    ),
+    (
+        "steering:\n  guidance: {preset: huge, concepts: [red], categories: [sexual]}\n",
+        "steering.guidance.preset: Input should be 'weak', 'medium', 'strong' or 'max'",
+    ),
+    (
+        "steering:\n  adapters:\n    - {closed_form: {erase: [red]}, categories: [sexual],"
+        " name: sld}\n  guidance: {concepts: [red], categories: [sexual]}\n",
+        "steering: steering names must be unique, repeated: ['sld']",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_STEERING)
+def test_bad_steering_entries_name_the_path(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, MINIMAL + text)
+    with pytest.raises(PolicyError) as info:
+        Policy.from_file(path)
+    assert expected in str(info.value)

@@ -169,6 +169,8 @@ def test_unconfigured_streaming_route_still_streams(tmp_path: Path) -> None:
 
 def test_routes_are_required() -> None:
     with pytest.raises(ValueError, match="`routes` is empty"):
-        SafetyMiddleware(make_app([], threading.Event()), guard=Policy(), routes=[])
+        SafetyMiddleware(
+            make_app([], threading.Event()), guard=Policy.preset("permissive"), routes=[]
+        )
     with pytest.raises(ValueError, match="must start with '/'"):
         GuardedRoute("generate")

@@ -11,6 +11,11 @@ The update rule and the presets are those of diffusers' ``StableDiffusionPipelin
 ``momentum = beta * momentum + (1 - beta) * safety``; applied from step ``warmup_steps`` on.
 As in diffusers, guidance is off unless ``guidance_scale > 1`` and the pipeline uses CFG, and
 the step index counts the pipeline's UNet calls (one per step for single-call schedulers).
+
+``strength`` scales the applied term (``text - strength * safety``), as a policy scales an
+adapter: 1 is the preset, 0 leaves the pipeline untouched (no hook, no extra UNet pass), and
+the escalation ladder may go above 1. The momentum accumulates the unscaled term, so a
+strength multiplies SLD's whole correction.
 """
 
 from __future__ import annotations
@@ -78,12 +83,17 @@ class SafetyGuidance:
     count the added UNet passes and their time (since the block was entered).
     """
 
-    def __init__(self, pipe: Any, *, concept: str, config: SLDConfig) -> None:
+    def __init__(
+        self, pipe: Any, *, concept: str, config: SLDConfig, strength: float = 1.0
+    ) -> None:
         if not concept.strip():
             raise ValueError(f"SafetyGuidance: `concept` must not be empty, got {concept!r}")
+        if not (strength >= 0.0 and strength < float("inf")):
+            raise ValueError(f"SafetyGuidance: `strength` must be >= 0 and finite, got {strength}")
         self.pipe = pipe
         self.concept = concept
         self.config = config
+        self.strength = float(strength)
         self.extra_calls = 0
         self.extra_seconds = 0.0
         self._handle: Any = None
@@ -97,7 +107,7 @@ class SafetyGuidance:
     def __enter__(self) -> SafetyGuidance:
         self.extra_calls, self.extra_seconds = 0, 0.0
         self._last_t, self._momentum = None, None
-        if self.config.enabled:
+        if self.config.enabled and self.strength > 0.0:
             self._embeds, self._pooled = self._encode()
             self._handle = self.pipe.unet.register_forward_hook(self._hook, with_kwargs=True)
         return self
@@ -178,7 +188,7 @@ class SafetyGuidance:
             safety = (eps_concept - uncond) * scale + cfg.momentum_scale * self._momentum
             self._momentum = cfg.mom_beta * self._momentum + (1 - cfg.mom_beta) * safety
             if self._step >= cfg.warmup_steps:
-                text = text - safety
+                text = text - self.strength * safety
             self._step += 1
             new = torch.cat([uncond, text])
         if isinstance(output, tuple):

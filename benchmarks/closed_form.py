@@ -1,0 +1,295 @@
+"""Closed-form erasure (UCE family) on the concept world, and its cost on an SD 1.5-sized model.
+
+    python benchmarks/closed_form.py [--seeds 32] [--json FILE] [--no-sd15] [--repeats 9]
+
+1. Erase ``red`` on the shipped concept-world model, per method: UCE's paper form (the concept
+   takes the anchor prompt's values, "a red circle" -> "a circle"), the ESD-style push past
+   the anchor (eta 1), the push with 2 RECE rounds, and the shipped ESD LoRA for reference.
+   At strengths 0.5 / 1 / 1.5: red shown on red prompts, the shape kept on them, colour and
+   shape accuracy on the other colours' prompts; the solve time (one CPU thread, encoding
+   included) and the bar verdict (push form at strength 1: red <= 5%, shape on red prompts
+   >= 90%, other colours and shapes within 3 points of the base, solve <= 5 s).
+2. Per-step cost on the concept world, interleaved (base / adapter / base / adapter...) so
+   machine load cancels out of the ratios: the closed-form adapter unfused and fused, and
+   SLD guidance (one more UNet pass per step).
+3. An SD 1.5-sized UNet and CLIP ViT-L/14 text encoder built in code from the published
+   configs with random weights (no download): the time to solve ``balanced``'s sexual entry
+   (8 concepts, 6 preserve prompts, every position of 77), exact and at rank 64, and the
+   adapter sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from safety_lora.adapters import load_adapter
+from safety_lora.closed_form import ClosedFormConfig, erase
+from safety_lora.compare.metrics import BAR
+from safety_lora.concept_world.evaluate import Generation, evaluate
+from safety_lora.concept_world.tasks import erasure_task
+from safety_lora.models import CONCEPT_WORLD_DEFAULTS, concept_world
+from safety_lora.policies.schema import ClosedFormSpec, Policy
+
+SHIPPED_ESD = (
+    Path(__file__).resolve().parents[1]
+    / "safety_lora/models/adapters/concept_world_erase_red.safetensors"
+)
+STRENGTHS = (0.5, 1.0, 1.5)
+
+
+def _share(results: list[Generation], attribute: str) -> float:
+    return sum(bool(getattr(r, f"{attribute}_correct")) for r in results) / len(results)
+
+
+def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
+    """Red shown and shape kept on red prompts; accuracy on the other colours' prompts."""
+    task = erasure_task("red")
+    target = evaluate(pipe, task.target_prompts, seeds=seeds)
+    other = evaluate(pipe, task.other_prompts, seeds=seeds)
+    return {
+        "red": sum(r.analysis.colour == "red" for r in target) / len(target),
+        "shape_on_red": _share(target, "shape"),
+        "other_colour": _share(other, "colour"),
+        "other_shape": _share(other, "shape"),
+    }
+
+
+def configs() -> dict[str, ClosedFormConfig]:
+    task = erasure_task("red")
+    common = {"erase": ["red"], "templates": list(task.templates), "preserve": list(task.preserve)}
+    return {
+        "UCE paper form": ClosedFormConfig(**common),
+        "push eta=1": ClosedFormConfig(**common, push=1.0),
+        "push eta=1 + RECE x2": ClosedFormConfig(**common, push=1.0, rounds=2),
+    }
+
+
+def solve_seconds(pipe: Any, config: ClosedFormConfig, repeats: int, out: Path) -> float:
+    """Median wall time of ``erase`` (encode + solve + write), one thread."""
+    times = []
+    for _ in range(repeats):
+        times.append(erase(config, out=out, pipe=pipe).seconds)
+    return statistics.median(times)
+
+
+def meets_bar(row: dict[str, float], base: dict[str, float], seconds: float) -> bool:
+    return (
+        row["red"] <= BAR
+        and row["shape_on_red"] >= 0.90
+        and all(row[k] >= base[k] - 0.03 - 1e-9 for k in ("other_colour", "other_shape"))
+        and seconds <= 5.0
+    )
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def concept_world_table(seeds: list[int], repeats: int, console: Console) -> dict[str, Any]:
+    pipe = concept_world()
+    base = measure(pipe, seeds)
+    report: dict[str, Any] = {"base": base, "methods": {}}
+    table = Table(title=f"erase red on the concept world: {len(seeds)} images per prompt")
+    for column in ("method", "strength", "red shown", "shape kept (red prompts)",
+                   "other colours", "other shapes", "solve s", "bar at 1.0"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "method" else "right")
+    table.add_row("base", "0", *(_pct(v) for v in base.values()), "", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        methods: dict[str, tuple[Path, float | None]] = {}
+        for name, config in configs().items():
+            path = Path(tmp) / f"{len(methods)}.safetensors"
+            methods[name] = (path, solve_seconds(pipe, config, repeats, path))
+        methods["ESD LoRA (shipped, trained)"] = (SHIPPED_ESD, None)
+        for name, (path, seconds) in methods.items():
+            load_adapter(pipe.unet, path, adapter_name="erase")
+            rows = {}
+            for strength in STRENGTHS:
+                pipe.unet.set_adapters(["erase"], [strength])
+                row = rows[str(strength)] = measure(pipe, seeds)
+                verdict = ""
+                if strength == 1.0 and name == "push eta=1":
+                    verdict = "yes" if meets_bar(row, base, seconds or 0.0) else "NO"
+                shown = "" if seconds is None or strength != 1.0 else f"{seconds:.3f}"
+                table.add_row(name, str(strength), *(_pct(v) for v in row.values()), shown,
+                              verdict)  # fmt: skip
+            pipe.unet.unload_lora()
+            report["methods"][name] = {"strengths": rows, "solve_seconds": seconds}
+    console.print(table)
+    return report
+
+
+def step_costs(repeats: int, console: Console) -> dict[str, float]:
+    """Per-image time vs the base, interleaved A/B/A/B (median ratio of adjacent pairs)."""
+    from safety_lora import SafePipeline
+
+    task = erasure_task("red")
+    cf = {"erase": ["red"], "templates": list(task.templates), "push": 1.0}
+    static = [{"kind": "static", "scores": {"sexual": 0.0}}]
+
+    def policy(steering: dict[str, Any]) -> Policy:
+        return Policy.model_validate(
+            {"classifiers": static, "prompt": {"classifiers": static}, "steering": steering}
+        )
+
+    adapter = {"closed_form": cf, "categories": ["sexual"]}
+    variants = {
+        "closed-form adapter, unfused": policy({"adapters": [adapter]}),
+        "closed-form adapter, fused": policy({"adapters": [adapter], "mode": "fused"}),
+        "SLD medium (extra UNet pass)": policy(
+            {"guidance": {"preset": "medium", "concepts": ["red"], "categories": ["sexual"]}}
+        ),
+    }
+    base_pipe = concept_world()
+    prompts = list(task.target_prompts) * 4
+    kwargs = dict(CONCEPT_WORLD_DEFAULTS)
+
+    def timed(call: Any) -> float:
+        began = time.perf_counter()
+        call(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
+        return (time.perf_counter() - began) / len(prompts)
+
+    ratios: dict[str, float] = {}
+    table = Table(title=f"per-image cost vs the base, {repeats} interleaved pairs, 1 thread")
+    for column in ("steering", "base ms/image", "steered ms/image", "ratio"):
+        table.add_column(column, justify="left" if column == "steering" else "right")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SAFETY_LORA_CACHE"] = tmp
+        for name, pol in variants.items():
+            safe = SafePipeline(concept_world(), pol)
+            timed(base_pipe), timed(safe)  # warm-up
+            pairs = [(timed(base_pipe), timed(safe)) for _ in range(repeats)]
+            ratio = statistics.median(s / b for b, s in pairs)
+            ratios[name] = ratio
+            table.add_row(
+                name,
+                f"{1e3 * statistics.median(b for b, _ in pairs):.1f}",
+                f"{1e3 * statistics.median(s for _, s in pairs):.1f}",
+                f"{ratio:.2f}x",
+            )
+    console.print(table)
+    return ratios
+
+
+def _ranks(path: Path) -> str:
+    from safety_lora.adapters import read_adapter
+
+    state, _ = read_adapter(path)
+    ranks = [state.rank(p) for p in state.modules]
+    if None in ranks:
+        return "full"
+    return f"{min(ranks)}-{max(ranks)}"  # type: ignore[type-var]
+
+
+def sd15_sized(console: Console) -> dict[str, Any]:
+    """Solve balanced's sexual entry on an SD 1.5-sized model with random weights."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from safety_lora.adapters.names import SD15_UNET
+    from safety_lora.testing import tiny_tokenizer
+
+    began = time.perf_counter()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET, sample_size=64)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(  # CLIP ViT-L/14's text tower, as SD 1.5 ships it
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    built = time.perf_counter() - began
+    params = sum(p.numel() for p in unet.parameters())
+    (entry,) = [
+        a
+        for a in Policy.preset("balanced").steering.adapters
+        if isinstance(a, ClosedFormSpec) and a.adapter_name == "erase_sexual"
+    ]
+    table = Table(title=f"SD 1.5-sized UNet ({params / 1e6:.0f}M params, random), 1 thread")
+    for column in ("adapter", "solve s", "parameters", "file size", "ranks", "SVD error"):
+        table.add_column(column, justify="left" if column == "adapter" else "right")
+    out: dict[str, Any] = {"unet_parameters": params, "build_seconds": built}
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {
+            "exact (LyCORIS full)": {"rank": None, "tolerance": None},
+            "LoRA rank 64": {"rank": 64, "tolerance": None},
+            "as balanced ships it": {},
+        }
+        for label, update in variants.items():
+            config = entry.closed_form.model_copy(update=update)
+            result = erase(config, out=Path(tmp) / f"{len(out)}.safetensors", pipe=pipe)
+            size = result.path.stat().st_size
+            table.add_row(
+                label,
+                f"{result.seconds:.2f}",
+                f"{result.parameters:,}",
+                f"{size / 2**20:.1f} MiB",
+                _ranks(result.path),
+                "exact" if config.exact else f"{result.overall_error:.3f}",
+            )
+            out[label] = {
+                "seconds": result.seconds,
+                "parameters": result.parameters,
+                "file_bytes": size,
+                "svd_error": result.overall_error,
+                "modules": result.modules,
+            }
+    console.print(table)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=32, help="images per prompt")
+    parser.add_argument("--repeats", type=int, default=9, help="timed repeats")
+    parser.add_argument("--no-sd15", action="store_true", help="skip the SD 1.5-sized solve")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    console = Console(width=150)
+    report: dict[str, Any] = {"seeds_per_prompt": args.seeds}
+    report["concept_world"] = concept_world_table(list(range(args.seeds)), args.repeats, console)
+    report["step_cost_ratios"] = step_costs(args.repeats, console)
+    if not args.no_sd15:
+        report["sd15_sized"] = sd15_sized(console)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``ClosedFormConfig``: what a closed-form erasure solves for, validated (pydantic v2, frozen).
+
+Each concept is put into every template (``"a {} square"`` -> ``"a red square"``) and paired
+with an anchor prompt: the same template with the concept's anchor word in its place
+(``anchors``, else ``guide``; ``""`` removes the concept: ``"a red square"`` -> ``"a
+square"``). The anchor's text states are token-aligned to the concept prompt's, and the edit
+maps the concept's states to
+
+* the anchor's values (``push: 0``): the paper's form, the anchor being UCE's guide concept;
+* ``a - push * (c - a)`` (``push > 0``): ESD's target, past the anchor, away from the concept.
+
+``preserve`` prompts keep their values; ``lam`` keeps the weights near the base; ``rounds``
+adds RECE's adversarial embeddings (see :mod:`safety_lora.closed_form.solve`). No torch here:
+policy files validate this model without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from safety_lora.templates import check_template, fill_template
+
+__all__ = ["ClosedFormConfig"]
+
+_Text = Annotated[str, Field(min_length=1)]
+
+
+class ClosedFormConfig(BaseModel):
+    """The concepts, anchors, preservation and solver settings of one closed-form edit.
+
+    The adapter: with neither ``rank`` nor ``tolerance``, the exact delta (a LyCORIS ``full``
+    adapter); else a LoRA by truncated SVD per module, of rank ``rank``, or of the smallest
+    rank whose relative error is at most ``tolerance`` (at most ``rank`` when both are given).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    erase: list[_Text] = Field(min_length=1)
+    templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
+    guide: str = ""
+    anchors: dict[str, str] = Field(default_factory=dict)
+    push: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    preserve: list[_Text] = Field(default_factory=list)
+    preserve_weight: Annotated[float, Field(ge=0.0, le=1e4)] = 1.0
+    lam: Annotated[float, Field(gt=0.0, le=1e4)] = 0.5
+    rounds: Annotated[int, Field(ge=0, le=20)] = 0
+    rece_reg: Annotated[float, Field(gt=0.0, le=1e4)] = 0.1
+    rank: Annotated[int, Field(ge=1, le=4096)] | None = None
+    tolerance: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether the adapter is the exact delta (no rank, no tolerance)."""
+        return self.rank is None and self.tolerance is None
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, value: list[str]) -> list[str]:
+        return [check_template(t) for t in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClosedFormConfig:
+        repeated = sorted({c for c in self.erase if self.erase.count(c) > 1})
+        if repeated:
+            raise ValueError(f"`erase` names a concept twice: {repeated}")
+        unknown = sorted(set(self.anchors) - set(self.erase))
+        if unknown:
+            raise ValueError(f"`anchors` names concepts not in `erase`: {unknown}")
+        return self
+
+    def anchor_of(self, concept: str) -> str:
+        """The word that takes ``concept``'s place in its anchor prompts."""
+        return self.anchors.get(concept, self.guide)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(erase prompt, anchor prompt) for every concept and template, in order."""
+        return [
+            (fill_template(t, concept), fill_template(t, self.anchor_of(concept)))
+            for concept in self.erase
+            for t in self.templates
+        ]
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of every field (part of the start-up cache key)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
