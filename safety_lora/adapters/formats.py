@@ -85,11 +85,13 @@ def parse_safetensors(data: bytes, *, name: str) -> tuple[dict[str, torch.Tensor
         metadata = header.get("__metadata__") or {}
         if not isinstance(metadata, dict):
             raise ValueError("__metadata__ is not a mapping")
-        tensors = load(data)
+        loaded = load(data)
     except (SafetensorError, struct.error, ValueError, RuntimeError, AttributeError) as e:
         raise AdapterFormatError(
             f"{name!r}: not a readable safetensors file (truncated or corrupt?): {e}"
         ) from e
+    # safetensors hands back a hash map: sort, so modules (and errors) come in one order
+    tensors = {key: loaded[key] for key in sorted(loaded)}
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
