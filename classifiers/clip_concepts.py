@@ -27,10 +27,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safety_lora.classifiers.base import ImageScores
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import ClassifierConfig, resolve_local
 from safety_lora.classifiers.hf_image import (
     TRANSFORMERS_HINT,
     local_folder,
@@ -50,7 +60,7 @@ class Concept(BaseModel):
 
     phrase: str = Field(min_length=1)
     category: Category
-    threshold: float = Field(ge=-1.0, le=1.0)
+    threshold: StrictFloat = Field(ge=-1.0, le=1.0)
 
 
 class _Bank:
@@ -241,13 +251,13 @@ class ClipConceptsConfig(ClassifierConfig):
     model: str = Field(min_length=1)
     concepts: list[Concept] = Field(default_factory=list)
     special_care: list[Concept] = Field(default_factory=list)
-    include_original: bool = True
+    include_original: StrictBool = True
     category: Category = Category.SEXUAL
     special_care_category: Category | None = Category.MINORS
-    adjustment: float = Field(default=0.01, ge=0.0, le=1.0)
-    temperature: float = Field(default=0.02, gt=0.0)
+    adjustment: StrictFloat = Field(default=0.01, ge=0.0, le=1.0)
+    temperature: StrictFloat = Field(default=0.02, gt=0.0)
     text_model: str | None = None
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: StrictInt = Field(default=8, ge=1)
     device: str = "cpu"
 
     @field_validator("concepts", "special_care")
@@ -267,6 +277,11 @@ class ClipConceptsConfig(ClassifierConfig):
         if both:
             raise ValueError(f"phrase(s) {sorted(both)} in both `concepts` and `special_care`")
         return self
+
+    @field_validator("model", "text_model")
+    @classmethod
+    def _relative_to_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
         own = [self.category, self.special_care_category] if self.include_original else []

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt, ValidationInfo, field_validator
 
 from safety_lora.classifiers.base import ImageScores
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import ClassifierConfig, resolve_local
 from safety_lora.taxonomy import Category
 
 if TYPE_CHECKING:
@@ -153,8 +153,13 @@ class HFImageConfig(ClassifierConfig):
     kind: Literal["hf_image"] = "hf_image"
     model: str = Field(min_length=1)
     labels: dict[str, Category | None] = Field(min_length=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: StrictInt = Field(default=8, ge=1)
     device: str = "cpu"
+
+    @field_validator("model")
+    @classmethod
+    def _relative_to_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
         return frozenset(c for c in self.labels.values() if c is not None)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictInt, ValidationInfo, field_validator
 
 from safety_lora.classifiers.base import PromptScores
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
 from safety_lora.classifiers.normalize import normalize
 from safety_lora.taxonomy import Category
 
@@ -46,7 +46,6 @@ __all__ = [
     "MiniLMPromptConfig",
 ]
 
-BUNDLED = "bundled"
 #: The embedding model every head is trained for (recorded in the head file and checked).
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _FORMAT = "safety_lora.minilm_head/1"
@@ -243,7 +242,12 @@ class MiniLMPromptConfig(ClassifierConfig):
     HOW = "a head trained for it"
     kind: Literal["minilm"] = "minilm"
     head: str = BUNDLED
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_size: StrictInt = Field(default=64, ge=1, le=4096)
+
+    @field_validator("head")
+    @classmethod
+    def _relative_to_policy(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_local(value, info)
 
     def categories(self) -> frozenset[Category]:
         source, data = _read_head(self.head)

@@ -43,8 +43,12 @@ _LEET_I = str.maketrans(
 _LEET_L = str.maketrans({"1": "l"})
 
 
+#: ASCII control characters (NUL..US and DEL) but tab, newline and carriage return.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _is_dropped(ch: str) -> bool:
-    """Zero-width joiners, soft hyphens, bidi marks and other invisible format characters."""
+    """Zero-width joiners, soft hyphens, bidi marks, control and other invisible characters."""
     return unicodedata.category(ch) in ("Cf", "Cc", "Mn") and ch not in "\t\n\r"
 
 
@@ -63,8 +67,8 @@ def normalize(text: str) -> str:
 
     ``"Ｎ.u.d.е  Ph\u200boto!"`` -> ``"nude photo"``.
     """
-    if not text.isascii():
-        text = _fold_unicode(text)
+    # Every control/format character goes, ASCII or not: "nu\x00de" is "nude".
+    text = _fold_unicode(text) if not text.isascii() else _ASCII_CONTROL.sub("", text)
     text = _APOSTROPHES.sub("", text.lower())
     text = _SEPARATED.sub(_join_separated, text)
     return _NON_WORD.sub(" ", text).strip()

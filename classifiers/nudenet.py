@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from safety_lora.classifiers.base import ImageScores, Region
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import ClassifierConfig, resolve_local
 from safety_lora.taxonomy import Category
 
 if TYPE_CHECKING:
@@ -184,11 +184,16 @@ class NudeNetConfig(ClassifierConfig):
     HOW = "exposed body parts; ships in its wheel"
     kind: Literal["nudenet"] = "nudenet"
     model_path: str | None = None
-    inference_resolution: int = Field(default=320, ge=32)
-    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    inference_resolution: StrictInt = Field(default=320, ge=32)
+    min_score: StrictFloat = Field(default=0.0, ge=0.0, le=1.0)
     label_map: dict[str, Category | None] = Field(default_factory=dict)
-    batch_size: int = Field(default=4, ge=1)
-    threads: int | None = Field(default=None, ge=1)
+    batch_size: StrictInt = Field(default=4, ge=1)
+    threads: StrictInt | None = Field(default=None, ge=1)
+
+    @field_validator("model_path")
+    @classmethod
+    def _relative_to_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_local(value, info)
 
     @field_validator("label_map")
     @classmethod

@@ -20,17 +20,24 @@ from pathlib import Path
 from typing import Literal
 
 import ahocorasick
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from safety_lora.classifiers.base import PromptScores
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
 from safety_lora.classifiers.normalize import deleet_variants, normalize
 from safety_lora.taxonomy import Category
+from safety_lora.textfiles import TextFileError, load_mapping, read_text
 
 __all__ = ["PromptRulesClassifier", "PromptRulesConfig", "load_rules_text"]
 
-BUNDLED = "bundled"
 _PLURAL_SUFFIXES = ("", "s", "es")
 _ALLOW = -1
 
@@ -40,7 +47,7 @@ class _Group(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    weight: float = Field(gt=0.0, le=1.0)
+    weight: StrictFloat = Field(gt=0.0, le=1.0)
     terms: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
 
@@ -85,16 +92,13 @@ def load_rules_text(rules: str | Path) -> tuple[str, str]:
         return "bundled rules/default.yaml", ref.read_text(encoding="utf-8")
     path = Path(rules)
     try:
-        return str(path), path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ValueError(f"prompt_rules: cannot read rules file {str(path)!r}: {e}") from e
+        return str(path), read_text(path)
+    except TextFileError as e:
+        raise ValueError(f"prompt_rules: rules file: {e}") from e
 
 
 def _parse(source: str, text: str) -> _RuleFile:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{source}: not valid YAML: {e}") from e
+    data = load_mapping(text, source=source)
     try:
         return _RuleFile.model_validate(data)
     except ValidationError as e:
@@ -201,6 +205,11 @@ class PromptRulesConfig(ClassifierConfig):
     kind: Literal["prompt_rules"] = "prompt_rules"
     rules: str = BUNDLED
     extra_terms: dict[Category, list[str]] = Field(default_factory=dict)
+
+    @field_validator("rules")
+    @classmethod
+    def _relative_to_policy(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_local(value, info)
 
     def categories(self) -> frozenset[Category]:
         source, text = load_rules_text(self.rules)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt, ValidationInfo, field_validator
 
 from safety_lora.classifiers.clip_concepts import ClipConceptsClassifier
-from safety_lora.classifiers.config import ClassifierConfig
+from safety_lora.classifiers.config import ClassifierConfig, resolve_local
 from safety_lora.taxonomy import Category
 
 
@@ -23,8 +23,13 @@ class SDSafetyCheckerConfig(ClassifierConfig):
     HOW = "needs the safety checker's weights"
     kind: Literal["sd_safety_checker"] = "sd_safety_checker"
     model: str = Field(min_length=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: StrictInt = Field(default=8, ge=1)
     device: str = "cpu"
+
+    @field_validator("model")
+    @classmethod
+    def _relative_to_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
         return frozenset({Category.SEXUAL})

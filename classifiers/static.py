@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, model_validator
 
 from safety_lora.classifiers.base import ImageScores, PromptScores
 from safety_lora.classifiers.config import ClassifierConfig
@@ -66,8 +66,8 @@ class StaticImageConfig(ClassifierConfig):
 
     HOW = "fixed scores, for tests"
     kind: Literal["static"] = "static"
-    scores: dict[Category, float] = Field(default_factory=dict)
-    sequence: list[dict[Category, float]] = Field(default_factory=list)
+    scores: dict[Category, StrictFloat] = Field(default_factory=dict)
+    sequence: list[dict[Category, StrictFloat]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _scores_something(self) -> StaticImageConfig:
@@ -88,7 +88,7 @@ class StaticPromptConfig(ClassifierConfig):
 
     HOW = "fixed scores, for tests"
     kind: Literal["static"] = "static"
-    scores: dict[Category, float] = Field(default_factory=dict)
+    scores: dict[Category, StrictFloat] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _scores_something(self) -> StaticPromptConfig:

@@ -7,14 +7,14 @@ import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from safety_lora.audit import AuditLog
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
-from safety_lora.imaging import blur, placeholder
+from safety_lora.imaging import View, blur, frame_count, frame_rgb, placeholder, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision"]
 
+#: Frames times pixels judged for one image at most (64 frames of 1024x1024): beyond, blocked.
+MAX_FRAME_PIXELS = 64 * 1024 * 1024
 #: The rule no policy can relax: sexual content involving minors is always blocked/refused.
 HARD_RULE = "hard:minors+sexual"
 
@@ -60,6 +62,7 @@ class Decision:
     ``unjudged`` lists the categories no image classifier of the policy scores (a verdict
     says nothing about them); ``adapters`` the sha256 of each steering adapter file loaded
     for the generation, ``closed_form`` the cache key of each adapter solved at start-up.
+    ``frame`` is the frame whose verdict is the image's (the worst; 0 for a still).
     """
 
     action: Action
@@ -77,6 +80,7 @@ class Decision:
     unjudged: tuple[Category, ...] = ()
     adapters: dict[str, str] = field(default_factory=dict)
     closed_form: dict[str, str] = field(default_factory=dict)
+    frame: int = 0
 
     @property
     def flagged(self) -> bool:
@@ -104,6 +108,7 @@ class Decision:
             "unjudged": [c.value for c in self.unjudged],
             "adapters": dict(self.adapters),
             "closed_form": dict(self.closed_form),
+            "frame": self.frame,
             "prompt": None
             if pd is None
             else {
@@ -266,11 +271,62 @@ class PolicyEngine:
         """
         request_id = request_id or (prompt_decision.request_id if prompt_decision else "")
         request_id = request_id or new_request_id()
+        common: dict[str, Any] = {
+            "attempts": attempt,
+            "steering_scales": (dict(steering_scales),) if steering_scales else (),
+            "classifiers": self.fingerprints,
+            "timings_ms": {},
+            "request_id": request_id,
+            "prompt_decision": prompt_decision,
+            "unjudged": self.unjudged_images,
+            "adapters": dict(adapters or {}),
+            "closed_form": dict(closed_form or {}),
+        }
+        decided: dict[int, Decision] = {}
+        expanded: list[tuple[int, View]] = []  # every frame (and hidden-pixel view) to judge
+        for i, image in enumerate(images):
+            refusal = self._frame_rule(image, common)
+            if refusal is not None:
+                decided[i] = refusal
+                continue
+            try:
+                expanded.extend((i, view) for view in views(image))
+            except (OSError, ValueError, SyntaxError, TypeError) as e:
+                error = f"image {i} cannot be decoded: {type(e).__name__}: {e}"
+                decided[i] = self._decide({}, [], errors=(error,), attempt=attempt, common=common)
+        scores, regions, errors = self._classify([view.image for _, view in expanded], common)
+        for i in range(len(images)):
+            if i in decided:
+                continue
+            mine = [(k, view) for k, (owner, view) in enumerate(expanded) if owner == i]
+            candidates = [
+                (self._decide(scores[k], regions[k], errors=errors, attempt=attempt,
+                              common=common), view)
+                for k, view in mine
+            ]  # fmt: skip
+            decision, view = max(
+                candidates,
+                key=lambda c: (ACTION_SEVERITY[c[0].action], max(c[0].scores.values(), default=0)),
+            )
+            if len(candidates) > 1:
+                reasons = (
+                    *decision.reasons,
+                    f"judged {len(candidates)} views; worst: {view.label}",
+                )
+                decision = replace(decision, frame=view.frame, reasons=reasons)
+            decided[i] = decision
+        return [decided[i] for i in range(len(images))]
+
+    def _classify(
+        self, images: list[Image], common: dict[str, Any]
+    ) -> tuple[list[dict[Category, float]], list[list[Region]], tuple[str, ...]]:
+        """Every image classifier on ``images``: scores and regions per image, and errors."""
         n = len(images)
         per_image: list[dict[Category, float]] = [{} for _ in range(n)]
         regions: list[list[Region]] = [[] for _ in range(n)]
         errors: list[str] = []
-        timings: dict[str, float] = {}
+        if not n:
+            return per_image, regions, ()
         for classifier in self.image_classifiers:
             start = time.perf_counter()
             try:
@@ -282,28 +338,28 @@ class PolicyEngine:
                     regions[i].extend(_regions_of(result))
             except Exception as e:  # judged by on_error, never a silent "no check"
                 errors.append(f"{classifier.name}: {type(e).__name__}: {e}")
-            timings[classifier.name] = (time.perf_counter() - start) * 1e3
-        scales = (dict(steering_scales),) if steering_scales else ()
-        return [
-            self._decide(
-                per_image[i],
-                regions[i],
-                errors=tuple(errors),
-                attempt=attempt,
-                common={
-                    "attempts": attempt,
-                    "steering_scales": scales,
-                    "classifiers": self.fingerprints,
-                    "timings_ms": timings,
-                    "request_id": request_id,
-                    "prompt_decision": prompt_decision,
-                    "unjudged": self.unjudged_images,
-                    "adapters": dict(adapters or {}),
-                    "closed_form": dict(closed_form or {}),
-                },
+            common["timings_ms"][classifier.name] = (time.perf_counter() - start) * 1e3
+        return per_image, regions, tuple(errors)
+
+    def _frame_rule(self, image: Image, common: dict[str, Any]) -> Decision | None:
+        """A block decision for a multi-frame image the policy refuses, or one too large."""
+        n = frame_count(image)
+        if n == 1:
+            return None
+        width, height = image.size
+        if self.policy.multi_frame == "refuse":
+            rule, reason = "multi_frame", f"{n} frames; the policy refuses multi-frame images"
+        elif n > self.policy.max_frames:
+            rule, reason = (
+                "max_frames",
+                f"{n} frames, over the policy's max_frames {self.policy.max_frames}",
             )
-            for i in range(n)
-        ]
+        elif n * width * height > MAX_FRAME_PIXELS:
+            rule = "max_frames"
+            reason = f"{n} frames of {width}x{height}: over {MAX_FRAME_PIXELS} pixels in all"
+        else:
+            return None
+        return Decision(action=Action.BLOCK, rule=rule, scores={}, reasons=(reason,), **common)
 
     def _decide(
         self,
@@ -376,7 +432,8 @@ class PolicyEngine:
         if decision.action is Action.BLUR:
             settings = self.policy.blur
             boxes = [r.box for r in decision.regions]
-            return blur(image, boxes, radius=settings.radius, padding=settings.region_padding)
+            frame = frame_rgb(image, decision.frame)
+            return blur(frame, boxes, radius=settings.radius, padding=settings.region_padding)
         what = "blocked" if decision.action is Action.BLOCK else "replaced"
         return placeholder(image.size, f"{what} by\nsafety policy")
 

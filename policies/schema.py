@@ -7,24 +7,27 @@ Load one with :meth:`Policy.from_file` or :meth:`Policy.preset`.
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from safety_lora.classifiers.config import resolve_local
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
 from safety_lora.classifiers.registry import (
     IMAGE_CONFIGS,
@@ -37,6 +40,7 @@ from safety_lora.classifiers.registry import (
 )
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.taxonomy import Action, Category
+from safety_lora.textfiles import TextFileError, load_mapping, read_text
 
 __all__ = [
     "MINORS_MAX_THRESHOLD",
@@ -62,7 +66,7 @@ PRESETS = ("strict", "balanced", "permissive")
 #: No policy may make the ``minors`` detector less sensitive than this.
 MINORS_MAX_THRESHOLD = 0.5
 
-Score = Annotated[float, Field(ge=0.0, le=1.0)]
+Score = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
 
 
 class PolicyError(ValueError):
@@ -124,8 +128,8 @@ class Escalation(_Strict):
     still flagged ``regenerate`` at the last attempt gets ``final_action``.
     """
 
-    max_attempts: int = Field(default=3, ge=1, le=10)
-    ladder: list[Annotated[float, Field(gt=0.0, le=10.0)]] = Field(
+    max_attempts: StrictInt = Field(default=3, ge=1, le=10)
+    ladder: list[Annotated[StrictFloat, Field(gt=0.0, le=10.0)]] = Field(
         default_factory=lambda: [1.0, 1.5, 2.0], min_length=1
     )
     final_action: Action = Action.BLOCK
@@ -146,14 +150,19 @@ class AuditSettings(_Strict):
     """The JSONL audit log: one line per final decision. No ``path`` means no log file."""
 
     path: Path | None = None
-    include_prompt: bool = False
+    include_prompt: StrictBool = False
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_policy(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else Path(resolve_local(str(value), info))
 
 
 class BlurSettings(_Strict):
     """How ``blur`` renders: radius and box padding, as fractions of the image's short side."""
 
-    radius: Annotated[float, Field(gt=0.0, le=1.0)] = 0.08
-    region_padding: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    radius: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.08
+    region_padding: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] = 0.1
 
 
 class _Strength(_Strict):
@@ -165,9 +174,9 @@ class _Strength(_Strict):
 
     name: str | None = None
     categories: list[Category] = Field(min_length=1)
-    scale: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
-    risk_boost: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
-    max_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0
+    scale: Annotated[StrictFloat, Field(ge=0.0, le=10.0)] = 1.0
+    risk_boost: Annotated[StrictFloat, Field(ge=0.0, le=10.0)] = 0.0
+    max_scale: Annotated[StrictFloat, Field(gt=0.0, le=10.0)] = 2.0
 
 
 class AdapterSpec(_Strength):
@@ -175,6 +184,11 @@ class AdapterSpec(_Strength):
 
     path: Path
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_policy(cls, value: Path, info: ValidationInfo) -> Path:
+        return Path(resolve_local(str(value), info))
 
     @property
     def adapter_name(self) -> str:
@@ -283,6 +297,8 @@ class Policy(_Strict):
     categories: dict[Category, CategoryRule] = Field(default_factory=_default_categories)
     classifiers: list[ImageClassifierConfig] = Field(default_factory=list, validate_default=True)
     unjudged: list[Category] = Field(default_factory=list)
+    multi_frame: Literal["judge_all", "refuse"] = "judge_all"
+    max_frames: Annotated[StrictInt, Field(ge=1, le=10_000)] = 64
     prompt: PromptPolicy = Field(default_factory=PromptPolicy)
     escalation: Escalation = Field(default_factory=Escalation)
     on_error: Action = Action.BLOCK
@@ -380,9 +396,9 @@ class Policy(_Strict):
         """Read a YAML or JSON policy; relative adapter/audit paths resolve against its folder."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PolicyError(f"{path}: cannot read policy file ({e.strerror or e})") from e
+            text = read_text(path)
+        except TextFileError as e:
+            raise PolicyError(f"{e} (policy file)") from e
         return cls.from_text(text, source=path)
 
     @classmethod
@@ -390,9 +406,9 @@ class Policy(_Strict):
         """Parse YAML/JSON ``text``; ``source`` names it in errors and anchors relative paths."""
         source = Path(source)
         try:
-            data = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise PolicyError(f"{source}: not valid {_format_name(source)}: {e}") from e
+            data = load_mapping(text, source=source)
+        except TextFileError as e:
+            raise PolicyError(str(e)) from e
         if not isinstance(data, dict):
             raise PolicyError(
                 f"{source}: a policy must be a mapping of keys, got {type(data).__name__}"
@@ -401,13 +417,17 @@ class Policy(_Strict):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: Path | str = "<dict>") -> Policy:
-        """Validate a mapping, with errors formatted like :meth:`from_file`'s."""
+        """Validate a mapping, with errors formatted like :meth:`from_file`'s.
+
+        Relative paths in it (adapters, audit log, rule files, heads, model folders) resolve
+        against ``source``'s folder (the working directory for a mapping with no file).
+        """
         source = Path(source)
+        base = source.parent if source.name not in ("<dict>", "<string>") else Path.cwd()
         try:
-            policy = cls.model_validate(data)
+            return cls.model_validate(data, context={"base": base.resolve()})
         except ValidationError as e:
             raise PolicyError(format_validation_error(source, e)) from e
-        return policy._resolved(source.parent if source.name != "<dict>" else Path.cwd())
 
     @classmethod
     def preset(cls, name: str) -> Policy:
@@ -424,19 +444,6 @@ class Policy(_Strict):
         if isinstance(name_or_path, str) and name_or_path in PRESETS:
             return cls.preset(name_or_path)
         return cls.from_file(name_or_path)
-
-    def _resolved(self, base: Path) -> Policy:
-        adapters = [
-            a
-            if not isinstance(a, AdapterSpec) or a.path.is_absolute()
-            else a.model_copy(update={"path": (base / a.path).resolve()})
-            for a in self.steering.adapters
-        ]
-        audit = self.audit
-        if audit.path is not None and not audit.path.is_absolute():
-            audit = audit.model_copy(update={"path": (base / audit.path).resolve()})
-        steering = self.steering.model_copy(update={"adapters": adapters})
-        return self.model_copy(update={"steering": steering, "audit": audit})
 
 
 def _scores(configs: list[Any]) -> str:
@@ -455,10 +462,6 @@ def _able(configs: tuple[type[Any], ...], category: Category) -> str:
             how = f" ({config.HOW})" if getattr(config, "HOW", "") else ""
             out.append(config.model_fields["kind"].default + how)
     return ", ".join(out)
-
-
-def _format_name(source: Path) -> str:
-    return "JSON" if source.suffix == ".json" else "YAML"
 
 
 #: Union tags pydantic puts in error paths after a list index (not keys the user wrote).

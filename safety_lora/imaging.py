@@ -1,14 +1,103 @@
-"""Image operations the policy's actions need: region/whole blur and a labelled placeholder."""
+"""Image operations: what a classifier sees of an image, and how a decision renders it.
+
+:func:`views` turns any image Pillow opens into the RGB images to judge: every frame of an
+animated GIF/APNG/WebP or multi-page TIFF, each converted correctly from its mode (16-bit
+and 32-bit greyscale scaled to 8 bits, floats from 0..1, CMYK, palettes), and for an image
+with transparency both what a viewer sees (composited on white) and what its pixels hold
+(alpha ignored), so content hidden under a transparent alpha is judged too. :func:`blur` and
+:func:`placeholder` render the policy's actions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageSequence
 
-__all__ = ["blur", "placeholder"]
+__all__ = ["View", "blur", "frame_count", "frame_rgb", "placeholder", "to_rgb", "views"]
 
 _PLACEHOLDER_GREY = (128, 128, 128)
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+@dataclass(frozen=True)
+class View:
+    """One RGB image a classifier judges, and where in the original it comes from."""
+
+    image: Image.Image
+    frame: int
+    label: str
+
+
+def frame_count(image: Image.Image) -> int:
+    """How many frames (or pages) the image has; 1 for a still."""
+    return int(getattr(image, "n_frames", 1) or 1)
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) greyscale image as 8-bit:
+    16-bit scaled by 1/257; ``I`` and ``F`` by their value range (0..1 floats, 0..255, 16-bit,
+    or wider scaled to their maximum)."""
+    array = np.asarray(image)
+    values = array.astype(np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16"):
+        values = values / 257.0
+    elif image.mode == "F" and top <= 1.0:
+        values = values * 255.0
+    elif top > 255.0:
+        values = values / (257.0 if top <= 65535.0 else top / 255.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """``(as displayed, pixels as stored)``: the current frame in RGB, composited on white;
+    the second is the RGB channels with alpha ignored, or None when nothing is transparent.
+    """
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return _grey_to_8bit(image).convert("RGB"), None
+    has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
+    if not has_alpha:
+        return image.convert("RGB"), None
+    rgba = image.convert("RGBA")
+    alpha = rgba.getchannel("A")
+    raw = rgba.convert("RGB")
+    if alpha.getextrema()[0] == 255:  # fully opaque: one view
+        return raw, None
+    white = Image.new("RGB", rgba.size, (255, 255, 255))
+    white.paste(raw, mask=alpha)
+    return white, raw
+
+
+def views(image: Image.Image) -> list[View]:
+    """Every RGB image to judge for ``image``: each frame, and its stored pixels when alpha
+    hides some of them (see :func:`to_rgb`)."""
+    n = frame_count(image)
+    out: list[View] = []
+    frames = ImageSequence.Iterator(image) if n > 1 else [image]
+    for index, frame in enumerate(frames):
+        where = f"frame {index + 1} of {n}" if n > 1 else "the image"
+        shown, stored = to_rgb(frame)
+        out.append(View(shown, index, where))
+        if stored is not None:
+            out.append(View(stored, index, f"{where}, transparency ignored"))
+    if n > 1:
+        image.seek(0)
+    return out
+
+
+def frame_rgb(image: Image.Image, frame: int) -> Image.Image:
+    """Frame ``frame`` of ``image`` as displayed, in RGB (the image is left at frame 0)."""
+    if frame_count(image) > 1:
+        image.seek(frame)
+        try:
+            return to_rgb(image)[0].copy()
+        finally:
+            image.seek(0)
+    return to_rgb(image)[0]
 
 
 def blur(

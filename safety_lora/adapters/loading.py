@@ -12,6 +12,7 @@ exactly; after a fuse/unfuse cycle up to float rounding (peft subtracts the delt
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,9 @@ def load_state(unet: torch.nn.Module, state: AdapterState, *, adapter_name: str)
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
     try:
-        inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+        with warnings.catch_warnings():  # several adapters on one UNet is what we mean to do
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, unet, adapter_name=adapter_name)
         for path in biased:
             _add_lora_bias(unet.get_submodule(path), adapter_name)
         params = dict(unet.named_parameters())

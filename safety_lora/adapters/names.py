@@ -21,6 +21,7 @@ __all__ = [
     "SDXL_UNET",
     "ModuleIndex",
     "config_index",
+    "config_unet",
     "kohya_stem",
     "reference_index",
 ]
@@ -97,14 +98,25 @@ SDXL_UNET: dict[str, Any] = {
 }
 
 
-def config_index(folder: str | Path) -> ModuleIndex:
-    """The index of the UNet described by a diffusers ``config.json`` (meta device, no weights)."""
+def config_unet(folder: str | Path) -> torch.nn.Module:
+    """The UNet a diffusers ``config.json`` describes, on the meta device (shapes, no weights).
+
+    ``folder`` is a UNet folder or a pipeline folder with a ``unet/`` subfolder.
+    """
     from diffusers import UNet2DConditionModel
 
+    folder = Path(folder)
+    if (folder / "unet" / "config.json").is_file():
+        folder = folder / "unet"
     config = UNet2DConditionModel.load_config(str(folder))
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    return ModuleIndex.from_model(unet)
+        unet: torch.nn.Module = UNet2DConditionModel.from_config(config)
+    return unet
+
+
+def config_index(folder: str | Path) -> ModuleIndex:
+    """The index of the UNet described by a diffusers ``config.json`` (meta device, no weights)."""
+    return ModuleIndex.from_model(config_unet(folder))
 
 
 @cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from safety_lora.cli import (
@@ -15,6 +17,7 @@ from safety_lora.cli import (
     serve,
     train,
 )
+from safety_lora.cli.help import quiet_backend_notices, tidy
 
 app = typer.Typer(
     name="safety-lora",
@@ -27,6 +30,12 @@ for module in (adapters, compare, demo, erase, generate, moderate, policy, serve
     module.register(app)
 
 
+def command() -> Any:
+    """The click command the console script runs: typer's, with tidy help."""
+    return tidy(typer.main.get_command(app))
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    quiet_backend_notices()
+    command()()

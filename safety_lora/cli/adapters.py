@@ -37,10 +37,18 @@ def _index(base: Path | None) -> ModuleIndex | None:
 
 
 def _summary(path: Path, base: Path | None) -> dict[str, Any]:
-    from safety_lora.adapters import read_adapter
+    """What the file holds; with ``base``, its names resolved and every shape checked there."""
+    from safety_lora.adapters import AdapterFormatError, check_fits, read_adapter
     from safety_lora.adapters.loading import sha256_of
+    from safety_lora.adapters.names import ModuleIndex, config_unet
 
-    state, fmt = read_adapter(path, unet=_index(base))
+    unet = None if base is None else config_unet(base)
+    state, fmt = read_adapter(path, unet=None if unet is None else ModuleIndex.from_model(unet))
+    if unet is not None:
+        try:
+            check_fits(unet, state)  # the first module that does not fit, with both shapes
+        except AdapterFormatError as e:
+            raise AdapterFormatError(f"{str(path)!r} does not fit --base {base}: {e}") from e
     ranks = Counter(state.rank(p) or "full-rank" for p in state.modules)
     alphas = Counter(state.modules[p].alpha for p in state.modules)
     return {
@@ -54,6 +62,7 @@ def _summary(path: Path, base: Path | None) -> dict[str, Any]:
         "targets": sorted(state.modules),
         "parameters": state.parameter_count(),
         "base_model": {k: state.metadata[k] for k in FINGERPRINT_KEYS if k in state.metadata},
+        "fits_base": None if base is None else str(base),
         "metadata": state.metadata,
     }
 
@@ -68,7 +77,7 @@ def inspect(
 
     try:
         info = _summary(file, base)
-    except AdapterFormatError as e:
+    except (AdapterFormatError, OSError, ValueError) as e:
         Console(stderr=True).print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from e
     if as_json:
@@ -90,6 +99,8 @@ def inspect(
     fingerprint = info["base_model"]
     recorded = ", ".join(f"{k}={v}" for k, v in fingerprint.items())
     table.add_row("base model", recorded or "(not recorded)")
+    if info["fits_base"] is not None:
+        table.add_row("fits --base", f"yes: every module and shape of {info['fits_base']}")
     table.add_row(f"targets ({info['modules']})", "\n".join(info["targets"]))
     for key, value in sorted(info["metadata"].items()):
         table.add_row(f"meta: {key}", value if len(value) <= 200 else value[:200] + "…")

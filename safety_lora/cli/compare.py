@@ -54,7 +54,7 @@ def compare(
     base: Annotated[
         str | None,
         typer.Option(
-            "--base", help="Pipeline folder or hub id [default: the bundled concept world]."
+            "--base", help="Pipeline folder or hub id (default: the bundled concept world)."
         ),
     ] = None,
     anchor: Annotated[

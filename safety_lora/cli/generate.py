@@ -42,10 +42,10 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="Generator seed.")] = 0,
     n: Annotated[int, typer.Option("-n", min=1, help="Images to generate.")] = 1,
     steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="Denoising steps [default: model's].")
+        int | None, typer.Option("--steps", min=1, help="Denoising steps (default: model's).")
     ] = None,
     guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Guidance scale [default: model's].")
+        float | None, typer.Option("--guidance", help="Guidance scale (default: model's).")
     ] = None,
 ) -> None:
     """Generate N images for PROMPT under the policy and explain every decision."""
@@ -72,7 +72,13 @@ def generate(
     steps = steps or int(defaults["num_inference_steps"])
     guidance = defaults["guidance_scale"] if guidance is None else guidance
     pipe.set_progress_bar_config(disable=True)
-    safe = SafePipeline(pipe, chosen)
+    from safety_lora.adapters import AdapterFormatError, AdapterIntegrityError
+
+    try:
+        safe = SafePipeline(pipe, chosen)
+    except (AdapterFormatError, AdapterIntegrityError) as e:  # bad --adapter or policy file
+        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from e
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
     ) as progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +15,20 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from safety_lora.policies.engine import PolicyEngine
+from safety_lora.guard import SafetyGuard
 from safety_lora.policies.schema import Policy, PolicyError
 from safety_lora.taxonomy import Action, PromptAction
+from safety_lora.textfiles import TextFileError, read_text
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BATCH = 16
 
 
-def iter_image_paths(paths: list[Path]) -> Iterator[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files."""
+def iter_files(paths: list[Path]) -> Iterator[Path]:
+    """Files as given, folders expanded (recursively, sorted) to every file in them: images
+    are recognised by their content, not their name, so nothing is skipped unjudged."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
         elif path.exists():
             yield path
         else:
@@ -34,24 +36,34 @@ def iter_image_paths(paths: list[Path]) -> Iterator[Path]:
 
 
 def read_prompts_csv(path: Path) -> list[str]:
-    """The ``prompt`` column of a CSV file (error names the file and the columns it has)."""
+    """The ``prompt`` column of a UTF-8 CSV file; errors name the file, the line and why."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-                raise typer.BadParameter(
-                    f"{path}: needs a 'prompt' column, found {reader.fieldnames}",
-                    param_hint="--prompts",
-                )
-            return [row["prompt"] for row in reader]
-    except OSError as e:
-        raise typer.BadParameter(f"{path}: {e.strerror or e}", param_hint="--prompts") from e
+        text = read_text(path)
+    except TextFileError as e:
+        raise typer.BadParameter(str(e), param_hint="--prompts") from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    line = 1  # where the record being read starts
+    try:
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise typer.BadParameter(
+                f"{path}: needs a 'prompt' column, found {reader.fieldnames}",
+                param_hint="--prompts",
+            )
+        prompts = []
+        line = reader.line_num + 1
+        for row in reader:
+            prompts.append(row["prompt"])
+            line = reader.line_num + 1
+        return prompts
+    except csv.Error as e:
+        raise typer.BadParameter(f"{path}: line {line}: {e}", param_hint="--prompts") from e
 
 
-def _load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+def _open_image(path: Path) -> Image.Image:
+    """The image in ``path``, by content, its first frame decoded (later ones on judging)."""
+    image = Image.open(io.BytesIO(path.read_bytes()))
+    image.load()
+    return image
 
 
 def _top(scores: dict[str, float], k: int = 3) -> str:
@@ -74,21 +86,21 @@ def moderate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
 ) -> None:
-    """Judge images and prompts; exit status 1 when anything is blocked or refused."""
+    """Judge images and prompts; exit status 1 when anything is not allowed (or unreadable)."""
     console = Console(stderr=as_json)
     try:
-        engine = PolicyEngine(Policy.load(policy))
-    except (PolicyError, ImportError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        guard = SafetyGuard(Policy.load(policy))
+    except (PolicyError, ImportError, ValueError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
     texts = list(prompt or []) + (read_prompts_csv(prompts) if prompts else [])
-    files = list(iter_image_paths(list(paths or [])))
+    files = list(iter_files(list(paths or [])))
     if not texts and not files:
         raise typer.BadParameter("give image PATHs, --prompt or --prompts")
     rows: list[dict[str, Any]] = []
     bad = False
     for text in texts:
-        pd = engine.check_prompt(text)
+        pd = guard.check_prompt(text)  # audited, as the service and the middleware do
         bad |= pd.action is PromptAction.REFUSE
         rows.append(
             {
@@ -107,9 +119,15 @@ def moderate(
             batch_paths, images = [], []
             for path in files[start : start + BATCH]:
                 try:
-                    images.append(_load_image(path))
+                    images.append(_open_image(path))
                     batch_paths.append(path)
-                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+                except (
+                    UnidentifiedImageError,
+                    OSError,
+                    ValueError,
+                    SyntaxError,
+                    Image.DecompressionBombError,
+                ) as e:
                     bad = True
                     rows.append(
                         {
@@ -122,17 +140,18 @@ def moderate(
                         }
                     )
             if images:
-                decisions = engine.judge(images)
-                engine.record(decisions)
+                # The guard judges every frame, gives `regenerate` its final action (there is
+                # nothing to regenerate here) and audits, exactly as for the service.
+                decisions = guard.review(images)
                 for path, decision in zip(batch_paths, decisions, strict=True):
-                    bad |= decision.action in (Action.BLOCK, Action.REPLACE)
+                    bad |= decision.action is not Action.ALLOW
                     rows.append({"kind": "image", "item": str(path), **decision.to_dict()})
             progress.advance(task, len(files[start : start + BATCH]))
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
     else:
-        table = Table(title=f"policy {engine.policy.name!r}")
+        table = Table(title=f"policy {guard.policy.name!r}")
         for column in ("kind", "item", "action", "rule", "top scores"):
             table.add_column(column, overflow="fold")
         colours = {"allow": "green", "steer": "yellow", "blur": "yellow", "regenerate": "yellow"}

@@ -36,7 +36,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Adapter file to write (.safetensors).")],
     base: Annotated[
         str | None,
-        typer.Option(help="Pipeline folder or hub id [default: the bundled concept-world model]."),
+        typer.Option(help="Pipeline folder or hub id (default: the bundled concept-world model)."),
     ] = None,
     anchor: Annotated[
         list[str] | None,
@@ -49,7 +49,7 @@ def train(
     ] = None,
     template: Annotated[
         list[str] | None,
-        typer.Option("--template", help="Prompt template with {} for the concept [default: '{}']."),
+        typer.Option("--template", help="Prompt template with {} for the concept (default: '{}')."),
     ] = None,
     preserve: Annotated[
         list[str] | None,
@@ -60,7 +60,7 @@ def train(
     ] = "esd-x",
     adapter: Annotated[str, typer.Option(help="lora, loha or lokr.")] = "lora",
     rank: Annotated[int, typer.Option(help="Adapter rank.")] = 4,
-    alpha: Annotated[float | None, typer.Option(help="Adapter alpha [default: rank].")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Adapter alpha (default: rank).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 400,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     eta: Annotated[float, typer.Option(help="How far past the anchor to push (ESD eta).")] = 1.0,
@@ -71,8 +71,8 @@ def train(
     val_fraction: Annotated[
         float,
         typer.Option(
-            help="Share of prompts held out for validation (never trained on) [default: none; "
-            "validation then uses the training prompts at noise draws training never sees]."
+            help="Share of prompts held out for validation (never trained on) (default: none; "
+            "validation then uses the training prompts at noise draws training never sees)."
         ),
     ] = 0.0,
     eval_every: Annotated[

@@ -20,7 +20,15 @@ import hashlib
 import json
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from safety_lora.templates import check_template, fill_template
 
@@ -43,14 +51,14 @@ class ClosedFormConfig(BaseModel):
     templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
     guide: str = ""
     anchors: dict[str, str] = Field(default_factory=dict)
-    push: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    push: Annotated[StrictFloat, Field(ge=0.0, le=10.0)] = 0.0
     preserve: list[_Text] = Field(default_factory=list)
-    preserve_weight: Annotated[float, Field(ge=0.0, le=1e4)] = 1.0
-    lam: Annotated[float, Field(gt=0.0, le=1e4)] = 0.5
-    rounds: Annotated[int, Field(ge=0, le=20)] = 0
-    rece_reg: Annotated[float, Field(gt=0.0, le=1e4)] = 0.1
-    rank: Annotated[int, Field(ge=1, le=4096)] | None = None
-    tolerance: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    preserve_weight: Annotated[StrictFloat, Field(ge=0.0, le=1e4)] = 1.0
+    lam: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.5
+    rounds: Annotated[StrictInt, Field(ge=0, le=20)] = 0
+    rece_reg: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.1
+    rank: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
+    tolerance: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] | None = None
 
     @property
     def exact(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import threading
@@ -21,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from safety_lora.guard import PromptRefused, SafetyGuard, prompt_decision_dict
 from safety_lora.policies.engine import Decision
 from safety_lora.policies.schema import Policy
+from safety_lora.service.cancel import Cancellation, Cancelled
+from safety_lora.service.fifo import FifoLock
 from safety_lora.service.gate import Admission, Gate
 from safety_lora.service.images import (
     ImageDecodeError,
@@ -65,7 +68,7 @@ class GenerationRequest(_Body):
     style: str | None = Field(default=None, description="accepted and ignored")
     user: str | None = Field(default=None, description="accepted and ignored")
     seed: int | None = Field(default=None, ge=0, lt=2**63)
-    num_inference_steps: int | None = Field(default=None, ge=1, le=200)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class GeneratedImage(BaseModel):
@@ -129,7 +132,12 @@ class _Service:
         self._pipeline = pipeline
         self.safe: Any = None  # SafePipeline once loaded
         self.defaults: dict[str, Any] = {}  # the model's own sampling defaults
-        self.lock = threading.Lock()
+        self.native: tuple[int, int] = (0, 0)  # the model's own image size
+        self.max_steps = settings.max_steps
+        self.lock = FifoLock()  # one model, handed to waiting requests in arrival order
+        self.draining = False
+        self._jobs: set[Cancellation] = set()
+        self._jobs_lock = threading.Lock()
 
     def load(self) -> None:
         """Load the model once (at startup) and wrap it in a SafePipeline sharing our engine."""
@@ -139,19 +147,44 @@ class _Service:
             pipe = self._pipeline
         else:
             pipe, self.defaults = _load_model(self.settings)
+        side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+        self.native = (side, side)
+        # Schedulers index their training timesteps: past half of them some (DDIM with an
+        # offset) run off the end, so the model's own limit is half its schedule.
+        train = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000) or 1000)
+        self.max_steps = min(self.settings.max_steps, max(1, train // 2))
         self.safe = SafePipeline(pipe, self.guard.policy, engine=self.guard.engine)
+
+    @property
+    def max_pixels(self) -> int:
+        """Pixels per generated image: the setting, else the model's native size."""
+        return self.settings.max_generation_pixels or self.native[0] * self.native[1]
+
+    def begin_drain(self) -> None:
+        """Shutdown began: refuse new work; in-flight jobs get the grace time, then stop."""
+        self.draining = True
+        grace = max(0.0, self.settings.shutdown_timeout_s - 2.0)
+        with self._jobs_lock:
+            for job in self._jobs:
+                job.shorten(grace, "shutdown", "the server is shutting down")
 
     def close(self) -> None:
         if self.safe is not None:
             self.safe.close()
 
     def generate(
-        self, body: GenerationRequest, size: tuple[int, int] | None, request_id: str
+        self,
+        body: GenerationRequest,
+        size: tuple[int, int] | None,
+        request_id: str,
+        job: Cancellation,
     ) -> Any:
+        """One generation, stopped at its next step once ``job`` is cancelled or late."""
         kwargs: dict[str, Any] = {
             **self.defaults,
             "num_images_per_prompt": body.n,
             "output_type": "pil",
+            "callback_on_step_end": job,
         }
         if size is not None:
             kwargs["width"], kwargs["height"] = size
@@ -159,8 +192,21 @@ class _Service:
             kwargs["generator"] = torch.Generator().manual_seed(body.seed)
         if body.num_inference_steps is not None:
             kwargs["num_inference_steps"] = body.num_inference_steps
-        with self.lock:  # one model, one generation at a time
-            return self.safe(body.prompt, safety_request_id=request_id, **kwargs)
+        with self._jobs_lock:
+            self._jobs.add(job)
+        try:
+            # One model, one generation at a time; waiting for it counts toward the deadline.
+            if not self.lock.acquire(timeout=job.remaining()):
+                job.check()
+                raise Cancelled("deadline", "the model stayed busy past the request's deadline")
+            try:
+                job.check()
+                return self.safe(body.prompt, safety_request_id=request_id, **kwargs)
+            finally:
+                self.lock.release()
+        finally:
+            with self._jobs_lock:
+                self._jobs.discard(job)
 
     def count(self, kind: str, actions: Sequence[str]) -> None:
         for action in actions:
@@ -241,11 +287,23 @@ def _routes(app: FastAPI, service: _Service) -> None:
         async def generate(body: GenerationRequest, request: Request) -> GenerationResponse:
             """Generate images under the policy (OpenAI images API shape)."""
             request_id = request.state.request_id
+            if service.draining:
+                raise ServiceError(503, "server_shutting_down", "the server is shutting down")
             if body.n > settings.max_images:
                 raise ServiceError(
-                    400, "invalid_request_error", f"n={body.n} is over {settings.max_images}"
+                    400,
+                    "invalid_request_error",
+                    f"n={body.n} is over this server's limit of {settings.max_images} (max_images)",
                 )
-            size = _parse_size(body.size, settings.max_image_pixels)
+            steps = body.num_inference_steps
+            if steps is not None and steps > service.max_steps:
+                raise ServiceError(
+                    400,
+                    "invalid_request_error",
+                    f"num_inference_steps={steps} is over this server's limit of "
+                    f"{service.max_steps} (max_steps, at most half the model's schedule)",
+                )
+            size = _parse_size(body.size, service.max_pixels, service.native)
             pd = await run_in_threadpool(guard.check_prompt, body.prompt, request_id=request_id)
             service.count("prompt", [pd.action.value])
             if pd.refused:
@@ -255,7 +313,15 @@ def _routes(app: FastAPI, service: _Service) -> None:
                     str(PromptRefused(pd)),
                     decision=prompt_decision_dict(pd),
                 )
-            out = await run_in_threadpool(service.generate, body, size, request_id)
+            job = Cancellation(settings.request_timeout_s)
+            watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+            try:
+                out = await run_in_threadpool(service.generate, body, size, request_id, job)
+            except Cancelled as e:
+                status = 503 if e.reason == "shutdown" else 504
+                raise ServiceError(status, f"generation_{e.reason}", str(e)) from e
+            finally:
+                watcher.cancel()
             decisions: list[Decision] = list(out.decisions)
             service.count("image", [d.action.value for d in decisions])
             data = [
@@ -414,7 +480,18 @@ async def _read_images(
         raise ServiceError(400, "invalid_image", str(e)) from e
 
 
-def _parse_size(size: str | None, max_pixels: int) -> tuple[int, int] | None:
+async def _cancel_on_disconnect(request: Request, job: Cancellation) -> None:
+    """Cancel ``job`` when the client goes away (polled: the generation runs in a thread)."""
+    while True:
+        if await request.is_disconnected():
+            job.cancel("disconnected", "the client disconnected")
+            return
+        await asyncio.sleep(0.05)
+
+
+def _parse_size(
+    size: str | None, max_pixels: int, native: tuple[int, int]
+) -> tuple[int, int] | None:
     if size is None:
         return None
     width, height = (int(v) for v in size.split("x"))
@@ -424,7 +501,10 @@ def _parse_size(size: str | None, max_pixels: int) -> tuple[int, int] | None:
         )
     if width * height > max_pixels:
         raise ServiceError(
-            400, "invalid_request_error", f"size {size!r} is over {max_pixels} pixels"
+            400,
+            "invalid_request_error",
+            f"size {size!r} is {width * height} pixels, over this model's limit of {max_pixels} "
+            f"(its native size is {native[0]}x{native[1]}; max_generation_pixels raises it)",
         )
     return width, height
 

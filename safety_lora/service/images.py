@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from safety_lora.imaging import to_rgb
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EncodedImage",
@@ -31,7 +33,8 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """A decoded RGB image plus what is needed to encode a replacement the same way."""
+    """A decoded image (its mode and every frame kept, for the engine to judge) plus what is
+    needed to encode a replacement the same way."""
 
     image: Image.Image
     format: str
@@ -39,20 +42,21 @@ class EncodedImage:
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
-    """Decode ``data`` (first frame) as RGB; the size is checked before decoding pixels."""
+    """Open ``data`` by its content (any format Pillow reads) and decode its first frame; the
+    size is checked from the header first. Later frames decode when the engine judges them.
+    """
     if not data:
         raise ImageDecodeError("empty image data")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                    f"{max_pixels} pixels"
-                )
-            im.load()
-            fmt = im.format or "PNG"
-            rgb = im.convert("RGB")
+        im = Image.open(io.BytesIO(data))
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels} pixels"
+            )
+        im.load()
+        fmt = im.format or "PNG"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own guard fired while reading the header (far beyond our limit).
         raise ImageDecodeError(
@@ -64,7 +68,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Encode
         if isinstance(e, ImageDecodeError):
             raise
         raise ImageDecodeError(f"cannot decode image: {e}") from e
-    return EncodedImage(image=rgb, format=fmt)
+    return EncodedImage(image=im, format=fmt)
 
 
 def decode_b64_image(text: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
@@ -90,5 +94,5 @@ def encode_image(image: Image.Image, fmt: str = "PNG") -> bytes:
     if fmt not in Image.SAVE:
         fmt = "PNG"
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format=fmt)
+    to_rgb(image)[0].save(buffer, format=fmt)  # any mode converted right (16-bit, alpha...)
     return buffer.getvalue()

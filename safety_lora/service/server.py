@@ -1,21 +1,34 @@
 """Running the service: ``serve`` (blocking, the CLI's) and ``BackgroundServer`` (a thread).
 
-uvicorn finishes in-flight requests on shutdown (SIGINT/SIGTERM, or ``stop()``), waiting up
-to ``shutdown_timeout_s``, and only then runs the app's shutdown (the model is released).
+On shutdown (SIGINT/SIGTERM, or ``stop()``) the server stops accepting connections and the
+app starts draining: new work gets 503, in-flight generations may finish within
+``shutdown_timeout_s`` (less 2 s) and are stopped at their next denoising step after that,
+so the process exits in bounded time; then the app's shutdown releases the model.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import uvicorn
 
 from safety_lora.service.settings import ServiceSettings
 
-__all__ = ["BackgroundServer", "serve"]
+__all__ = ["BackgroundServer", "DrainingServer", "serve"]
+
+
+class DrainingServer(uvicorn.Server):
+    """``uvicorn.Server`` that tells the app to drain as soon as an exit is asked for."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        service = getattr(getattr(self.config.app, "state", None), "service", None)
+        if service is not None:
+            service.begin_drain()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: ServiceSettings, *, pipeline: Any | None = None) -> None:
@@ -23,13 +36,14 @@ def serve(settings: ServiceSettings, *, pipeline: Any | None = None) -> None:
     from safety_lora.service.app import create_app
 
     app = create_app(settings, pipeline=pipeline)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         log_level="info",
     )
+    DrainingServer(config).run()
 
 
 class BackgroundServer:
@@ -56,7 +70,7 @@ class BackgroundServer:
             timeout_graceful_shutdown=shutdown_timeout_s,
             lifespan="on",
         )
-        self.server = uvicorn.Server(config)
+        self.server = DrainingServer(config)
         self.startup_timeout_s = startup_timeout_s
         self._thread = threading.Thread(
             target=self.server.run, name="safety-lora-server", daemon=True
@@ -85,8 +99,8 @@ class BackgroundServer:
         return self
 
     def stop(self, *, wait: bool = True) -> None:
-        """Ask the server to shut down (in-flight requests finish); optionally wait for it."""
-        self.server.should_exit = True
+        """Shut down as on SIGTERM (in-flight work drains); optionally wait for it."""
+        self.server.handle_exit(signal.SIGTERM, None)
         if wait:
             self._thread.join()
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safety_lora.policies.schema import PRESETS, format_validation_error
 from safety_lora.service.images import DEFAULT_MAX_PIXELS
+from safety_lora.textfiles import load_mapping, read_text
 
 __all__ = ["ServiceSettings", "hash_api_key", "is_loopback"]
 
@@ -59,6 +58,13 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64)
     max_images: int = Field(default=4, ge=1, le=64, description="images per request (n, input)")
+    max_generation_pixels: int | None = Field(
+        default=None, ge=64, description="pixels per generated image; None: the model's native size"
+    )
+    max_steps: int = Field(default=50, ge=1, le=1000, description="denoising steps per request")
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="generation deadline; checked between denoising steps"
+    )
     rate_limit_per_minute: float = Field(default=120.0, ge=0.0, description="0: no limit")
     rate_limit_burst: int = Field(default=20, ge=1)
     max_concurrency: int = Field(default=2, ge=1, description="requests worked on at once")
@@ -66,7 +72,11 @@ class ServiceSettings(BaseModel):
     audit_path: Path | None = Field(
         default=None, description="audit log (JSONL); None: the policy's audit.path"
     )
-    shutdown_timeout_s: int = Field(default=30, ge=1)
+    shutdown_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        description="on SIGTERM: in-flight work may finish this long, then stops at its next step",
+    )
 
     @model_validator(mode="after")
     def _open_only_on_loopback(self) -> ServiceSettings:
@@ -82,13 +92,7 @@ class ServiceSettings(BaseModel):
     def from_file(cls, path: str | Path, **overrides: Any) -> ServiceSettings:
         """Read YAML/JSON settings; ``overrides`` (non-None) win; errors name the file."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read settings file ({e.strerror or e})") from e
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not valid YAML/JSON: {e}") from e
+        data = load_mapping(read_text(path), source=path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: settings must be a mapping, got {type(data).__name__}")
         for key in ("policy", "model", "audit_path"):  # relative paths: to the file's folder

@@ -174,3 +174,43 @@ def test_routes_are_required() -> None:
         )
     with pytest.raises(ValueError, match="must start with '/'"):
         GuardedRoute("generate")
+
+
+def test_an_animated_response_with_an_unsafe_later_frame_is_not_passed_on(
+    tmp_path: Path,
+) -> None:
+    from PIL import ImageDraw
+
+    def disc(colour: tuple[int, int, int]) -> Image.Image:
+        image = Image.new("RGB", (32, 32), GREY)
+        ImageDraw.Draw(image).ellipse((8, 8, 24, 24), fill=colour)
+        return image
+
+    def gif(*frames: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+        return buffer.getvalue()
+
+    bodies = {"unsafe": gif(disc((40, 70, 220)), disc((215, 35, 35))),
+              "safe": gif(disc((40, 70, 220)), disc((40, 180, 50)))}  # fmt: skip
+    inner = FastAPI()
+
+    @inner.post("/animate")
+    async def animate(request: Request) -> Response:
+        kind = (await request.json())["prompt"]
+        return Response(bodies[kind], media_type="image/gif")
+
+    policy = Policy.from_dict(
+        {
+            "classifiers": [{"kind": "concept_world", "unsafe": {"sexual": ["red"]}}],
+            "categories": {"sexual": {"threshold": 0.5, "action": "block"}},
+        }
+    )
+    app = SafetyMiddleware(inner, guard=SafetyGuard(policy), routes=[GuardedRoute("/animate")])
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as client:
+        unsafe = client.post("/animate", json={"prompt": "unsafe"})
+        safe = client.post("/animate", json={"prompt": "safe"})
+    assert unsafe.status_code == 200 and unsafe.content != bodies["unsafe"]
+    placeholder = Image.open(io.BytesIO(unsafe.content)).convert("RGB")
+    assert getattr(placeholder, "n_frames", 1) == 1 and placeholder.getpixel((1, 1)) == GREY
+    assert safe.content == bodies["safe"]  # judged frame by frame, then passed on untouched
