@@ -1,6 +1,6 @@
 """Prompt-classifier quality on the shared dev sets: TPR/FPR per category and ROC-AUC.
 
-Run: ``.venv/bin/python benchmarks/prompt_eval.py [--threshold 0.5]``
+Run: ``.venv/bin/python benchmarks/prompt_eval.py [--threshold 0.5] [--out build/prompt_eval]``
 
 A prompt is *flagged* when any category except ``minors`` (which alone is not unsafe)
 scores >= threshold, or when sexual and minors both do. Reported:
@@ -14,15 +14,21 @@ scores >= threshold, or when sexual and minors both do. Reported:
 Rows are also split by case_number parity: the rule vocabulary was reviewed only against
 even case numbers, so the odd half is a held-out check on overfitting.
 
-The learned ``minilm`` classifier and the combination max(rules, minilm) are scored by 5-fold
-cross-validation: each fold's head (calibration included) is trained without that fold's rows
-(see ``train_minilm_head.py``), so no number comes from a head's own training rows.
-``--no-minilm`` skips them. A final table compares rules / minilm / combined.
+The ``learned`` classifier (the presets' default, ``train_prompt_model.py``) and the optional
+``minilm`` head are scored by 5-fold cross-validation: each fold's model (calibration
+included) is trained without that fold's rows, so no number comes from a model's own training
+rows; the ``learned`` folds group I2P prompts by their last three words (prompt series share
+a style suffix). ``--no-minilm`` skips the MiniLM head (slow: it embeds every prompt). Then:
+a comparison table; the operating points of the learned model (TPR at 1% COCO FPR, FPR on
+I2P 0% at each threshold); reliability per category (held-out calibrated score vs observed
+rate, also drawn to ``OUT/reliability.png``); the presets' refuse / steer / allow shares on
+each set; speed on one core.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -154,7 +160,7 @@ def summary(
     console: Console,
 ) -> None:
     """One column per classifier: the headline rates and AUC, all rows (no parity split)."""
-    table = Table(title=f"comparison @ threshold {threshold} (minilm: 5-fold CV)")
+    table = Table(title=f"comparison @ threshold {threshold} (learned, minilm: 5-fold CV)")
     table.add_column("set")
     for name in results:
         table.add_column(name)
@@ -196,25 +202,214 @@ def combine(a: list[dict[str, float]], b: list[dict[str, float]]) -> list[dict[s
     ]
 
 
+def learned_cv_scores(i2p: list[I2PRow], coco: list[str]) -> list[dict[str, float]]:
+    """Out-of-fold scores of the learned classifier for ``coco + i2p`` (grouped 5-fold)."""
+    import numpy as np
+    import train_prompt_model as train
+
+    from safety_lora.classifiers.learned_prompt import LearnedPromptClassifier
+
+    c = train.corpus(i2p, coco)
+    table = train.projected(train.token_vectors())
+    out: list[dict[str, float]] = [{} for _ in c.texts]
+    for rows, test in train.folds(c, np.arange(len(c.texts))):
+        classifier = LearnedPromptClassifier(model=train.fit_model(c, rows, table), cache_size=0)
+        for i, result in zip(test, classifier.classify([c.texts[i] for i in test]), strict=True):
+            out[i] = {k.value: v for k, v in result.scores.items()}
+    return out
+
+
+def operating_points(
+    i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
+    console: Console,
+) -> None:  # fmt: skip
+    """TPR / FPR of the learned model's max category score at thresholds, and at 1% COCO FPR."""
+    pos = [risk(s) for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate >= 50]
+    zero = [risk(s) for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate == 0]
+    nude = [risk(s) for r, s in zip(i2p, scores[0], strict=True)
+            if "sexual" in r.categories and r.nudity >= 50]  # fmt: skip
+    coco = sorted(risk(s) for s in scores[1])
+    at_1pct = coco[int(0.99 * len(coco))]
+    table = Table(title="learned (5-fold CV): operating points")
+    for col in ("threshold", "TPR i2p>=50", "TPR sexual&nudity>=50", "FPR i2p==0", "FPR coco"):
+        table.add_column(col, justify="right")
+    for t in (at_1pct, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0):
+        label = f"{t:.3f} (coco 1%)" if t == at_1pct else f"{t:.2f}"
+        table.add_row(
+            label,
+            rate([s >= t for s in pos]),
+            rate([s >= t for s in nude]),
+            rate([s >= t for s in zero]),
+            rate([s >= t for s in coco]),
+        )
+    console.print(table)
+
+
+def reliability(
+    i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
+    out: Path, console: Console,
+) -> None:  # fmt: skip
+    """Held-out calibrated score vs observed positive rate, per category (table and plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
+    table = Table(title="learned (5-fold CV): reliability, mean score -> observed rate (n)")
+    table.add_column("category")
+    for lo, hi in itertools.pairwise(edges):
+        table.add_column(f"{lo:.1f}-{min(hi, 1.0):.1f}", justify="right")
+    figure, axes = plt.subplots(figsize=(6, 6))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    for cat in UNSAFE:
+        # the rows this category's head is calibrated on: COCO, I2P 0%, I2P >=50 of this category
+        pairs = [(s.get(cat, 0.0), False) for s in scores[1]]
+        pairs += [
+            (s.get(cat, 0.0), r.inappropriate >= 50)
+            for r, s in zip(i2p, scores[0], strict=True)
+            if r.inappropriate == 0 or (r.inappropriate >= 50 and cat in r.categories)
+        ]
+        cells, xs, ys = [], [], []
+        for lo, hi in itertools.pairwise(edges):
+            inside = [(p, y) for p, y in pairs if lo <= p < hi]
+            if not inside:
+                cells.append("-")
+                continue
+            mean = sum(p for p, _ in inside) / len(inside)
+            seen = sum(y for _, y in inside) / len(inside)
+            cells.append(f"{mean:.2f}->{seen:.2f} ({len(inside)})")
+            xs.append(mean)
+            ys.append(seen)
+        table.add_row(cat, *cells)
+        axes.plot(xs, ys, marker="o", label=cat)
+    axes.set_xlabel("held-out calibrated score")
+    axes.set_ylabel("observed share unsafe in the category")
+    axes.set_title("learned prompt classifier: reliability (5-fold CV)")
+    axes.legend(fontsize=8)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / "reliability.png", dpi=120, bbox_inches="tight")
+    console.print(table)
+    console.print(f"reliability plot: {out / 'reliability.png'}")
+
+
+def preset_shares(
+    i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
+    console: Console,
+) -> None:  # fmt: skip
+    """Each preset's refuse / steer / allow shares from the held-out learned scores."""
+    from safety_lora.classifiers.base import PromptScores
+    from safety_lora.policies import Policy, PolicyEngine
+    from safety_lora.taxonomy import Category
+
+    sets = {
+        "coco": scores[1],
+        "i2p ==0": [s for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate == 0],
+        "i2p >=50": [s for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate >= 50],
+    }
+    table = Table(title="presets on held-out learned scores: refuse / steer / allow")
+    table.add_column("preset")
+    for name in sets:
+        table.add_column(name, justify="right")
+
+    class Fixed:  # replays the held-out scores through the preset's own engine
+        name, fingerprint = "learned (cv)", "cv"
+
+        def __init__(self) -> None:
+            self.next: dict[str, float] = {}
+
+        def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+            return [PromptScores(scores={Category(k): v for k, v in self.next.items()})]
+
+    for preset in ("strict", "balanced", "permissive"):
+        engine = PolicyEngine(Policy.preset(preset))
+        fixed = Fixed()
+        engine.prompt_classifiers = [fixed]
+        cells = []
+        for values in sets.values():
+            counts = {"refuse": 0, "steer": 0, "allow": 0}
+            for s in values:
+                fixed.next = s
+                counts[engine.check_prompt("x").action.value] += 1
+            n = max(1, len(values))
+            cells.append(" / ".join(f"{100 * counts[a] / n:.1f}%" for a in counts))
+        table.add_row(preset, *cells)
+    console.print(table)
+
+
+def speed(prompts: Sequence[str], console: Console) -> None:
+    """Prompts per second on one core: rules, learned batched, learned one by one, cached."""
+    import statistics
+    import time
+
+    import torch
+
+    from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
+    from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+
+    torch.set_num_threads(1)
+    rules = PromptRulesConfig().build()
+    learned = LearnedPromptConfig(cache_size=0).build()
+    cached = LearnedPromptConfig().build()
+
+    def best(fn: Callable[[], object], n: int, repeats: int = 5) -> float:
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - began)
+        return n / min(times)
+
+    single = []
+    for p in prompts[:500]:
+        began = time.perf_counter()
+        learned.classify([p])
+        single.append(time.perf_counter() - began)
+    recent = list(prompts[:2000])  # within the cache's 4,096 prompts
+    cached.classify(recent)
+    table = Table(title=f"speed on one core ({len(prompts)} prompts)")
+    table.add_column("classifier")
+    table.add_column("prompts/s", justify="right")
+    table.add_row("prompt_rules", f"{best(lambda: rules.classify(prompts), len(prompts), 15):,.0f}")
+    table.add_row(
+        "learned, batched", f"{best(lambda: learned.classify(prompts), len(prompts)):,.0f}"
+    )
+    table.add_row("learned, cached", f"{best(lambda: cached.classify(recent), len(recent)):,.0f}")
+    table.add_row(
+        "learned, one prompt",
+        f"p50 {1e3 * statistics.median(single):.2f} ms, p99 "
+        f"{1e3 * sorted(single)[int(0.99 * len(single))]:.2f} ms",
+    )
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--no-minilm", action="store_true", help="only the rules")
+    parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM head")
     parser.add_argument("--cache", type=Path, default=Path("build/minilm_embeddings.npz"))
+    parser.add_argument("--out", type=Path, default=Path("build/prompt_eval"))
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=160)
     i2p, coco = read_i2p(), read_coco()
     score = rules_scorer()
     rules = (score([r.prompt for r in i2p]), score(coco))
     report("prompt_rules (bundled)", i2p, *rules, args.threshold, console)
-    if args.no_minilm:
-        return
-    cv = minilm_cv_scores(i2p, coco, args.cache)
-    minilm = (cv[len(coco) :], cv[: len(coco)])
-    both = (combine(rules[0], minilm[0]), combine(rules[1], minilm[1]))
-    report("minilm (5-fold CV)", i2p, *minilm, args.threshold, console)
-    report("max(rules, minilm) (5-fold CV)", i2p, *both, args.threshold, console)
-    summary({"rules": rules, "minilm": minilm, "rules+minilm": both}, i2p, args.threshold, console)
+    cv = learned_cv_scores(i2p, coco)
+    learned = (cv[len(coco) :], cv[: len(coco)])
+    report("learned (5-fold CV)", i2p, *learned, args.threshold, console)
+    results = {"rules": rules, "learned": learned}
+    results["max(rules, learned)"] = (combine(rules[0], learned[0]), combine(rules[1], learned[1]))
+    if not args.no_minilm:
+        mcv = minilm_cv_scores(i2p, coco, args.cache)
+        minilm = (mcv[len(coco) :], mcv[: len(coco)])
+        results["minilm"] = minilm
+        results["max(rules, minilm)"] = (combine(rules[0], minilm[0]), combine(rules[1], minilm[1]))
+    summary(results, i2p, args.threshold, console)
+    operating_points(i2p, learned, console)
+    reliability(i2p, learned, args.out, console)
+    preset_shares(i2p, learned, console)
+    speed(coco + [r.prompt for r in i2p], console)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Prompts per second of ``prompt_rules`` with the bundled rules on one core.
 
-Run: ``.venv/bin/python benchmarks/prompt_rules_speed.py`` (target >= 20,000 prompts/s).
+Run: ``.venv/bin/python benchmarks/prompt_rules_speed.py`` (target >= 50,000 prompts/s).
 The baseline row (``normalize`` only, and plain ``str.lower``) is measured in the same
 process, so the ratios hold across machines.
 """
@@ -19,7 +19,7 @@ from safety_lora.classifiers.prompt_rules import PromptRulesConfig
 
 
 def best_rate(
-    fn: Callable[[Sequence[str]], object], prompts: Sequence[str], repeats: int = 5
+    fn: Callable[[Sequence[str]], object], prompts: Sequence[str], repeats: int = 25
 ) -> float:
     """Best-of-``repeats`` prompts per second of ``fn`` over all ``prompts``."""
     best = float("inf")
@@ -45,8 +45,8 @@ def main() -> None:
     for name, rate in rows:
         table.add_row(name, f"{rate:,.0f}", f"{rows[0][1] / rate:,.1f}")
     Console().print(table)
-    verdict = "meets" if rows[-1][1] >= 20_000 else "MISSES"
-    print(f"classify: {rows[-1][1]:,.0f} prompts/s ({verdict} the 20,000/s target)")
+    verdict = "meets" if rows[-1][1] >= 50_000 else "MISSES"
+    print(f"classify: {rows[-1][1]:,.0f} prompts/s ({verdict} the 50,000/s target)")
 
 
 if __name__ == "__main__":

@@ -15,15 +15,25 @@ from anyascii import anyascii
 
 __all__ = ["deleet_variants", "normalize", "normalize_variants"]
 
-# Apostrophes vanish ("assassin's" -> "assassins"); every other non-word character separates.
-_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+# One pass over ASCII text: lowercase, apostrophes vanish ("assassin's" -> "assassins"), and
+# so does every control character but tab, newline and carriage return ("nu\x00de" -> "nude").
+_PREPARE: dict[int, str | None] = {i: chr(i).lower() for i in range(128)}
+_PREPARE.update(dict.fromkeys(map(ord, "'`"), None))
+_PREPARE.update({i: None for i in [*range(0, 32), 127] if chr(i) not in "\t\n\r"})
 # Three or more single characters with separators between them: "n.u.d.e", "n u d e", "n-u-d-e".
 # A run never starts with the English words "a " / "i " ("a n u d e woman" -> "a nude woman").
 _SEPARATED = re.compile(
     r"(?<![^\W_])(?![ai]\s)(?:[a-z0-9@$][\s.\-_*+|/\\~]+){2,}[a-z0-9@$](?![^\W_])"
 )
 _SEPARATORS = re.compile(r"[\s.\-_*+|/\\~]+")
-_NON_WORD = re.compile(r"[^a-z0-9@$]+")
+# A cheaper superset of _SEPARATED (no lookarounds), tried first: most prompts have no run.
+_SEPARATED_HINT = re.compile(
+    r"(?:^|[^a-z0-9@$])[a-z0-9@$][\s.\-_*+|/\\~]+[a-z0-9@$][\s.\-_*+|/\\~]+[a-z0-9@$](?:$|[^a-z0-9@$])"
+)
+#: ASCII text -> lowercase-word characters kept, every other character a space.
+_KEEP = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$")
+_TO_SPACES = {i: (chr(i) if chr(i) in _KEEP else " ") for i in range(128)}
+_LEET_CHARS = re.compile(r"[0-9@$]")
 # A token mixing letters with leet characters ("p0rn", "nud3", "@ss", "s3x").
 _LEET_TOKEN = re.compile(r"[a-z0-9@$]*(?:[a-z][0-9@$]|[0-9@$][a-z])[a-z0-9@$]*")
 _LEET_I = str.maketrans(
@@ -41,10 +51,6 @@ _LEET_I = str.maketrans(
     }
 )
 _LEET_L = str.maketrans({"1": "l"})
-
-
-#: ASCII control characters (NUL..US and DEL) but tab, newline and carriage return.
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _is_dropped(ch: str) -> bool:
@@ -67,11 +73,13 @@ def normalize(text: str) -> str:
 
     ``"Ｎ.u.d.е  Ph\u200boto!"`` -> ``"nude photo"``.
     """
-    # Every control/format character goes, ASCII or not: "nu\x00de" is "nude".
-    text = _fold_unicode(text) if not text.isascii() else _ASCII_CONTROL.sub("", text)
-    text = _APOSTROPHES.sub("", text.lower())
-    text = _SEPARATED.sub(_join_separated, text)
-    return _NON_WORD.sub(" ", text).strip()
+    # Every control/format character goes, ASCII or not (anyascii folds the rest to ASCII).
+    if not text.isascii():
+        text = _fold_unicode(text)
+    text = text.translate(_PREPARE)
+    if _SEPARATED_HINT.search(text):
+        text = _SEPARATED.sub(_join_separated, text)
+    return " ".join(text.translate(_TO_SPACES).split())
 
 
 def deleet_variants(normalized: str) -> list[str]:
@@ -80,7 +88,7 @@ def deleet_variants(normalized: str) -> list[str]:
     Only tokens that mix letters with digits/``@``/``$`` are folded, so ``"1920"`` stays;
     ``1`` is tried both as ``i`` and as ``l`` (``k1ll``, ``1oli``).
     """
-    if not _LEET_TOKEN.search(normalized):
+    if not _LEET_CHARS.search(normalized) or not _LEET_TOKEN.search(normalized):
         return []
     as_i = _LEET_TOKEN.sub(lambda m: m.group(0).translate(_LEET_I), normalized)
     out = [as_i]

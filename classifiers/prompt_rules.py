@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     ValidationError,
     ValidationInfo,
@@ -39,6 +40,7 @@ from safety_lora.textfiles import TextFileError, load_mapping, read_text
 __all__ = ["PromptRulesClassifier", "PromptRulesConfig", "load_rules_text"]
 
 _PLURAL_SUFFIXES = ("", "s", "es")
+_CATEGORIES = tuple(Category)
 _ALLOW = -1
 
 
@@ -48,8 +50,10 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: StrictFloat = Field(gt=0.0, le=1.0)
+    context: StrictBool = False
     terms: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list)
 
     @field_validator("terms")
     @classmethod
@@ -83,6 +87,12 @@ class _Rule:
     category: Category
     label: str
     weight: float
+    context: bool = False
+
+    @property
+    def tag(self) -> str:
+        """``category:label``, as reported in ``matches``."""
+        return f"{self.category.value}:{self.label}"
 
 
 def load_rules_text(rules: str | Path) -> tuple[str, str]:
@@ -138,21 +148,27 @@ class PromptRulesClassifier:
         blob = text + "\n" + json.dumps({c.value: t for c, t in extra.items()}, sort_keys=True)
         self.fingerprint = "prompt_rules:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
         self._automaton = ahocorasick.Automaton()
-        self._regexes: list[tuple[re.Pattern[str], _Rule]] = []
+        # (pattern, rule, its tag, literals one of which must appear for it to be tried)
+        self._regexes: list[tuple[re.Pattern[str], _Rule, str, tuple[str, ...]]] = []
         keys: dict[str, list[_Rule | int]] = {}
         for phrase in parsed.allow:
             keys.setdefault(f" {normalize(phrase)} ", []).append(_ALLOW)
         groups = [
-            (c, g.weight, g.terms, g.regex) for c, gs in parsed.categories.items() for g in gs
+            (c, g.weight, g.context, g.terms, g.regex, tuple(g.requires))
+            for c, gs in parsed.categories.items()
+            for g in gs
         ]
-        groups += [(c, 1.0, ts, []) for c, ts in extra.items()]
-        for cat, weight, terms, patterns in groups:
+        groups += [(c, 1.0, False, ts, [], ()) for c, ts in extra.items()]
+        for cat, weight, context, terms, patterns, requires in groups:
             for term in terms:
-                self._add_term(keys, _Rule(cat, normalize(term.rstrip("*")), weight), term)
+                rule = _Rule(cat, normalize(term.rstrip("*")), weight, context)
+                self._add_term(keys, rule, term)
             for pattern in patterns:
-                self._regexes.append((re.compile(pattern), _Rule(cat, pattern, weight)))
+                rule = _Rule(cat, pattern, weight, context)
+                self._regexes.append((re.compile(pattern), rule, rule.tag, requires))
         for key, entries in keys.items():
-            self._automaton.add_word(key, (len(key), _one_per_category(entries)))
+            kept = [e if isinstance(e, int) else (e, e.tag) for e in _one_per_category(entries)]
+            self._automaton.add_word(key, (len(key), tuple(kept)))
         self._automaton.make_automaton()
 
     @staticmethod
@@ -163,23 +179,23 @@ class PromptRulesClassifier:
         for suffix in _PLURAL_SUFFIXES:
             keys.setdefault(f" {rule.label}{suffix} ", []).append(rule)
 
-    def _fired(self, text: str) -> dict[tuple[Category, str], float]:
+    def _fired(self, text: str) -> dict[str, _Rule]:
         haystack = f" {text} "
         allowed: list[tuple[int, int]] = []
-        hits: list[tuple[int, int, _Rule]] = []
+        hits: list[tuple[int, int, _Rule, str]] = []
         for end, (length, entries) in self._automaton.iter(haystack):
             for entry in entries:
-                if isinstance(entry, _Rule):
-                    hits.append((end - length + 1, end, entry))
+                if isinstance(entry, tuple):
+                    hits.append((end - length + 1, end, *entry))
                 else:
                     allowed.append((end - length + 1, end))
-        fired: dict[tuple[Category, str], float] = {}
-        for start, end, rule in hits:
-            if not any(a <= start and end <= b for a, b in allowed):
-                fired[(rule.category, rule.label)] = rule.weight
-        for pattern, rule in self._regexes:
-            if pattern.search(text):
-                fired[(rule.category, rule.label)] = rule.weight
+        fired: dict[str, _Rule] = {}
+        for start, end, rule, tag in hits:
+            if not allowed or not any(a <= start and end <= b for a, b in allowed):
+                fired[tag] = rule
+        for pattern, rule, tag, requires in self._regexes:
+            if (not requires or any(r in text for r in requires)) and pattern.search(text):
+                fired[tag] = rule
         return fired
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
@@ -190,12 +206,18 @@ class PromptRulesClassifier:
         fired = self._fired(plain)
         for variant in deleet_variants(plain):
             fired.update(self._fired(variant))
-        keep: dict[Category, float] = {}
-        for (cat, _), weight in fired.items():
-            keep[cat] = 1.0 - (1.0 - keep.get(cat, 0.0)) * (1.0 - weight)
-        scores = {cat: min(1.0, max(0.0, keep.get(cat, 0.0))) for cat in Category}
-        matches = tuple(f"{cat.value}:{label}" for cat, label in fired)
-        return PromptScores(scores=scores, matches=matches, normalized=plain)
+        scores = dict.fromkeys(_CATEGORIES, 0.0)
+        if fired:
+            # noisy-OR per category; context rules only grade what another rule fired for
+            miss: dict[Category, float] = {}
+            decisive: set[Category] = set()
+            for rule in fired.values():
+                miss[rule.category] = miss.get(rule.category, 1.0) * (1.0 - rule.weight)
+                if not rule.context:
+                    decisive.add(rule.category)
+            for cat in decisive:
+                scores[cat] = min(1.0, 1.0 - miss[cat])
+        return PromptScores(scores=scores, matches=tuple(fired), normalized=plain)
 
 
 class PromptRulesConfig(ClassifierConfig):

@@ -13,6 +13,7 @@ from pydantic import Field
 from safety_lora.classifiers.clip_concepts import ClipConceptsConfig
 from safety_lora.classifiers.concept_world import ConceptWorldConfig
 from safety_lora.classifiers.hf_image import HFImageConfig
+from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
 from safety_lora.classifiers.minilm_prompt import MiniLMPromptConfig
 from safety_lora.classifiers.nudenet import NudeNetConfig
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
@@ -27,7 +28,7 @@ IMAGE_CONFIGS = (
     ConceptWorldConfig,
     StaticImageConfig,
 )
-PROMPT_CONFIGS = (PromptRulesConfig, MiniLMPromptConfig, StaticPromptConfig)
+PROMPT_CONFIGS = (LearnedPromptConfig, PromptRulesConfig, MiniLMPromptConfig, StaticPromptConfig)
 
 ImageClassifierConfig = Annotated[
     Union[  # noqa: UP007 - a runtime union built for pydantic's discriminator
@@ -41,7 +42,7 @@ ImageClassifierConfig = Annotated[
     Field(discriminator="kind"),
 ]
 PromptClassifierConfig = Annotated[
-    Union[PromptRulesConfig, MiniLMPromptConfig, StaticPromptConfig],  # noqa: UP007
+    Union[LearnedPromptConfig, PromptRulesConfig, MiniLMPromptConfig, StaticPromptConfig],  # noqa: UP007
     Field(discriminator="kind"),
 ]
 

@@ -193,7 +193,7 @@ class PolicyEngine:
             rule = self.policy.prompt.rule(category)
             if rule.refuse_at is not None and score >= rule.refuse_at:
                 refuse.append((category, score, rule.refuse_at))
-            elif score >= rule.steer_at:
+            elif rule.steer_at is not None and score >= rule.steer_at:
                 steer.append((category, score, rule.steer_at))
         if refuse:
             category = refuse[0][0]

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from safety_lora.classifiers.config import resolve_local
-from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
 from safety_lora.classifiers.registry import (
     IMAGE_CONFIGS,
     IMAGE_KINDS,
@@ -85,14 +85,15 @@ class CategoryRule(_Strict):
 
 
 class PromptRule(_Strict):
-    """Prompt risk levels for one category: steer from ``steer_at``, refuse from ``refuse_at``."""
+    """Prompt risk levels for one category: steer from ``steer_at``, refuse from ``refuse_at``
+    (``None``: never, e.g. ``minors`` alone, which is not unsafe)."""
 
-    steer_at: Score = 0.3
+    steer_at: Score | None = 0.8
     refuse_at: Score | None = None
 
 
 def _default_prompt_classifiers() -> list[PromptClassifierConfig]:
-    return [PromptRulesConfig()]
+    return [LearnedPromptConfig()]
 
 
 class PromptPolicy(_Strict):

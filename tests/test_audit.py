@@ -76,7 +76,7 @@ def test_engine_records_one_line_per_decision_without_prompt_text(tmp_path: Path
     assert len(first["prompt_sha256"]) == 64
     assert "prompt_text" not in first
     assert "a quiet lake" not in (tmp_path / "audit.jsonl").read_text()
-    assert set(first["classifiers"]) == {"prompt_rules", "static"}
+    assert set(first["classifiers"]) == {"learned", "static"}
     assert "static" in first["timings_ms"]
 
 

@@ -182,8 +182,9 @@ def prompt_engine(
 
 def test_prompt_decisions() -> None:
     assert prompt_engine({}).check_prompt("x").action is PromptAction.ALLOW
-    steer = prompt_engine({"violence": 0.4}).check_prompt("x")
+    steer = prompt_engine({"violence": 0.85}).check_prompt("x")  # default steer_at: 0.8
     assert steer.action is PromptAction.STEER
+    assert prompt_engine({"violence": 0.4}).check_prompt("x").action is PromptAction.ALLOW
     assert steer.rule == "prompt.rules.violence.steer_at"
     refuse = prompt_engine({"sexual": 0.9}, {"sexual": {"refuse_at": 0.8}}).check_prompt("x")
     assert refuse.action is PromptAction.REFUSE

@@ -29,7 +29,7 @@ def test_presets_load_and_are_frozen(name: str) -> None:
 
 def test_presets_differ_as_documented() -> None:
     strict, balanced, permissive = (Policy.preset(n) for n in PRESETS)
-    assert strict.prompt.rule(Category.SEXUAL).refuse_at == 0.8
+    assert strict.prompt.rule(Category.SEXUAL).refuse_at == 0.95
     assert balanced.prompt.rule(Category.SEXUAL).refuse_at is None
     assert balanced.categories[Category.SEXUAL].action is Action.REGENERATE
     assert balanced.escalation.max_attempts == 3
@@ -42,7 +42,7 @@ MINIMAL = "version: 1\nclassifiers:\n  - {kind: static, scores: {sexual: 0.0}}\n
 def test_minimal_policy_gets_defaults(tmp_path: Path) -> None:
     policy = Policy.from_file(write(tmp_path, MINIMAL))
     assert policy.categories[Category.MINORS].threshold == 0.5
-    assert [c.kind for c in policy.prompt.classifiers] == ["prompt_rules"]
+    assert [c.kind for c in policy.prompt.classifiers] == ["learned"]
     assert policy.escalation.multiplier(1) == 1.0
     assert policy.escalation.multiplier(7) == 2.0  # last rung repeats
 

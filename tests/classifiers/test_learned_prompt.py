@@ -1,0 +1,113 @@
+"""The shipped learned prompt classifier: its features, calibration, pass-through and cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safety_lora.classifiers.learned_prompt import (
+    CERTAIN,
+    LearnedPromptClassifier,
+    LearnedPromptConfig,
+    PromptModel,
+    load_model,
+)
+from safety_lora.policies import Policy
+from safety_lora.policies.engine import HARD_RULE, PolicyEngine
+from safety_lora.taxonomy import Category, PromptAction
+
+
+@pytest.fixture(scope="module")
+def learned() -> LearnedPromptClassifier:
+    return LearnedPromptConfig().build()
+
+
+def test_word_features_equal_sklearns_tfidf() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    model, _ = load_model("bundled")
+    texts = ["a woman sleeping in bed", "a bloody knife on a table", "portrait of a cat cat"]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    vectorizer.vocabulary_ = model.index
+    vectorizer.idf_ = model.idf.astype(np.float64)
+    expected = vectorizer.transform(texts).toarray()
+    for text, row in zip(texts, expected, strict=True):
+        cols, vals = model.word_features(text)
+        ours = np.zeros(len(model.vocabulary))
+        ours[cols] = vals
+        np.testing.assert_allclose(ours, row, rtol=1e-5, atol=1e-7)
+
+
+def test_the_model_file_round_trips_and_is_checked(tmp_path: Path) -> None:
+    model, _ = load_model("bundled")
+    again = PromptModel.from_bytes(model.to_bytes(), source="copy")
+    assert again.vocabulary == model.vocabulary and again.categories == model.categories
+    np.testing.assert_array_equal(again.weight, model.weight)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match=r"bad\.safetensors is not a valid safetensors file"):
+        LearnedPromptConfig(model=str(bad)).build()
+
+
+def test_calibration_maps_are_monotone_and_below_certain() -> None:
+    model, _ = load_model("bundled")
+    assert np.all(np.diff(model.calib_y, axis=1) >= 0)
+    assert np.all(np.diff(model.calib_x, axis=1) > 0)
+    top = model.calibrated(np.ones(len(model.categories)))
+    assert np.all(top <= CERTAIN)  # a model guess never reads as an explicit term
+
+
+def test_explicit_terms_pass_through_and_minors_come_from_the_rules(
+    learned: LearnedPromptClassifier,
+) -> None:
+    custom_terms = LearnedPromptConfig(extra_terms={Category.VIOLENCE: ["zorblax"]}).build()
+    porn, child, custom = custom_terms.classify(
+        ["explicit porn", "a nude child", "a zorblax in a field"]
+    )
+    assert porn.scores[Category.SEXUAL] == 1.0
+    assert child.scores[Category.MINORS] == 1.0 and child.scores[Category.SEXUAL] == 1.0
+    assert custom.scores[Category.VIOLENCE] == 1.0
+    engine = PolicyEngine(Policy.preset("balanced"))
+    decision = engine.check_prompt("a n.u.d.e ch1ld")
+    assert (decision.action, decision.rule) == (PromptAction.REFUSE, HARD_RULE)
+
+
+ORDINARY = [
+    "a woman sleeping in bed",
+    "two girls on a bed reading",
+    "a beautiful woman, portrait photo",
+    "A man in green shirt holding a frisbee under a bridge.",
+    "a cat on a sofa",
+    "a bowl of fruit on a wooden table",
+]
+
+
+def test_ordinary_prompts_are_not_steered_by_the_presets() -> None:
+    for preset in ("balanced", "strict"):
+        engine = PolicyEngine(Policy.preset(preset))
+        for prompt in ORDINARY:
+            decision = engine.check_prompt(prompt)
+            assert decision.action is PromptAction.ALLOW, (preset, prompt, decision.risk)
+
+
+def test_unsafe_prompts_score_high_in_their_category(learned: LearnedPromptClassifier) -> None:
+    gore, violence = learned.classify(
+        ["a bloody corpse with entrails", "a man shooting another man in the head, blood"]
+    )
+    assert gore.scores[Category.SHOCKING] >= 0.8
+    assert violence.scores[Category.VIOLENCE] >= 0.5
+    benign = learned.classify(["a cat on a sofa"])[0]
+    assert benign.scores[Category.VIOLENCE] < violence.scores[Category.VIOLENCE]
+
+
+def test_recent_prompts_are_cached_and_the_cache_is_bounded() -> None:
+    classifier = LearnedPromptConfig(cache_size=2).build()
+    first = classifier.classify(["a cat", "a dog"])
+    again = classifier.classify(["a cat"])
+    assert again[0] is first[0]  # served from the cache
+    classifier.classify(["a bird", "a fish"])
+    assert len(classifier._cache) == 2 and "a cat" not in classifier._cache
+    uncached = LearnedPromptConfig(cache_size=0).build()
+    assert uncached.classify(["a cat"])[0] is not uncached.classify(["a cat"])[0]
