@@ -113,7 +113,7 @@ class SafetyMiddleware:
         try:
             await self._moderate(route, request_id, scope, receive, send)
         except _Reject as e:
-            body = {"error": {"code": e.code, "message": str(e), **e.extra}}
+            body = error_envelope(e.code, str(e), **e.extra)
             await send_json(send, e.status, body, [(self.header, request_id.encode())])
 
     def _route(self, scope: Scope) -> GuardedRoute | None:
@@ -133,7 +133,7 @@ class SafetyMiddleware:
             if pd.refused:
                 raise _Reject(
                     400,
-                    "prompt_refused",
+                    "content_policy_violation",  # as OpenAI's API, which clients branch on
                     str(PromptRefused(pd)),
                     decision=prompt_decision_dict(pd),
                 )
@@ -280,6 +280,12 @@ def _locate(document: Any, parts: Sequence[str]) -> list[tuple[Any, Any]]:
     if not rest:
         return [(document, k) for k in keys]
     return [slot for k in keys for slot in _locate(document[k], rest)]
+
+
+def error_envelope(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The one error body of the middleware and the service, in OpenAI's shape:
+    ``{"error": {"message", "type", "param", "code", ...extra}}``."""
+    return {"error": {"message": message, "type": code, "param": None, "code": code, **extra}}
 
 
 async def send_json(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from safety_lora.guard import PromptRefused, SafetyGuard, prompt_decision_dict
+from safety_lora.middleware import error_envelope
 from safety_lora.policies.engine import Decision
 from safety_lora.policies.schema import Policy
 from safety_lora.service.cancel import Cancellation, Cancelled
@@ -32,6 +33,12 @@ from safety_lora.service.images import (
     encode_image,
 )
 from safety_lora.service.metrics import ServiceMetrics
+from safety_lora.service.openai_moderation import (
+    ImagePart,
+    ModerationsRequest,
+    TextPart,
+)
+from safety_lora.service.openai_moderation import moderate as openai_moderate
 from safety_lora.service.settings import ServiceSettings
 
 __all__ = ["ServiceError", "create_app"]
@@ -261,14 +268,13 @@ def create_app(settings: ServiceSettings, *, pipeline: Any | None = None) -> Fas
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, e: ServiceError) -> JSONResponse:
-        error = {"message": str(e), "type": e.code, "code": e.code, **e.extra}
-        return JSONResponse({"error": error}, status_code=e.status)
+        return JSONResponse(error_envelope(e.code, str(e), **e.extra), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         message = "; ".join(_describe(err) for err in e.errors())
-        error = {"message": message, "type": "invalid_request_error", "code": "invalid_request"}
-        return JSONResponse({"error": error}, status_code=400)
+        body = error_envelope("invalid_request", message, type="invalid_request_error")
+        return JSONResponse(body, status_code=400)
 
     _routes(app, service)
     app.add_middleware(
@@ -388,6 +394,23 @@ def _routes(app: FastAPI, service: _Service) -> None:
         ]
         return ModerationResponse(id=request_id, policy=guard.policy.name, results=results)
 
+    @app.post("/v1/moderations")
+    async def moderations(body: ModerationsRequest, request: Request) -> dict[str, Any]:
+        """OpenAI's moderation endpoint: text, lists and image parts, OpenAI's categories."""
+        request_id = request.state.request_id
+        groups = _moderation_inputs(body, settings)
+
+        def judge() -> list[dict[str, Any]]:
+            return [openai_moderate(guard, parts, request_id=request_id) for parts in groups]
+
+        results = await run_in_threadpool(judge)
+        service.count("moderation", [r["safety_lora"]["action"] for r in results])
+        return {
+            "id": f"modr-{request_id}",
+            "model": body.model or f"safety-lora/{guard.policy.name}",
+            "results": results,
+        }
+
     @app.post("/v1/moderations/prompt", response_model=ModerationResponse)
     async def moderate_prompt(
         body: PromptModerationRequest, request: Request
@@ -478,6 +501,49 @@ async def _read_images(
         return images, body.prompt, body.return_images
     except ImageDecodeError as e:
         raise ServiceError(400, "invalid_image", str(e)) from e
+
+
+def _moderation_inputs(
+    body: ModerationsRequest, settings: ServiceSettings
+) -> list[list[tuple[str, Any]]]:
+    """One list of (type, value) parts per result; images decoded from data URLs only."""
+    if isinstance(body.input, str):
+        return [[("text", body.input)]]
+    if not body.input:
+        raise ServiceError(400, "invalid_request_error", "input: give at least one item")
+    if all(isinstance(item, str) for item in body.input):
+        if len(body.input) > MAX_PROMPTS:
+            raise ServiceError(
+                400, "invalid_request_error", f"input: at most {MAX_PROMPTS} strings"
+            )
+        return [[("text", item)] for item in body.input]  # type: ignore[misc]
+    parts: list[tuple[str, Any]] = []
+    images = 0
+    for i, part in enumerate(body.input):
+        if isinstance(part, TextPart):
+            parts.append(("text", part.text))
+            continue
+        assert isinstance(part, ImagePart)
+        url = part.image_url.url
+        if not url.startswith("data:"):
+            raise ServiceError(
+                400,
+                "invalid_image_url",
+                f"input[{i}].image_url.url: only data: URLs are accepted "
+                f"(data:image/png;base64,...); the service fetches nothing",
+            )
+        images += 1
+        if images > settings.max_images:
+            raise ServiceError(
+                400, "invalid_request_error", f"input: at most {settings.max_images} images"
+            )
+        try:
+            parts.append(
+                ("image", decode_b64_image(url, max_pixels=settings.max_image_pixels).image)
+            )
+        except ImageDecodeError as e:
+            raise ServiceError(400, "invalid_image", f"input[{i}].image_url.url: {e}") from e
+    return [parts]
 
 
 async def _cancel_on_disconnect(request: Request, job: Cancellation) -> None:

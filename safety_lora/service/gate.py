@@ -15,9 +15,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from safety_lora.middleware import ASGIApp, Message, Receive, Scope, Send, send_json
+from safety_lora.middleware import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_envelope,
+    send_json,
+)
 from safety_lora.service.metrics import ServiceMetrics
 from safety_lora.service.settings import ServiceSettings, hash_api_key
 
@@ -28,7 +35,12 @@ logger = logging.getLogger("safety_lora.service")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: Routes whose work is bounded by the admission queue.
 WORK_ROUTES = frozenset(
-    {"/v1/images/generations", "/v1/moderations/image", "/v1/moderations/prompt"}
+    {
+        "/v1/images/generations",
+        "/v1/moderations",
+        "/v1/moderations/image",
+        "/v1/moderations/prompt",
+    }
 )
 KNOWN_ROUTES = WORK_ROUTES | {"/v1/policy", "/healthz", "/metrics", "/docs", "/openapi.json"}
 
@@ -260,5 +272,4 @@ async def _error(
     message: str,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body: dict[str, Any] = {"error": {"message": message, "type": code, "code": code}}
-    await send_json(send, status, body, headers or [])
+    await send_json(send, status, error_envelope(code, message), headers or [])

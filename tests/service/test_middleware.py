@@ -96,7 +96,7 @@ def test_refused_prompt_never_reaches_the_app(tmp_path: Path) -> None:
         missing = client.post("/generate", json={"text": "a cat"})
     assert refused.status_code == nested.status_code == 400
     error = refused.json()["error"]
-    assert error["code"] == "prompt_refused"
+    assert error["code"] == "content_policy_violation"
     assert error["decision"]["rule"] == "prompt.rules.violence.refuse_at"
     assert refused.headers["x-safety-decision"] == error["decision"]["request_id"]
     assert missing.status_code == 400
