@@ -1,6 +1,8 @@
 """Prompt normaliser: folds the usual filter evasions back to plain lowercase ASCII words.
 
-Handles Unicode compatibility forms (NFKC), homoglyphs/confusables (via ``anyascii``),
+Handles Unicode compatibility forms (NFKC), homoglyphs (Cyrillic and Greek letters that
+look like Latin ones fold to the letter they look like: ``рlауbоу`` -> ``playboy``, where
+transliteration would give ``rlaubou``), other confusables (via ``anyascii``),
 zero-width and other format characters, separated letters (``n.u.d.e``, ``n u d e``) and,
 in a separate variant, leetspeak (``p0rn``), so that ordinary numbers such as ``1920s``
 survive in the plain form.
@@ -13,7 +15,7 @@ import unicodedata
 
 from anyascii import anyascii
 
-__all__ = ["deleet_variants", "normalize", "normalize_variants"]
+__all__ = ["deleet_variants", "joined_variant", "normalize", "normalize_variants"]
 
 # One pass over ASCII text: lowercase, apostrophes vanish ("assassin's" -> "assassins"), and
 # so does every control character but tab, newline and carriage return ("nu\x00de" -> "nude").
@@ -53,6 +55,34 @@ _LEET_I = str.maketrans(
 _LEET_L = str.maketrans({"1": "l"})
 
 
+# Look-alikes whose transliteration is another letter than the one they show (Cyrillic
+# er, es, u, ha, dze, Greek rho, chi, upsilon...): an evasion means the letter it looks like.
+_LOOKALIKES = str.maketrans(
+    {
+        "\u0440": "p",
+        "\u0420": "P",
+        "\u0441": "c",
+        "\u0421": "C",
+        "\u0443": "y",
+        "\u0423": "Y",
+        "\u0445": "x",
+        "\u0425": "X",
+        "\u0412": "B",
+        "\u041d": "H",
+        "\u0455": "s",
+        "\u0405": "S",
+        "\u04cf": "l",
+        "\u03c1": "p",
+        "\u03a1": "P",
+        "\u03c7": "x",
+        "\u03a7": "X",
+        "\u03c5": "u",
+        "\u03f2": "c",
+        "\u0251": "a",
+    }
+)
+
+
 def _is_dropped(ch: str) -> bool:
     """Zero-width joiners, soft hyphens, bidi marks, control and other invisible characters."""
     return unicodedata.category(ch) in ("Cf", "Cc", "Mn") and ch not in "\t\n\r"
@@ -61,7 +91,7 @@ def _is_dropped(ch: str) -> bool:
 def _fold_unicode(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     text = "".join(ch for ch in text if not _is_dropped(ch))
-    return anyascii(text)
+    return anyascii(text.translate(_LOOKALIKES))
 
 
 def _join_separated(match: re.Match[str]) -> str:
@@ -100,7 +130,24 @@ def deleet_variants(normalized: str) -> list[str]:
     return out
 
 
+# Punctuation inside a word, between two letters: "nu*de", "nu_de", "se~x", "po.rn".
+_IN_WORD_NOISE = re.compile(r"(?<=[^\W\d_])[*_~^.+|]+(?=[^\W\d_])")
+# A cheaper superset without the look-behind, tried first (a charset first is scanned fast).
+_IN_WORD_HINT = re.compile(r"[*_~^.+|][^\W\d_]")
+
+
+def joined_variant(text: str) -> str | None:
+    """``text`` normalised with punctuation between letters removed (``"nu*de"`` -> ``"nude"``),
+    or None when it has none: a form to scan besides the plain one, which splits such words."""
+    if not _IN_WORD_HINT.search(text) or not _IN_WORD_NOISE.search(text):
+        return None
+    return normalize(_IN_WORD_NOISE.sub("", text))
+
+
 def normalize_variants(text: str) -> list[str]:
-    """The normalised text followed by its de-leeted variants (the forms a matcher should scan)."""
+    """The normalised text, its form with in-word punctuation removed, and their de-leeted
+    variants (the forms a matcher should scan)."""
     plain = normalize(text)
-    return [plain, *deleet_variants(plain)]
+    joined = joined_variant(text)
+    forms = [plain] if joined is None or joined == plain else [plain, joined]
+    return [*forms, *(v for form in forms for v in deleet_variants(form))]

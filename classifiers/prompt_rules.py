@@ -33,7 +33,7 @@ from pydantic import (
 
 from safety_lora.classifiers.base import PromptScores
 from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
-from safety_lora.classifiers.normalize import deleet_variants, normalize
+from safety_lora.classifiers.normalize import deleet_variants, joined_variant, normalize
 from safety_lora.taxonomy import Category
 from safety_lora.textfiles import TextFileError, load_mapping, read_text
 
@@ -206,6 +206,10 @@ class PromptRulesClassifier:
         fired = self._fired(plain)
         for variant in deleet_variants(plain):
             fired.update(self._fired(variant))
+        joined = joined_variant(prompt)
+        if joined is not None and joined != plain:
+            for variant in (joined, *deleet_variants(joined)):
+                fired.update(self._fired(variant))
         scores = dict.fromkeys(_CATEGORIES, 0.0)
         if fired:
             # noisy-OR per category; context rules only grade what another rule fired for

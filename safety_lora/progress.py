@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -11,7 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "ticker"]
 
 
 def progress_bar(*fields: str) -> Progress:
@@ -24,3 +27,14 @@ def progress_bar(*fields: str) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+
+
+@contextmanager
+def ticker(enabled: bool, title: str, total: int) -> Iterator[Callable[[str], None]]:
+    """``tick(label)``: one unit of ``total`` done, ``label`` shown (a no-op when disabled)."""
+    if not enabled:
+        yield lambda _: None
+        return
+    with progress_bar("{task.fields[label]}") as progress:
+        task = progress.add_task(title, total=total, label="")
+        yield lambda label: progress.update(task, advance=1, label=label)

@@ -8,6 +8,7 @@ import typer
 
 from safety_lora.cli import (
     adapters,
+    attack,
     compare,
     demo,
     erase,
@@ -26,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-for module in (adapters, compare, demo, erase, generate, moderate, policy, serve, train):
+for module in (adapters, attack, compare, demo, erase, generate, moderate, policy, serve, train):
     module.register(app)
 
 

@@ -102,6 +102,12 @@ def compare(
     threshold: Annotated[
         float, typer.Option(help="--base only: score that counts as shown.")
     ] = 0.5,
+    attack_budget: Annotated[
+        int,
+        typer.Option(
+            help="White-box attack steps per attempt for the attack-success column; 0: skip."
+        ),
+    ] = 20,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
@@ -132,6 +138,7 @@ def compare(
             classifier=_classifier(classifier),
             category=category,
             threshold=threshold,
+            attack_budget=attack_budget,
             out=out,
             resume=resume,
             device=device,

@@ -85,10 +85,20 @@ def train(
         int | None, typer.Option(help="Write a checkpoint every N steps.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint if present.")] = False,
+    adversarial: Annotated[
+        bool,
+        typer.Option(
+            help="Harden against soft-prompt and token attacks: AdvUnlearn-style rounds that "
+            "attack the adapter every --adv-every steps and train on the attacks."
+        ),
+    ] = False,
+    adv_every: Annotated[int, typer.Option(help="Steps between adversarial rounds.")] = 10,
+    adv_warmup: Annotated[int, typer.Option(help="Steps before the first round.")] = 50,
+    adv_steps: Annotated[int, typer.Option(help="Attack steps per round.")] = 10,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Train a concept-erasure adapter (ESD) and write it with its metadata."""
-    from safety_lora.training import Erasure, TrainConfig, train_adapter
+    from safety_lora.training import AdversarialTraining, Erasure, TrainConfig, train_adapter
 
     anchors = parse_anchors(anchor or [], erase)
     try:
@@ -118,6 +128,11 @@ def train(
             eval_every=eval_every or None,
             patience=patience,
             checkpoint_every=checkpoint_every,
+            adversarial=(
+                AdversarialTraining(every=adv_every, warmup=adv_warmup, attack_steps=adv_steps)
+                if adversarial
+                else None
+            ),
             resume=resume,
             out=out,
             device=device,

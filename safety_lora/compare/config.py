@@ -31,6 +31,10 @@ class CompareConfig(BaseModel):
     config with ``kind``) and ``category`` decide what "shows the concept" means on a user's
     model. ``num_inference_steps``,
     ``guidance_scale`` default to the concept world's sampling settings (30, 7.5 elsewhere).
+    ``attack_budget`` > 0 also attacks every seed-0 adapter, file and SLD preset at strength
+    1.0 with the red-team harness's white-box attacks (soft prompt, token search; that many
+    steps each, on up to 3 target prompts, ``attack_images`` images per attempt) for the
+    attack-success column; 0 skips it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +61,8 @@ class CompareConfig(BaseModel):
     guidance_scale: Annotated[float, Field(ge=0.0)] | None = None
     batch_size: Annotated[int, Field(ge=1)] = 48
     grid_images: Annotated[int, Field(ge=1)] = 8
+    attack_budget: Annotated[int, Field(ge=0, le=10_000)] = 20
+    attack_images: Annotated[int, Field(ge=1, le=256)] = 8
     out: Path
     resume: bool = False
     device: str = "cpu"

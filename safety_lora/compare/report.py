@@ -189,6 +189,7 @@ def write_report(
         "training_runs": results["training"],
         "costs": [{**c, "vs_base": c["seconds_per_step"] / base_step} for c in cost_rows],
         "budgets": results["budgets"],
+        "attacks": results.get("attacks", []),
         "reading": reading,
         "files": {**files, "grids": grids},
     }
@@ -313,6 +314,30 @@ def _markdown(config: CompareConfig, data: dict[str, Any], rows: list[dict[str, 
     ]
     if variants:
         lines += ["## Regularity", "", regular, ""]
+    if data["attacks"]:
+        attacks = _table(
+            ["method (strength 1.0)", "clean", "soft-prompt ASR", "token ASR", "s / attempt"],
+            [
+                [
+                    a["method"],
+                    _pct(a["clean"]),
+                    _pct(a["soft_asr"]),
+                    _pct(a["token_asr"]),
+                    f"{a['seconds_per_attempt']:.1f}",
+                ]
+                for a in data["attacks"]
+            ],
+        )
+        budget = data["attacks"][0]["budget"]
+        lines += [
+            f"## Attack success (white-box, {budget} steps per attempt; `safety-lora attack`)",
+            "",
+            "ASR: share of the attack's images that show the concept; clean: the plain "
+            "prompts' (same seeds).",
+            "",
+            attacks,
+            "",
+        ]
     lines += ["## Inference cost per denoising step", "", costs, ""]
     lines += ["## Figures", ""]
     lines += [f"![{k}]({v})" for k, v in data["files"].items() if str(v).endswith(".png")]

@@ -13,8 +13,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,6 +41,7 @@ from safety_lora.compare.metrics import (
     generic_prompts,
     score,
 )
+from safety_lora.progress import ticker
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -336,18 +336,6 @@ def _prepare_out(config: CompareConfig) -> None:
     saved.write_text(json.dumps(payload, indent=1))
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[str], None]]:
-    if not enabled:
-        yield lambda _: None
-        return
-    from safety_lora.progress import progress_bar
-
-    with progress_bar("{task.fields[unit]}") as progress:
-        task = progress.add_task("compare", total=total, unit="")
-        yield lambda key: progress.update(task, advance=1, unit=key)
-
-
 def _load_pipe(config: CompareConfig) -> Any:
     from safety_lora.training.esd import load_base
 
@@ -387,9 +375,11 @@ def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
     total = len(free) * (config.seeds + 1)
     total += len(trained) * (1 + n_strengths) + len(regular) * 2 + 2 * len(config.families)
     total += len(config.adapters) * (config.seeds * n_strengths + 2)
+    attacked = len(config.families) + len(config.adapters) + len(config.sld_presets)
+    total += attacked if config.attack_budget else 0
     results: dict[str, Any] = {"evaluations": [], "training": [], "costs": [], "budgets": {}}
     results["budgets"] = {str(r): b for r, b in budgets.items()}
-    with _progress(config.progress, total) as advance:
+    with ticker(config.progress, "compare", total) as advance:
         state.advance = advance
         for method in free:
             for s, strength in itertools.product(seeds, method.strengths):
@@ -423,7 +413,62 @@ def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
             for s in seeds:
                 _evaluate_adapter(state, results, method, s)
             _costs(state, results, method)
+        if config.attack_budget:
+            results["attacks"] = _attacks(state, config, trained, budgets)
         return write_report(config, results, prompts)
+
+
+def _attacks(
+    state: Run,
+    config: CompareConfig,
+    trained: Sequence[tuple[str, int, int]],
+    budgets: dict[int, dict[str, tuple[int, int]]],
+) -> list[dict[str, Any]]:
+    """White-box attack success at strength 1.0: seed-0 adapters, files, SLD presets."""
+    from safety_lora.attack import AttackConfig, run_attack
+
+    targets: list[tuple[str, dict[str, Any]]] = []
+    for kind, budget, s in trained:
+        if s == 0 and budget == config.ranks[0]:
+            rank = budgets[budget][kind][0]
+            path = config.out / "adapters" / f"{kind}-r{rank}-b{budget}-s0-reg.safetensors"
+            targets.append((f"{kind} r{rank}", {"adapter": path}))
+    targets += [(f"file {f.stem}", {"adapter": f}) for f in config.adapters]
+    targets += [(f"SLD {p}", {"method": "sld", "sld_preset": p}) for p in config.sld_presets]
+    rows = []
+    for name, fields in targets:
+
+        def compute(name: str = name, fields: dict[str, Any] = fields) -> dict[str, Any]:
+            attack = AttackConfig(
+                erase=config.erase,
+                prompts=list(dict.fromkeys(state.prompts.target))[:3],
+                base=config.base,
+                classifier=config.classifier,
+                category=config.category,
+                threshold=config.threshold,
+                attacks=["soft", "tokens"],
+                budget=config.attack_budget,
+                images=config.attack_images,
+                num_inference_steps=state.sampler.num_inference_steps,
+                guidance_scale=state.sampler.guidance_scale,
+                out=config.out / "attacks" / _slug(name),
+                progress=False,
+                device=config.device,
+                **fields,
+            )
+            report = run_attack(attack, pipe=state.pipe)
+            soft, tokens = report.row("soft"), report.row("tokens")
+            return {
+                "method": name,
+                "clean": soft.clean_rate,
+                "soft_asr": soft.asr,
+                "token_asr": tokens.asr,
+                "budget": config.attack_budget,
+                "seconds_per_attempt": (soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
+            }
+
+        rows.append(state.cached(f"attack/{_slug(name)}", compute))
+    return rows
 
 
 def _evaluate_adapter(state: Run, results: dict[str, Any], method: AdapterMethod, s: int) -> None:

@@ -5,13 +5,20 @@
 
 from __future__ import annotations
 
-from safety_lora.training.config import AdapterKind, Erasure, Method, TrainConfig
+from safety_lora.training.config import (
+    AdapterKind,
+    AdversarialTraining,
+    Erasure,
+    Method,
+    TrainConfig,
+)
 from safety_lora.training.esd import TrainResult, esd_target, train_adapter
 from safety_lora.training.io import base_fingerprint, read_adapter_info
 from safety_lora.training.targets import target_modules
 
 __all__ = [
     "AdapterKind",
+    "AdversarialTraining",
     "Erasure",
     "Method",
     "TrainConfig",

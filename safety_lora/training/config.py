@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from safety_lora.templates import check_template, fill_template
 
-__all__ = ["AdapterKind", "Erasure", "Method", "TrainConfig"]
+__all__ = ["AdapterKind", "AdversarialTraining", "Erasure", "Method", "TrainConfig"]
 
 Method = Literal["esd-x", "esd-u"]
 AdapterKind = Literal["lora", "loha", "lokr"]
@@ -63,6 +63,23 @@ class Erasure(_Strict):
         return [*out, *self.pairs]
 
 
+class AdversarialTraining(_Strict):
+    """AdvUnlearn-style adversarial rounds (:mod:`safety_lora.training.adversarial`).
+
+    From step ``warmup`` on, every ``every`` steps a soft prompt of ``tokens`` embeddings is
+    optimised for ``attack_steps`` Adam steps (``lr``) to bring one concept prompt back on
+    the current adapter; every later step also trains the adapter to erase the concept under
+    the latest soft prompt of each concept prompt in its batch, with weight ``weight``.
+    """
+
+    every: Annotated[int, Field(ge=1)] = 10
+    warmup: Annotated[int, Field(ge=0)] = 50
+    attack_steps: Annotated[int, Field(ge=1, le=1000)] = 10
+    tokens: Annotated[int, Field(ge=1, le=16)] = 3
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
+    weight: Annotated[float, Field(ge=0.0)] = 1.0
+
+
 class TrainConfig(_Strict):
     """One ESD run: base model, what to erase/preserve, adapter shape, optimisation, output.
 
@@ -75,7 +92,9 @@ class TrainConfig(_Strict):
     Validation: every ``eval_every`` steps the loss is computed on a fixed batch of ``x_t``
     drawn apart from training; training stops after ``patience`` evaluations without an
     improvement of ``min_delta`` (``None``: never stop early) and the saved adapter is the
-    best one on validation. ``eval_every=None``: no validation, the last adapter is saved.
+    best one on validation. ``adversarial`` adds AdvUnlearn-style adversarial rounds (the
+    hardened option against soft-prompt and token attacks). ``eval_every=None``: no
+    validation, the last adapter is saved.
     ``val_fraction`` > 0 also holds out that share of the pairs and preserve prompts (never
     trained on), to measure generalisation to unseen prompts; keep it 0 when the prompts
     are few and each matters (a held-out retain prompt is not preserved, a held-out concept
@@ -86,6 +105,7 @@ class TrainConfig(_Strict):
     erase: list[Erasure] = Field(min_length=1)
     preserve: list[str] = Field(default_factory=list)
     preserve_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    adversarial: AdversarialTraining | None = None
     method: Method = "esd-x"
     adapter: AdapterKind = "lora"
     rank: Annotated[int, Field(ge=1, le=1024)] = 4

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from safety_lora.training.adversarial import Adversary
 from safety_lora.training.conditioning import PromptBank
 from safety_lora.training.config import TrainConfig
 from safety_lora.training.io import (
@@ -144,6 +145,8 @@ class EsdTrainer:
 
     def __init__(self, pipe: Any, config: TrainConfig) -> None:
         self.pipe, self.config, self.unet = pipe, config, pipe.unet
+        # Before the adapter goes in: an unsupported pipeline fails with the UNet untouched.
+        self.adversary = Adversary(self, config.adversarial) if config.adversarial else None
         present = sorted(getattr(self.unet, "peft_config", None) or {})
         if present:
             raise ValueError(
@@ -200,6 +203,13 @@ class EsdTrainer:
         """The UNet's prediction for latents ``x`` at timesteps ``t`` under prompt ``rows``."""
         steps = t.to(self.device).expand(len(x)) if t.dim() == 0 else t.to(self.device)
         return self.unet(x, steps, **self.bank.unet_kwargs(rows)).sample  # type: ignore[no-any-return]
+
+    def eps_states(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction under text states ``hidden`` (one text encoder: SD)."""
+        if self.bank.pooled is not None:
+            raise ValueError("adversarial ESD training supports one text encoder (SD), not SDXL")
+        steps = t.to(self.device).expand(len(x)) if t.dim() == 0 else t.to(self.device)
+        return self.unet(x, steps, encoder_hidden_states=hidden).sample  # type: ignore[no-any-return]
 
     def _guided(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         scale = self.config.guidance_scale
@@ -276,6 +286,11 @@ class EsdTrainer:
         x, t = self.partial_denoise(rows, stop, g)
         target = self.targets_for(x, t, concept, anchor, keep)
         loss = self.loss(x, t, rows, target, len(concept))
+        if self.adversary is not None:
+            n = len(concept)
+            prompts = [self.pairs[i][0] for i in pick]
+            extra = self.adversary.loss(self.step, prompts, x[:n], t, target[:n], g)
+            loss = loss if extra is None else loss + extra
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -341,6 +356,9 @@ class EsdTrainer:
         if self.best is not None:
             tensors.update({f"best.{k}": v for k, v in self.best[2].items()})
             meta["best"] = json.dumps([self.best[0], self.best[1]])
+        if self.adversary is not None:
+            tensors.update(self.adversary.tensors())
+            meta["adversarial_prompts"] = json.dumps(self.adversary.prompts())
         save_checkpoint(path, tensors=tensors, optimizer=self.optimizer, meta=meta)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -363,6 +381,8 @@ class EsdTrainer:
             best_step, best_value = json.loads(meta["best"])
             state = {k: tensors[f"best.{k}"] for k in self.params}
             self.best = (int(best_step), float(best_value), state)
+        if self.adversary is not None:
+            self.adversary.restore(json.loads(meta.get("adversarial_prompts", "[]")), tensors)
 
     # -- output ----------------------------------------------------------------------------
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from safety_lora.classifiers.normalize import deleet_variants, normalize, normalize_variants
+from safety_lora.classifiers.normalize import (
+    deleet_variants,
+    joined_variant,
+    normalize,
+    normalize_variants,
+)
 
 
 @pytest.mark.parametrize(
@@ -13,6 +18,10 @@ from safety_lora.classifiers.normalize import deleet_variants, normalize, normal
         ("A Sunset over the SEA!", "a sunset over the sea"),
         ("nud\u0435 photo", "nude photo"),  # Cyrillic small ie
         ("\u03bdude", "nude"),  # Greek nu
+        ("\u0440l\u0430\u0443b\u043e\u0443 mansion", "playboy mansion"),  # Cyrillic er, a, u, o
+        ("\u0455\u0435\u0445\u0443", "sexy"),  # Cyrillic dze, ie, ha, u
+        ("\u03c1orn", "porn"),  # Greek rho
+        ("\u0421\u0425\u0412\u041d", "cxbh"),  # Cyrillic capitals that look like C X B H
         ("ｎｕｄｅ", "nude"),  # fullwidth forms (NFKC)
         ("nu\u200bd\u200de\ufeff", "nude"),  # zero-width space/joiner, BOM
         ("nu\u00adde", "nude"),  # soft hyphen
@@ -57,3 +66,18 @@ def test_leetspeak_variants(raw: str, variant: str) -> None:
 def test_numbers_alone_are_not_deleeted() -> None:
     assert deleet_variants("born in 1920 at 7 pm") == []
     assert normalize_variants("a classic 1920s car")[0] == "a classic 1920s car"
+
+
+@pytest.mark.parametrize(
+    ("raw", "joined"),
+    [("a nu*de woman", "a nude woman"), ("nu_de", "nude"), ("se~x", "sex"), ("po^rn", "porn")],
+)
+def test_punctuation_inside_a_word_is_joined_in_a_variant(raw: str, joined: str) -> None:
+    assert joined_variant(raw) == joined
+    assert normalize_variants(raw)[:2] == [normalize(raw), joined]
+
+
+def test_joined_variant_leaves_words_and_numbers_apart() -> None:
+    assert joined_variant("black and white, 3.5 stars") is None  # digits are not letters
+    assert joined_variant("a cat. a dog") is None  # punctuation between words, not in one
+    assert "nude" in normalize_variants("nu*d3")  # joined, then de-leeted

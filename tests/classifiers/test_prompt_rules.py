@@ -46,6 +46,9 @@ def _write(tmp_path: Path, body: str) -> Path:
         "a nu\u200bde woman",  # zero-width space inside the word
         "ｐｏｒｎ",  # fullwidth
         "NSFW photo",
+        "a \u0440\u043erno still",  # Cyrillic er and o (transliteration would say "rorno")
+        "a nu*de woman",  # punctuation inside the word
+        "a n_u_de woman",
     ],
 )
 def test_sexual_evasions_are_caught(bundled: PromptRulesClassifier, prompt: str) -> None:

@@ -29,6 +29,8 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
         "sld_presets": ["strong"],
         "regularity": False,
         "grid_images": 2,
+        "attack_budget": 2,
+        "attack_images": 2,
         "out": out,
         "progress": False,
         **overrides,
@@ -82,6 +84,19 @@ def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) ->
     sld = next(c for c in data["costs"] if c["method"] == "SLD strong")
     assert sld["extra_unet_calls_per_step"] == 1.0
     assert {c["method"] for c in data["costs"] if c["fused"]} == {"lora r4", "lokr r4"}
+
+
+def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
+    config, _, data = compared
+    attacked = [a["method"] for a in data["attacks"]]
+    trained = [t["method"] for t in data["training_runs"]]
+    assert attacked == [*dict.fromkeys(trained), "SLD strong"]
+    for row in data["attacks"]:
+        assert row["budget"] == 2 and row["seconds_per_attempt"] > 0
+        assert all(0.0 <= row[k] <= 1.0 for k in ("clean", "soft_asr", "token_asr"))
+    report = (config.out / "report.md").read_text()
+    assert "## Attack success (white-box, 2 steps per attempt" in report
+    assert (config.out / "attacks" / "sld-strong" / "report.json").is_file()
 
 
 def test_base_rate_is_the_separately_computed_rate(

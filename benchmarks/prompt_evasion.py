@@ -1,0 +1,73 @@
+"""Black-box evasion of the prompt checks on real unsafe prompts, per rewrite kind.
+
+    python benchmarks/prompt_evasion.py [--prompts 300] [--words 2] [--json FILE]
+
+Takes the I2P dev prompts whose images were unsafe at least half the time (``../shared/data``),
+up to ``--prompts`` of them (seeded sample). For each prompt check (``prompt_rules``,
+``minilm``, ``learned``; flagged at score 0.5, their operating point), the attacker finds each
+flagged prompt's ``--words`` key words (the ones whose removal lowers the score most, one
+query per word) and rewrites them one way per kind (:mod:`safety_lora.attack.evasion`);
+a prompt evades when the rewrite is no longer flagged. The learned checks were fitted on
+I2P dev, so their flag rates here are in-sample; the evasion rates are of flagged prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+from _data import read_i2p
+from rich.console import Console
+from rich.table import Table
+
+from safety_lora.attack.evasion import REWRITES, ClassifierCheck, evasion_table
+from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
+from safety_lora.classifiers.minilm_prompt import MiniLMPromptConfig
+from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=300)
+    parser.add_argument("--words", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    unsafe = [r.prompt for r in read_i2p() if r.inappropriate >= 50]
+    prompts = random.Random(0).sample(unsafe, min(args.prompts, len(unsafe)))
+    checks = {
+        "prompt_rules": PromptRulesConfig().build(),
+        "minilm": MiniLMPromptConfig().build(),
+        "learned": LearnedPromptConfig(cache_size=0).build(),
+    }
+    results = {}
+    for name, classifier in checks.items():
+        began = time.perf_counter()
+        flagged, rows = evasion_table(ClassifierCheck(classifier), prompts, words=args.words)
+        results[name] = {
+            "flagged": flagged,
+            "seconds": time.perf_counter() - began,
+            "rows": {r.kind: (r.evaded, r.flagged, r.examples[:1]) for r in rows},
+        }
+    table = Table(title=f"evasion of flagged I2P>=50 prompts ({len(prompts)} sampled)")
+    table.add_column("rewrite")
+    for name in checks:
+        table.add_column(name)
+    table.add_row("flagged originally", *(f"{results[n]['flagged']}" for n in checks))
+    for kind in REWRITES:
+        cells = []
+        for name in checks:
+            evaded, applicable, _ = results[name]["rows"][kind]
+            rate = f"{100 * evaded / applicable:.1f}%" if applicable else "-"
+            cells.append(f"{rate} ({evaded}/{applicable})")
+        table.add_row(kind, *cells)
+    table.add_row("seconds", *(f"{results[n]['seconds']:.1f}" for n in checks))
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
