@@ -16,7 +16,6 @@ with ``torch.Generator().manual_seed(s_i)``). Attempt ``k >= 2`` runs with
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import secrets
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
+from safety_lora.seeds import hashed_seed
 from safety_lora.steering import Steering
 from safety_lora.taxonomy import Action
 
@@ -59,8 +59,7 @@ _PER_IMAGE = ("generator", "latents")
 
 def derive_seed(seed: int, index: int, attempt: int) -> int:
     """The seed of image ``index``'s ``attempt`` (>= 2): a hash of (seed, index, attempt)."""
-    digest = hashlib.sha256(f"safety-lora:{seed}:{index}:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return hashed_seed("safety-lora", seed, index, attempt)
 
 
 @dataclass

@@ -8,7 +8,6 @@ the whole layer under a policy; attack success rates beside the clean rates, in 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -22,13 +21,13 @@ from safety_lora.attack.soft import soft_prompt
 from safety_lora.attack.targets import AdapterTarget, SLDTarget, Target, render
 from safety_lora.attack.text import PromptEncoder
 from safety_lora.progress import ticker
+from safety_lora.seeds import hashed_seed
 
 __all__ = ["build_target", "run_attack"]
 
 
 def _seed(seed: int, *parts: object) -> int:
-    digest = hashlib.sha256(":".join(map(str, ("safety-lora-attack", seed, *parts))).encode())
-    return int.from_bytes(digest.digest()[:8], "big") & (2**63 - 1)
+    return hashed_seed("safety-lora-attack", seed, *parts)
 
 
 def _sampling(config: AttackConfig) -> tuple[int, float]:

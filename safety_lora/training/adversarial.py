@@ -13,7 +13,6 @@ enter every step, and attack with the same objective our red-team harness measur
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import torch
 from safety_lora.attack.objective import Objective
 from safety_lora.attack.soft import soft_prompt
 from safety_lora.attack.text import PromptEncoder
+from safety_lora.seeds import hashed_seed
 from safety_lora.training.config import AdversarialTraining
 
 if TYPE_CHECKING:
@@ -131,5 +131,4 @@ class Adversary:
 
 def _seed(prompt: str, index: int) -> int:
     """A stable seed per (prompt, index): the base images an objective recovers."""
-    digest = hashlib.sha256(f"safety-lora-adv:{prompt}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return hashed_seed("safety-lora-adv", prompt, index)

@@ -29,7 +29,6 @@ continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 
+from safety_lora.seeds import hashed_seed
 from safety_lora.training.adversarial import Adversary
 from safety_lora.training.conditioning import PromptBank
 from safety_lora.training.config import TrainConfig
@@ -86,8 +86,7 @@ class TrainResult:
 
 
 def _generator(seed: int, stream: str, step: int) -> torch.Generator:
-    digest = hashlib.sha256(f"safety-lora-esd:{seed}:{stream}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+    return torch.Generator().manual_seed(hashed_seed("safety-lora-esd", seed, stream, step))
 
 
 def _split(
