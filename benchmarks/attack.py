@@ -127,7 +127,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     policy = Path(__file__).parent.parent / "safety_lora" / "demo" / "policy.yaml"
     layer = run_attack(
-        AttackConfig(**common, method="closed-form", policy=policy, out=work / "layer"), pipe=pipe
+        AttackConfig(**common, method="closed-form", policy=str(policy), out=work / "layer"),
+        pipe=pipe,
     )
     table = Table(title=f"erasing red: clean and attack success (budget {args.budget})")
     for col in (
