@@ -161,6 +161,7 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
     whitebox = [a for a in config.run_attacks if a in ("soft", "tokens")]
     rows: list[AttackRow] = []
     found: list[str] = []
+    objectives: dict[str, Objective] = {}  # one per prompt: the base images render once
     target = build_target(config, pipe, steps)
     try:
         with target.steering():
@@ -173,18 +174,20 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
                 details: list[dict[str, Any]] = []
                 seconds, total_hits = 0.0, 0
                 for p_index, prompt in enumerate(prompts):
-                    refs = [
-                        _seed(config.seed, "refs", p_index, i) for i in range(config.references)
-                    ]
-                    objective = Objective.build(
-                        pipe,
-                        target,
-                        encoder,
-                        prompt,
-                        refs,
-                        num_inference_steps=steps,
-                        guidance_scale=cfg,
-                    )
+                    if prompt not in objectives:
+                        refs = [
+                            _seed(config.seed, "refs", p_index, i) for i in range(config.references)
+                        ]
+                        objectives[prompt] = Objective.build(
+                            pipe,
+                            target,
+                            encoder,
+                            prompt,
+                            refs,
+                            num_inference_steps=steps,
+                            guidance_scale=cfg,
+                        )
+                    objective = objectives[prompt]
                     for attempt in range(config.attempts):
                         gen = torch.Generator().manual_seed(
                             _seed(config.seed, attack, p_index, attempt)
