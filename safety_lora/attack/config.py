@@ -1,7 +1,8 @@
 """``AttackConfig``: one red-team run, validated (pydantic v2, frozen).
 
 What is attacked: ``adapter`` (a steering file at ``strength``), ``method`` ``closed-form``
-(solved now for the model; ``rounds`` > 0 is RECE's hardened solve) or ``sld`` (SLD's
+(solved now for the model; ``rounds`` > 0 is RECE's hardened solve, ``attack_rounds`` > 0
+the attack-driven one) or ``sld`` (SLD's
 ``sld_preset``), or none of them: the base model, where nothing is erased (the attacks'
 control). ``policy`` (a preset name or a policy file) adds the whole layer (prompt check +
 steering + classifiers) and the prompt-check evasion suite. Attacks: ``soft`` (white-box soft
@@ -38,6 +39,7 @@ class AttackConfig(BaseModel):
     strength: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
     sld_preset: str = "medium"
     rounds: Annotated[int, Field(ge=0, le=20)] = 0
+    attack_rounds: Annotated[int, Field(ge=0, le=20)] = 0
     attacks: list[AttackKind] = Field(default_factory=lambda: list(ATTACKS))
     budget: Annotated[int, Field(ge=0, le=10_000)] = 40
     tokens: Annotated[int, Field(ge=1, le=16)] = 3
@@ -70,6 +72,8 @@ class AttackConfig(BaseModel):
             )
         if self.rounds and self.method != "closed-form":
             raise ValueError(f"`rounds` {self.rounds} needs `method` 'closed-form'")
+        if self.attack_rounds and self.method != "closed-form":
+            raise ValueError(f"`attack_rounds` {self.attack_rounds} needs `method` 'closed-form'")
         if not self.attacks or len(set(self.attacks)) != len(self.attacks):
             raise ValueError(f"`attacks` must name each attack once, got {self.attacks}")
         needs_policy = sorted({"evasion", "layer"} & set(self.attacks))

@@ -94,10 +94,12 @@ def build_target(config: AttackConfig, pipe: Any, steps: int) -> Target:
             anchors=anchors,
             push=1.0,
             rounds=config.rounds,
+            attack_rounds=config.attack_rounds,
         )
         path = config.out / "closed_form.safetensors"
         erase(solved, out=path, pipe=pipe)
         name = "closed-form" + (f" + RECE x{config.rounds}" if config.rounds else "")
+        name += f" + attack rounds x{config.attack_rounds}" if config.attack_rounds else ""
         return AdapterTarget(pipe, path, strength=config.strength, name=name)
     return AdapterTarget(pipe, None)
 

@@ -16,7 +16,7 @@ import torch
 
 from safety_lora.sld import SafetyGuidance, SLDConfig
 
-__all__ = ["AdapterTarget", "SLDTarget", "Target", "render"]
+__all__ = ["AdapterTarget", "SLDTarget", "Target", "render", "unet_eps"]
 
 #: The adapter's name on the UNet while it is attacked.
 ADAPTER_NAME = "safety_lora_attack"
@@ -44,7 +44,8 @@ class Target(Protocol):
         ...
 
 
-def _unet_eps(pipe: Any, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+def unet_eps(pipe: Any, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """``pipe.unet``'s prediction for ``x`` at ``t`` (one or per row) under text ``states``."""
     steps = t.to(x.device).expand(len(x)) if t.dim() == 0 else t.to(x.device)
     return pipe.unet(x, steps, encoder_hidden_states=states.to(x)).sample  # type: ignore[no-any-return]
 
@@ -68,7 +69,7 @@ class AdapterTarget:
             pipe.unet.set_adapters([ADAPTER_NAME], [strength])
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        return _unet_eps(self.pipe, x, t, states)
+        return unet_eps(self.pipe, x, t, states)
 
     @contextmanager
     def base(self) -> Iterator[None]:
@@ -117,12 +118,12 @@ class SLDTarget:
         self._from_t = float(steps[warm]) if warm < len(steps) else -1.0
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        text = _unet_eps(self.pipe, x, t, states)
+        text = unet_eps(self.pipe, x, t, states)
         if not self.config.enabled or self.strength == 0.0:
             return text
         n = len(x)
         with torch.no_grad():
-            both = _unet_eps(
+            both = unet_eps(
                 self.pipe,
                 torch.cat([x, x]),
                 torch.cat([t.expand(n), t.expand(n)]) if t.dim() else torch.cat([t, t]),

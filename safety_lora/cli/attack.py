@@ -60,6 +60,10 @@ def attack(
     rounds: Annotated[
         int, typer.Option(help="RECE rounds for --method closed-form (the hardened solve).")
     ] = 0,
+    attack_rounds: Annotated[
+        int,
+        typer.Option(help="Attack rounds for --method closed-form (the attack-driven hardening)."),
+    ] = 0,
     sld_preset: Annotated[str, typer.Option(help="SLD preset for --method sld.")] = "medium",
     classifier: Annotated[
         str | None,
@@ -92,6 +96,7 @@ def attack(
         "images": images,
         "strength": strength,
         "rounds": rounds,
+        "attack_rounds": attack_rounds,
         "sld_preset": sld_preset,
         "category": category,
         "seed": seed,

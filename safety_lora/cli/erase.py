@@ -56,6 +56,13 @@ def erase(
     rounds: Annotated[
         int, typer.Option(help="RECE rounds: re-solve with adversarial embeddings N times.")
     ] = 0,
+    attack_rounds: Annotated[
+        int,
+        typer.Option(
+            help="Harden against prompt attacks: N rounds that attack the edit with soft prompts "
+            "and erase what they bring back (runs the UNet: minutes, not seconds)."
+        ),
+    ] = 0,
     rank: Annotated[
         int | None,
         typer.Option(help="LoRA rank (truncated SVD, error reported); default: the exact delta."),
@@ -100,6 +107,7 @@ def erase(
             preserve_weight=preserve_weight,
             lam=lam,
             rounds=rounds,
+            attack_rounds=attack_rounds,
             rank=rank,
             tolerance=tolerance,
         )

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.closed_form.files import base_metadata, edit_key, write_edit
+from safety_lora.closed_form.hardening import harden
 from safety_lora.closed_form.solve import solve_inputs
 from safety_lora.closed_form.states import gather
 
@@ -76,6 +77,7 @@ def solved_adapter(
         logger.warning("cached closed-form edit %s is unreadable or not its key; solving", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edit = solve_inputs(inputs, config)
+    edit = harden(pipe, inputs, edit, config)
     name = str((getattr(pipe, "config", None) or {}).get("_name_or_path") or type(pipe).__name__)
     result = write_edit(edit, path, key=key, base=base_metadata(pipe, name))
     seconds = time.perf_counter() - began

@@ -43,6 +43,10 @@ class ClosedFormConfig(BaseModel):
     The adapter: with neither ``rank`` nor ``tolerance``, the exact delta (a LyCORIS ``full``
     adapter); else a LoRA by truncated SVD per module, of rank ``rank``, or of the smallest
     rank whose relative error is at most ``tolerance`` (at most ``rank`` when both are given).
+    ``attack_rounds`` > 0 hardens the edit against prompt attacks
+    (:mod:`safety_lora.closed_form.hardening`; ``attack_steps`` soft-prompt steps per erase
+    prompt and round): it runs the UNet, so it takes minutes where the plain solve takes
+    seconds, and suits ``safety-lora erase`` more than a start-up solve.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +61,8 @@ class ClosedFormConfig(BaseModel):
     lam: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.5
     rounds: Annotated[StrictInt, Field(ge=0, le=20)] = 0
     rece_reg: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.1
+    attack_rounds: Annotated[StrictInt, Field(ge=0, le=20)] = 0
+    attack_steps: Annotated[StrictInt, Field(ge=1, le=1000)] = 20
     rank: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
     tolerance: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] | None = None
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from safety_lora.adapters import AdapterFormatError, Family, FormatName, write_adapter
 from safety_lora.closed_form.config import ClosedFormConfig
+from safety_lora.closed_form.hardening import harden
 from safety_lora.closed_form.solve import ClosedFormEdit, solve_inputs
 from safety_lora.closed_form.states import EditInputs, gather
 
@@ -148,6 +149,7 @@ def erase(
     began = time.perf_counter()
     inputs = gather(pipe, config.pairs(), config.preserve)
     edit = solve_inputs(inputs, config)
+    edit = harden(pipe, inputs, edit, config)
     edit = replace(edit, seconds=time.perf_counter() - began)  # encoding counts too
     return write_edit(
         edit, out, key=edit_key(inputs, config), to=to, base=base_metadata(pipe, base or EMBEDDED)

@@ -41,7 +41,7 @@ from safety_lora.adapters import AdapterState, Family, ModuleWeights
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.closed_form.states import EditInputs, gather
 
-__all__ = ["ClosedFormEdit", "adversarial_embeddings", "solve", "solve_inputs"]
+__all__ = ["ClosedFormEdit", "adversarial_embeddings", "edit_matrix", "solve", "solve_inputs"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _rank_for(s: torch.Tensor, rank: int | None, tolerance: float | None) -> int
     return max(1, min(limit, int(within[0]) + 1 if within.numel() else limit))
 
 
-def _edit_matrix(
+def edit_matrix(
     concept: torch.Tensor, target: torch.Tensor, preserve: torch.Tensor, config: ClosedFormConfig
 ) -> torch.Tensor:
     """``D = (T - C) C^T M^-1`` with ``M = lam I + C C^T + eta_p P P^T`` (M is symmetric)."""
@@ -137,7 +137,7 @@ def solve_inputs(inputs: EditInputs, config: ClosedFormConfig) -> ClosedFormEdit
     began = time.perf_counter()
     concept, anchor = inputs.concept, inputs.anchor
     target = anchor - config.push * (concept - anchor)
-    edit = _edit_matrix(concept, target, inputs.preserve, config)
+    edit = edit_matrix(concept, target, inputs.preserve, config)
     gaps: list[float] = []
     if config.rounds:
         weights = [w.to("cpu", torch.float64) for w in inputs.weights.values()]
@@ -148,7 +148,7 @@ def solve_inputs(inputs: EditInputs, config: ClosedFormConfig) -> ClosedFormEdit
             gaps.append(_gap(weights, eye + edit, adversarial, concept))
             keys = torch.cat([keys, adversarial], dim=1)
             targets = torch.cat([targets, target], dim=1)
-            edit = _edit_matrix(keys, targets, inputs.preserve, config)
+            edit = edit_matrix(keys, targets, inputs.preserve, config)
     return ClosedFormEdit(
         config=config,
         edit=edit,
