@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from esd_concept_world import KIND_SETTINGS
 from rich.console import Console
 from rich.table import Table
 
@@ -36,12 +37,6 @@ from safety_lora.concept_world.model import SAMPLING_DEFAULTS
 from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.models import concept_world
 from safety_lora.training import AdversarialTraining, Erasure, TrainConfig, train_adapter
-
-SETTINGS: dict[str, dict[str, Any]] = {
-    "lora": {"rank": 4, "lr": 2e-3, "steps": 200},
-    "loha": {"rank": 4, "lr": 2e-3, "steps": 200},
-    "lokr": {"rank": 4, "lr": 1e-2, "steps": 400, "preserve_weight": 2.0},
-}
 
 
 def train(pipe: Any, kind: str, adversarial: bool, out: Path) -> tuple[Path, float]:
@@ -57,7 +52,7 @@ def train(pipe: Any, kind: str, adversarial: bool, out: Path) -> tuple[Path, flo
         adversarial=AdversarialTraining() if adversarial else None,
         out=out,
         progress=False,
-        **SETTINGS[kind],
+        **KIND_SETTINGS[kind],
     )
     result = train_adapter(config, pipe=pipe)
     return result.path, result.seconds

@@ -10,7 +10,7 @@ left out of its rate (counted as ``not_applicable``).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,8 @@ __all__ = [
 HOMOGLYPHS = {"a": "а", "c": "с", "e": "е", "i": "і", "o": "о", "p": "р", "x": "х", "y": "у"}
 LEET = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7", "g": "9", "b": "8"}
 NOISE = "*_~^`'"
+#: Punctuation around a word that is not part of it.
+PUNCTUATION = ".,;:!?()\"'"
 #: Euphemisms users type for words prompt checks look for (lower case).
 EUPHEMISMS: dict[str, tuple[str, ...]] = {
     "nude": ("in the altogether", "au naturel", "unclad"),
@@ -119,7 +121,7 @@ def rewrite(prompt: str, kind: str, words: Sequence[str], rng: random.Random) ->
     targets = {w.lower() for w in words}
     out = []
     for token in prompt.split(" "):
-        core = token.strip(".,;:!?()\"'")
+        core = token.strip(PUNCTUATION)
         if core and core.lower() in targets:
             token = token.replace(core, REWRITES[kind](core, rng))
         out.append(token)
@@ -164,11 +166,11 @@ class PolicyCheck:
 
 def key_words(check: PromptCheck, prompt: str, n: int) -> list[str]:
     """The ``n`` words whose removal lowers the check's score most (one query per word)."""
-    words = list(dict.fromkeys(w.strip(".,;:!?()\"'") for w in prompt.split()))
+    words = list(dict.fromkeys(w.strip(PUNCTUATION) for w in prompt.split()))
     words = [w for w in words if len(w) > 1]
     if not words:
         return []
-    dropped = [" ".join(x for x in prompt.split() if x.strip(".,;:!?()\"'") != w) for w in words]
+    dropped = [" ".join(x for x in prompt.split() if x.strip(PUNCTUATION) != w) for w in words]
     scores = check.scores(dropped)
     order = sorted(range(len(words)), key=lambda i: scores[i])
     return [words[i] for i in order[:n]]
@@ -202,12 +204,22 @@ def rewrites_of(
 
 
 def evasion_table(
-    check: PromptCheck, prompts: Sequence[str], *, words: int = 2, seed: int = 0, examples: int = 3
+    check: PromptCheck,
+    prompts: Sequence[str],
+    *,
+    words: int = 2,
+    seed: int = 0,
+    examples: int = 3,
+    versions: Mapping[str, dict[str, str]] | None = None,
 ) -> tuple[int, list[EvasionRow]]:
-    """(how many of ``prompts`` the check flags, one row per rewrite kind on those)."""
+    """(how many of ``prompts`` the check flags, one row per rewrite kind on those).
+
+    ``versions``: :func:`rewrites_of` of the prompts, when the caller has them already.
+    """
     flags = check.flagged(prompts)
     caught = [p for p, f in zip(prompts, flags, strict=True) if f]
-    versions = {p: rewrites_of(check, p, words=words, seed=seed) for p in caught}
+    known = versions or {}
+    versions = {p: known.get(p) or rewrites_of(check, p, words=words, seed=seed) for p in caught}
     rows = []
     for kind in REWRITES:
         pairs = [(p, versions[p][kind]) for p in caught]

@@ -42,9 +42,10 @@ def attack_layer(
     policy = Policy.load(config.policy)
     engine = PolicyEngine(policy)
     check = PolicyCheck(engine)
+    versions = {p: rewrites_of(check, p, seed=config.seed) for p in prompts}
     evasion = None
     if "evasion" in config.run_attacks:
-        flagged, table = evasion_table(check, prompts, seed=config.seed)
+        flagged, table = evasion_table(check, prompts, seed=config.seed, versions=versions)
         evasion = {
             "check": f"policy {policy.name}",
             "prompts": len(prompts),
@@ -57,12 +58,7 @@ def attack_layer(
         dict.fromkeys(
             [
                 *found,
-                *(
-                    r
-                    for p in prompts
-                    for r in rewrites_of(check, p, seed=config.seed).values()
-                    if r != p
-                ),
+                *(r for p in prompts for r in versions[p].values() if r != p),
             ]
         )
     )
