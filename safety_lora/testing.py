@@ -91,7 +91,27 @@ def _text_config(tokenizer: CLIPTokenizer, *, projection_dim: int | None = None)
     )
 
 
-def _unet(kind: Literal["sd", "sdxl"]) -> UNet2DConditionModel:
+#: The SD 1.x and SDXL UNets' block structure (SDXL's 10 transformer layers cut to 3).
+_REAL_BLOCKS: dict[str, dict[str, object]] = {
+    "sd": {
+        "layers_per_block": 2,
+        "block_out_channels": (16, 16, 32, 32),
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "attention_head_dim": 2,
+    },
+    "sdxl": {
+        "layers_per_block": 2,
+        "block_out_channels": (16, 32, 32),
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "transformer_layers_per_block": (1, 2, 3),
+        "attention_head_dim": (2, 4, 4),
+    },
+}
+
+
+def _unet(kind: Literal["sd", "sdxl"], *, real_blocks: bool = False) -> UNet2DConditionModel:
     common: dict[str, object] = {
         "sample_size": 16,
         "in_channels": 4,
@@ -103,6 +123,8 @@ def _unet(kind: Literal["sd", "sdxl"]) -> UNet2DConditionModel:
         "norm_num_groups": 8,
         "attention_head_dim": (2, 4),
     }
+    if real_blocks:
+        common.update(_REAL_BLOCKS[kind])
     if kind == "sd":
         return UNet2DConditionModel(cross_attention_dim=_HIDDEN, **common)  # type: ignore[no-untyped-call]
     return UNet2DConditionModel(  # type: ignore[no-untyped-call]
@@ -142,10 +164,16 @@ def _scheduler() -> DDIMScheduler:
 
 
 def tiny_pipeline(
-    kind: Literal["sd", "sdxl"] = "sd", *, img2img: bool = False, seed: int = 0
+    kind: Literal["sd", "sdxl"] = "sd",
+    *,
+    img2img: bool = False,
+    seed: int = 0,
+    real_blocks: bool = False,
 ) -> DiffusionPipeline:
     """A random Stable Diffusion (or SDXL) pipeline of a few hundred kB making 32x32 images.
 
+    ``real_blocks``: the UNet has the real model's block structure (SD 1.x: 4 blocks; SDXL:
+    3 blocks with 1/2/3 transformer layers) at small widths, so module names are the real ones.
     The weights depend only on ``seed``; the global torch RNG is left untouched.
     ``safety_checker`` is ``None`` (SD) and no watermarker is attached (SDXL).
     """
@@ -153,7 +181,7 @@ def tiny_pipeline(
         raise ValueError(f"`kind` must be 'sd' or 'sdxl', got {kind!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _unet(kind)
+        unet = _unet(kind, real_blocks=real_blocks)
         vae = _vae()
         tokenizer = tiny_tokenizer()
         text_encoder = CLIPTextModel(_text_config(tokenizer))

@@ -125,4 +125,5 @@ def to_lora_svd(
             float(k),
         )
     overall = math.sqrt(total_err / total_norm) if total_norm > 0 else 0.0
-    return AdapterState("lora", modules, dict(state.metadata), dict(state.shapes)), errors, overall
+    out = AdapterState("lora", modules, dict(state.metadata), dict(state.shapes), state.layout)
+    return out, errors, overall

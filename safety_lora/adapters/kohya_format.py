@@ -1,7 +1,9 @@
 """kohya/A1111 LoRA and LoCon: ``lora_unet_<module>.lora_down.weight``, ``lora_up``, ``alpha``.
 
 The module's delta is ``up @ down * alpha / rank`` (a missing or zero alpha means rank).
-Conv layers (LoCon) store ``lora_down`` as a ``k x k`` conv and ``lora_up`` as a 1x1 conv.
+Conv layers (LoCon) store ``lora_down`` as a ``k x k`` conv and ``lora_up`` as a 1x1 conv;
+Tucker LoCon stores a 1x1 ``lora_down`` and a ``k x k`` core ``lora_mid``; DoRA adds the
+magnitude ``dora_scale``. Module stems are diffusers names, or the LDM/SGM names of SDXL files.
 The key helpers here are shared with the LyCORIS format, which uses the same naming.
 """
 
@@ -12,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from safety_lora.adapters.names import ModuleIndex, kohya_stem
+from safety_lora.adapters.ldm_names import ldm_stem
+from safety_lora.adapters.names import SDXL_LAYOUT, ModuleIndex, kohya_stem
 from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family, ModuleWeights
 
 if TYPE_CHECKING:
@@ -63,16 +66,21 @@ def read_kohya_style(
     family: Family | None = None
     family_key = ""
     modules: dict[str, ModuleWeights] = {}
+    ldm = False
     for stem, group in groups.items():
         key = first_key[stem]
-        unsupported = sorted(set(group) & {"lora_mid", "dora_scale", "scalar", "bias"})
+        unsupported = sorted(set(group) & {"scalar", "bias"})
         if unsupported:
             raise AdapterFormatError(
-                f"key {key!r}: {unsupported} (Tucker LoCon / DoRA / scalar / bias variants) "
-                f"are not supported"
+                f"key {key!r}: {unsupported} (scalar / bias variants) are not supported"
             )
         alpha_t = group.pop("alpha", None)
         fam = _family_of(group)
+        if fam not in (None, "lora") and "dora_scale" in group:
+            raise AdapterFormatError(
+                f"key {key!r}: DoRA on {fam} (LyCORIS dora_wd) is not supported; peft applies "
+                f"DoRA to LoRA only"
+            )
         if fam is None:
             raise AdapterFormatError(
                 f"key {key!r}: module {stem!r} has no weights, only {sorted(group)}"
@@ -88,28 +96,38 @@ def read_kohya_style(
             path = index.resolve(stem, key=key)
         except KeyError:
             raise AdapterFormatError(
-                f"key {key!r}: no UNet module is named {stem!r} (with '.' for '_'); "
-                f"the adapter does not fit this UNet"
+                f"key {key!r}: no UNet module is named {stem!r} (with '.' for '_', in diffusers "
+                f"or LDM/SGM names); the adapter does not fit this UNet"
             ) from None
+        ldm = ldm or stem not in index.by_stem
         alpha = None if alpha_t is None else float(alpha_t.float().item())
         modules[path] = ModuleWeights(group, alpha)
     if family is None:
         raise AdapterFormatError("no UNet adapter keys")
     meta = {k: v for k, v in metadata.items() if k not in _META_DROP}
     shapes = {p: index.shapes[p] for p in modules}
-    return AdapterState(family, modules, meta, shapes)
+    layout = index.layout or (SDXL_LAYOUT if ldm else None)
+    return AdapterState(family, modules, meta, shapes, layout)
 
 
 def write_kohya_style(
     state: AdapterState, *, suffix_weight: bool
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``lora_unet_<stem>.<name>[.weight]`` keys plus ``alpha`` (in the module's dtype)."""
+    """``lora_unet_<stem>.<name>[.weight]`` keys plus ``alpha`` (in the module's dtype).
+
+    Stems are LDM/SGM names for an SDXL layout (what sd-scripts writes), else diffusers names.
+    """
     out: dict[str, torch.Tensor] = {}
+    layout = state.layout if state.layout is not None and state.layout.sdxl else None
     for path, weights in state.modules.items():
-        base = f"lora_unet_{kohya_stem(path)}"
+        stem = kohya_stem(path) if layout is None else ldm_stem(path, layout)
+        if stem is None:
+            raise AdapterFormatError(f"module {path!r} has no LDM/SGM name in an SDXL UNet")
+        base = f"lora_unet_{stem}"
         dtype = next(iter(weights.tensors.values())).dtype
         for name, tensor in weights.tensors.items():
-            out[f"{base}.{name}{'.weight' if suffix_weight else ''}"] = tensor
+            suffix = ".weight" if suffix_weight and name != "dora_scale" else ""
+            out[f"{base}.{name}{suffix}"] = tensor
         if weights.alpha is not None:
             out[f"{base}.alpha"] = torch.tensor(weights.alpha, dtype=dtype)
     return out, {**state.metadata, "format": "pt"}

@@ -7,6 +7,8 @@ for all of them: LoRA as ``LoraConfig``, LoHa as ``LoHaConfig``, LoKr as ``LoKrC
 full (``diff``) as an exact full-rank LoRA (one factor the identity, ``alpha = rank``, the
 ``diff_b`` bias on ``lora_B``). Removing the adapter (``delete_adapters``) restores the UNet
 exactly; after a fuse/unfuse cycle up to float rounding (peft subtracts the delta back).
+DoRA files become a ``LoraConfig(use_dora=True)`` adapter; a Tucker LoCon core is folded into
+``lora_A`` (exact).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from safety_lora.adapters.formats import FormatName, read_adapter, read_bytes
 from safety_lora.adapters.names import ModuleIndex
-from safety_lora.adapters.peft_format import lora_config_kwargs
+from safety_lora.adapters.peft_format import lora_config_kwargs, peft_lora_tensors
 from safety_lora.adapters.state import (
     AdapterFormatError,
     AdapterIntegrityError,
@@ -185,6 +187,8 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _model_key(key: str, adapter_name: str) -> str:
     """peft parameter name: ``x.lora_A.weight`` -> ``x.lora_A.<name>.weight``, else ``x.<name>``."""
+    if key.endswith(".lora_magnitude_vector"):
+        return f"{key}.{adapter_name}.weight"
     for suffix in (".weight", ".bias"):
         if key.endswith(suffix) and ".lora_" in key:
             return f"{key.removesuffix(suffix)}.{adapter_name}{suffix}"
@@ -199,12 +203,11 @@ def _peft_config_and_tensors(
 
     tensors: dict[str, torch.Tensor] = {}
     if state.family == "lora":
-        for path, w in state.modules.items():
-            tensors[f"{path}.lora_A.weight"] = w.tensors["lora_down"]
-            tensors[f"{path}.lora_B.weight"] = w.tensors["lora_up"]
+        tensors = peft_lora_tensors(state)
         ranks = {p: int(w.tensors["lora_down"].shape[0]) for p, w in state.modules.items()}
         alphas = {p: state.effective_alpha(p) for p in state.modules}
-        return LoraConfig(**lora_config_kwargs(ranks, alphas)), tensors, []
+        config = LoraConfig(**lora_config_kwargs(ranks, alphas), use_dora=state.dora)
+        return config, tensors, []
     if state.family == "full":
         return _full_as_lora(state, LoraConfig)
     for path, w in state.modules.items():

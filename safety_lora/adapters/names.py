@@ -9,15 +9,18 @@ and SDXL UNet layouts instantiated on the meta device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from safety_lora.adapters.ldm_names import UnetLayout, ldm_stem
+
 __all__ = [
     "SD15_UNET",
+    "SDXL_LAYOUT",
     "SDXL_UNET",
     "ModuleIndex",
     "config_index",
@@ -34,9 +37,14 @@ def kohya_stem(path: str) -> str:
 
 @dataclass(frozen=True)
 class ModuleIndex:
-    """Adaptable modules (Linear / Conv2d) by diffusers path, with their weight shapes."""
+    """Adaptable modules (Linear / Conv2d) by diffusers path, with their weight shapes.
+
+    ``layout`` is the model's block structure when the model is a known UNet (it resolves and
+    writes LDM names); ``None`` for the reference index and for other models.
+    """
 
     shapes: Mapping[str, tuple[int, ...]]
+    layout: UnetLayout | None = field(default=None)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModuleIndex:
@@ -49,7 +57,9 @@ class ModuleIndex:
                 if ".lora_" in clean or ".lokr_" in clean or ".hada_" in clean:
                     continue
                 shapes[clean] = tuple(module.weight.shape)
-        return cls(shapes)
+        config = getattr(model, "config", None)
+        layout = UnetLayout.from_config(config) if isinstance(config, Mapping) else None
+        return cls(shapes, layout)
 
     @cached_property
     def by_stem(self) -> dict[str, str]:
@@ -65,15 +75,26 @@ class ModuleIndex:
             del out[stem]
         return out
 
+    @cached_property
+    def by_ldm_stem(self) -> dict[str, str]:
+        """LDM/SGM kohya stem -> module path, under this UNet's layout (SDXL's when unknown)."""
+        layout = self.layout or SDXL_LAYOUT
+        out: dict[str, str] = {}
+        for path in self.shapes:
+            stem = ldm_stem(path, layout)
+            if stem is not None:
+                out.setdefault(stem, path)
+        return out
+
     def resolve(self, stem: str, *, key: str) -> str:
-        """The module path for a kohya stem; a clear error naming ``key`` when there is none."""
-        path = self.by_stem.get(stem)
+        """The module path for a kohya stem (diffusers or LDM names); ``KeyError(key)`` if none."""
+        path = self.by_stem.get(stem) or self.by_ldm_stem.get(stem)
         if path is None:
             raise KeyError(key)
         return path
 
 
-#: The SD 1.x/2.x UNet layout (its published config's block structure and widths).
+#: The SD 1.x/2.x UNet config (its published config's block structure and widths).
 SD15_UNET: dict[str, Any] = {
     "block_out_channels": (320, 640, 1280, 1280),
     "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -82,7 +103,7 @@ SD15_UNET: dict[str, Any] = {
     "attention_head_dim": 8,
     "layers_per_block": 2,
 }
-#: The SDXL base UNet layout.
+#: The SDXL base UNet config.
 SDXL_UNET: dict[str, Any] = {
     "block_out_channels": (320, 640, 1280),
     "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -96,6 +117,10 @@ SDXL_UNET: dict[str, Any] = {
     "projection_class_embeddings_input_dim": 2816,
     "layers_per_block": 2,
 }
+
+
+#: The SDXL layout, for LDM-named files read without a base UNet.
+SDXL_LAYOUT: UnetLayout = UnetLayout.sdxl_base()
 
 
 def config_unet(folder: str | Path) -> torch.nn.Module:

@@ -4,6 +4,8 @@ diffusers (0.42) keeps the adapter's ``LoraConfig`` as JSON in the safetensors h
 ``lora_adapter_metadata`` (keys prefixed ``unet.``: ``r``, ``lora_alpha``, ``rank_pattern``,
 ``alpha_pattern``, ``target_modules``); without it a file reloads with alpha = rank. Files
 written here carry that header, so diffusers' own ``load_lora_weights`` keeps every alpha.
+DoRA files add ``lora_magnitude_vector`` per module (``use_dora`` in the header); they map to
+kohya/LyCORIS' ``dora_scale`` (per output channel, shaped ``(out, 1, ...)``).
 """
 
 from __future__ import annotations
@@ -17,17 +19,27 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from safety_lora.adapters.names import ModuleIndex
-from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family, ModuleWeights
+from safety_lora.adapters.state import (
+    AdapterFormatError,
+    AdapterState,
+    Family,
+    ModuleWeights,
+    lora_down,
+)
 
 if TYPE_CHECKING:
     from safety_lora.adapters.formats import FormatName
 
-__all__ = ["METADATA_KEY", "PeftFormat"]
+__all__ = ["METADATA_KEY", "PeftFormat", "lora_config_kwargs", "peft_lora_tensors"]
 
 #: The safetensors header entry diffusers stores the LoraConfig in.
 METADATA_KEY = "lora_adapter_metadata"
 _PREFIXES = ("unet.", "base_model.model.")
-_NAMES = {"lora_A.weight": "lora_down", "lora_B.weight": "lora_up"}
+_NAMES = {
+    "lora_A.weight": "lora_down",
+    "lora_B.weight": "lora_up",
+    "lora_magnitude_vector": "dora_scale",
+}
 
 
 def _config(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -80,12 +92,15 @@ class PeftFormat:
             suffix = next((s for s in _NAMES if rest.endswith("." + s)), None)
             if suffix is None:
                 raise AdapterFormatError(
-                    f"key {key!r}: unsupported tensor (expected lora_A.weight / lora_B.weight; "
-                    f"DoRA and lora_bias are not supported)"
+                    f"key {key!r}: unsupported tensor (expected lora_A.weight / lora_B.weight / "
+                    f"lora_magnitude_vector; lora_bias is not supported)"
                 )
             path = rest[: -len(suffix) - 1]
             if path not in index.shapes:
                 raise AdapterFormatError(f"key {key!r}: the UNet has no module {path!r}")
+            if suffix == "lora_magnitude_vector":  # peft: (out,) or (1, out, 1, 1)
+                out = tensor.numel()
+                tensor = tensor.reshape(out, *[1] * (len(index.shapes[path]) - 1))
             groups.setdefault(path, {})[_NAMES[suffix]] = tensor
         config = _config(metadata)
         alpha = config.get("lora_alpha")
@@ -98,23 +113,57 @@ class PeftFormat:
                 group, None if module_alpha is None else float(module_alpha)
             )
         meta = {k: v for k, v in metadata.items() if k not in ("format", METADATA_KEY)}
-        return AdapterState("lora", modules, meta, {p: index.shapes[p] for p in modules})
+        shapes = {p: index.shapes[p] for p in modules}
+        return AdapterState("lora", modules, meta, shapes, index.layout)
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """``unet.``-prefixed keys and a ``lora_adapter_metadata`` header with every alpha."""
-        tensors: dict[str, torch.Tensor] = {}
-        ranks: dict[str, int] = {}
-        alphas: dict[str, float] = {}
-        for path, weights in state.modules.items():
-            tensors[f"unet.{path}.lora_A.weight"] = weights.tensors["lora_down"]
-            tensors[f"unet.{path}.lora_B.weight"] = weights.tensors["lora_up"]
-            rank = int(weights.tensors["lora_down"].shape[0])
-            ranks[path] = rank
-            alphas[path] = state.effective_alpha(path)
+        tensors = {f"unet.{k}": v for k, v in peft_lora_tensors(state).items()}
+        ranks = {p: int(w.tensors["lora_down"].shape[0]) for p, w in state.modules.items()}
+        alphas = {p: state.effective_alpha(p) for p in state.modules}
         config = lora_config_kwargs(ranks, alphas)
+        if state.dora:
+            config["use_dora"] = True
         packed = {f"unet.{k}": v for k, v in config.items()}
         meta = {**state.metadata, "format": "pt", METADATA_KEY: json.dumps(packed, sort_keys=True)}
         return tensors, meta
+
+
+def peft_lora_tensors(state: AdapterState) -> dict[str, torch.Tensor]:
+    """A LoRA state as peft's state dict (no adapter name, no prefix).
+
+    A Tucker core is folded into ``lora_A`` (in float64, then the file's dtype); DoRA's
+    magnitude becomes ``lora_magnitude_vector`` in peft's shape. A per-input-channel DoRA
+    magnitude (LyCORIS ``wd_on_out=False``) has no peft form: a clear error.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for path, w in state.modules.items():
+        t = w.tensors
+        down = t["lora_down"]
+        if "lora_mid" in t:
+            down = lora_down({k: v.to(torch.float64) for k, v in t.items()}).to(down.dtype)
+        tensors[f"{path}.lora_A.weight"] = down
+        tensors[f"{path}.lora_B.weight"] = t["lora_up"]
+        scale = t.get("dora_scale")
+        if scale is None:
+            if state.dora:
+                raise AdapterFormatError(
+                    f"module {path!r}: no dora_scale while other modules are DoRA; one peft "
+                    f"adapter is DoRA in every module or in none"
+                )
+            continue
+        out = t["lora_up"].shape[0]
+        if scale.shape[0] != out:
+            raise AdapterFormatError(
+                f"module {path!r}: dora_scale {tuple(scale.shape)} normalises per input channel "
+                f"(LyCORIS wd_on_out=False); peft's DoRA normalises per output channel and "
+                f"cannot represent it"
+            )
+        conv = t["lora_up"].dim() == 4
+        tensors[f"{path}.lora_magnitude_vector"] = (
+            scale.reshape(1, out, 1, 1) if conv else scale.reshape(out)
+        )
+    return tensors
 
 
 def lora_config_kwargs(

@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from safety_lora.adapters.ldm_names import UnetLayout
+
 __all__ = [
     "FAMILIES",
     "TENSOR_NAMES",
@@ -24,13 +26,15 @@ __all__ = [
     "AdapterState",
     "Family",
     "ModuleWeights",
+    "lora_down",
 ]
 
 Family = Literal["lora", "loha", "lokr", "full"]
 
 #: The families, and the tensor names each may hold per module (required ones first).
+#: LoRA's ``lora_mid`` is Tucker LoCon's core; ``dora_scale`` is DoRA's magnitude.
 TENSOR_NAMES: dict[Family, tuple[str, ...]] = {
-    "lora": ("lora_down", "lora_up"),
+    "lora": ("lora_down", "lora_up", "lora_mid", "dora_scale"),
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
     "full": ("diff", "diff_b"),
@@ -62,12 +66,15 @@ class AdapterState:
 
     ``shapes`` holds the base weight shape of each module when it is known (from the UNet or
     a reference architecture); it is needed only to rebuild factorised conv deltas.
+    ``layout`` is the UNet's block structure when known: kohya/LyCORIS files for an SDXL
+    layout are written with the LDM module names sd-scripts, A1111 and ComfyUI use.
     """
 
     family: Family
     modules: dict[str, ModuleWeights]
     metadata: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    layout: UnetLayout | None = None
 
     def __post_init__(self) -> None:
         if self.family not in TENSOR_NAMES:
@@ -76,6 +83,11 @@ class AdapterState:
             raise AdapterFormatError("adapter has no modules")
         for path, weights in self.modules.items():
             _check_module(self.family, path, weights)
+
+    @property
+    def dora(self) -> bool:
+        """Whether the modules are DoRA (a magnitude ``dora_scale`` renormalises each weight)."""
+        return any("dora_scale" in m.tensors for m in self.modules.values())
 
     def rank(self, path: str) -> int | None:
         """The module's rank (``None`` for ``full`` and for LoKr without a low-rank factor)."""
@@ -113,11 +125,19 @@ class AdapterState:
         return float(rank) if alpha is None or alpha == 0 else alpha
 
     def delta(self, path: str) -> torch.Tensor:
-        """The module's exact weight delta (fp32), shaped like the base weight when known."""
+        """The module's exact weight delta (fp32), shaped like the base weight when known.
+
+        DoRA has none: its change rescales the base weight, so it depends on that weight.
+        """
         t = {k: v.to(torch.float32) for k, v in self.modules[path].tensors.items()}
         scale = self.scale(path)
+        if "dora_scale" in t:
+            raise AdapterFormatError(
+                f"{path}: a DoRA module's change depends on the base weight (it renormalises "
+                f"W + up @ down to the magnitude dora_scale); it has no weight delta of its own"
+            )
         if self.family == "lora":
-            up, down = t["lora_up"], t["lora_down"]
+            up, down = t["lora_up"], lora_down(t)
             out = (up.flatten(1) @ down.flatten(1)) * scale
             return out.reshape(up.shape[0], *down.shape[1:])
         if self.family == "loha":
@@ -147,7 +167,7 @@ class AdapterState:
         t = self.modules[path].tensors
         s = {k: tuple(v.shape) for k, v in t.items()}
         if self.family == "lora":
-            return (s["lora_up"][0], *s["lora_down"][1:])
+            return (s["lora_up"][0], s["lora_down"][1], *s.get("lora_mid", s["lora_down"])[2:])
         if self.family == "loha":
             if "hada_t1" in s:
                 return (s["hada_w1_a"][1], s["hada_w1_b"][1], *s["hada_t1"][2:])
@@ -172,6 +192,17 @@ class AdapterState:
     def parameter_count(self) -> int:
         """Number of adapter parameters (alphas not counted)."""
         return sum(v.numel() for m in self.modules.values() for v in m.tensors.values())
+
+
+def lora_down(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A LoRA module's down factor, with a Tucker LoCon core folded in (exactly: ``mid`` is
+    applied to ``down``'s 1x1 output, so ``(mid * down)`` is the ``k x k`` down conv).
+    """
+    down = t["lora_down"]
+    mid = t.get("lora_mid")
+    if mid is None:
+        return down
+    return torch.einsum("m n ..., n j -> m j ...", mid, down.flatten(1))
 
 
 def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
@@ -220,6 +251,8 @@ def _check_inner(family: Family, path: str, t: Mapping[str, torch.Tensor]) -> No
     checks: list[tuple[str, int, str, int]] = []
     if family == "lora":
         checks = [("lora_down", 0, "lora_up", 1)]
+        if "lora_mid" in t:
+            checks = [("lora_mid", 1, "lora_down", 0), ("lora_mid", 0, "lora_up", 1)]
     elif family == "loha":
         if "hada_t1" in t:
             checks = [
@@ -241,6 +274,16 @@ def _check_inner(family: Family, path: str, t: Mapping[str, torch.Tensor]) -> No
             checks += [("lokr_t2", 0, "lokr_w2_a", 0), ("lokr_t2", 1, "lokr_w2_b", 0)]
         else:
             checks += [("lokr_w2_a", 1, "lokr_w2_b", 0)]
+    scale = t.get("dora_scale")
+    if family == "lora" and scale is not None:
+        out, inner = t["lora_up"].shape[0], t["lora_down"].shape[1]
+        per_out = scale.shape[0] == out and scale.numel() == out
+        per_in = scale.dim() > 1 and scale.shape[0] == 1 and scale.numel() == inner
+        if not (per_out or per_in):
+            raise AdapterFormatError(
+                f"{path}: dora_scale shape {tuple(scale.shape)} is neither per output ({out}) nor "
+                f"per input ({inner}) channel"
+            )
     for a, da, b, db in checks:
         if (
             a in t

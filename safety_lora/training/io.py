@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from safety_lora.adapters import AdapterState, ModuleWeights
+from safety_lora.adapters import AdapterState, ModuleIndex, ModuleWeights
 from safety_lora.training.config import AdapterKind
 
 __all__ = [
@@ -72,7 +72,8 @@ def adapter_state(
             path, name = key.rsplit(".", 1)
         groups.setdefault(path, {})[name] = tensor.detach().to("cpu").contiguous()
     modules = {path: ModuleWeights(tensors, alpha) for path, tensors in groups.items()}
-    return AdapterState(kind, modules, dict(metadata))
+    layout = ModuleIndex.from_model(unet).layout  # SDXL: LyCORIS files get LDM names
+    return AdapterState(kind, modules, dict(metadata), layout=layout)
 
 
 def save_adapter_file(

@@ -21,6 +21,8 @@ LYCORIS_ROWS: list[tuple[str, dict[str, Any]]] = [
     ("lokr-tucker", {"algo": "lokr", "use_tucker": True}),
     ("full", {"algo": "full"}),
     ("locon", {"algo": "locon"}),
+    ("locon-tucker", {"algo": "locon", "use_tucker": True}),
+    ("locon-dora", {"algo": "locon", "dora_wd": True}),
 ]
 
 _BASE: UNet2DConditionModel | None = None

@@ -28,11 +28,15 @@ def test_matches_lycoris_application(tmp_path: Path, row: str, kwargs: dict[str,
     assert (theirs - base_out).abs().max() > 0.1  # the adapter does something
     assert (ours - theirs).abs().max() <= TOL
 
-    # Half strength through diffusers' API == LyCORIS at multiplier 0.5.
+    # Half strength through diffusers' API == LyCORIS at multiplier 0.5 (DoRA's strengths
+    # differ: peft scales up @ down inside the norm, LyCORIS the renormalisation outside it).
     base.set_adapters(["steer"], [0.5])
     for lora in net.loras:
         lora.multiplier = 0.5
-    assert (unet_out(base) - unet_out(lyco_unet)).abs().max() <= TOL
+    half_gap = (unet_out(base) - unet_out(lyco_unet)).abs().max()
+    assert half_gap > 1e-3 if "dora" in row else half_gap <= TOL
+    for lora in net.loras:
+        lora.multiplier = 1.0
 
     # Fuse / unfuse / disable / enable, all through diffusers' UNet API.
     base.set_adapters(["steer"], [1.0])

@@ -11,7 +11,14 @@ import torch
 from _adapter_fixtures import LYCORIS_ROWS, base_unet, lycoris_file, unet_out
 from safetensors.torch import load_file, safe_open
 
-from safety_lora.adapters import convert, detect_format, load_adapter, read_adapter
+from safety_lora.adapters import (
+    AdapterFormatError,
+    convert,
+    detect_format,
+    load_adapter,
+    read_adapter,
+)
+from safety_lora.adapters.convert import to_lora_svd
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
 TOL = 1e-5
@@ -101,3 +108,40 @@ def test_read_state_matches_file(tmp_path: Path) -> None:
     path = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
     assert state.rank(path) == 4 and state.scale(path) == 0.5
     assert state.delta(path).shape == (32, 32)
+
+
+@pytest.mark.parametrize("row", ["locon-tucker", "locon-dora"])
+def test_tucker_and_dora_convert_to_peft_and_load_in_diffusers(tmp_path: Path, row: str) -> None:
+    src, lyco_unet, _ = lycoris_file(tmp_path / "src.safetensors", dict(LYCORIS_ROWS)[row])
+    pipe = tiny_pipeline("sd")
+    out = tmp_path / "peft.safetensors"
+    assert convert(src, out, to="peft", unet=pipe.unet).exact
+    keys = set(load_file(out))
+    assert not any("lora_mid" in k for k in keys)  # the Tucker core is folded into lora_A
+    assert any(k.endswith("lora_magnitude_vector") for k in keys) == (row == "locon-dora")
+    theirs = unet_out(lyco_unet)
+    ours = base_unet()
+    load_adapter(ours, out, adapter_name="a")
+    assert (unet_out(ours) - theirs).abs().max() <= TOL
+    pipe.load_lora_weights(str(out), adapter_name="a")  # diffusers' own loader, same numbers
+    assert (unet_out(pipe.unet) - theirs).abs().max() <= TOL
+    back = tmp_path / "kohya.safetensors"
+    convert(out, back, to="kohya", unet=pipe.unet)
+    again = base_unet()
+    load_adapter(again, back, adapter_name="a")
+    assert (unet_out(again) - theirs).abs().max() <= TOL
+
+
+def test_dora_has_no_plain_lora_approximation(tmp_path: Path) -> None:
+    src, _, _ = lycoris_file(tmp_path / "src.safetensors", {"algo": "locon", "dora_wd": True})
+    state, _ = read_adapter(src, unet=base_unet())
+    assert state.dora
+    with pytest.raises(AdapterFormatError, match="DoRA module's change depends on the base"):
+        to_lora_svd(state)
+
+
+def test_per_input_dora_is_refused_by_peft_with_the_module(tmp_path: Path) -> None:
+    kwargs = {"algo": "locon", "dora_wd": True, "wd_on_output": False}
+    src, _, _ = lycoris_file(tmp_path / "src.safetensors", kwargs)
+    with pytest.raises(AdapterFormatError, match=r"normalises per input channel.*cannot repr"):
+        load_adapter(base_unet(), src, adapter_name="a")
