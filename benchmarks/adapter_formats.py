@@ -1,13 +1,14 @@
-"""Adapter formats: load time, peak memory and per-step UNet cost (unfused / fused) per family.
+"""Adapter formats: per-step UNet cost, unfused and fused, per family, against the base UNet.
 
-One adapter per family/format on the concept-world UNet (``safety_lora.models.concept_world``)
-or, when that is not shipped, the tiny random SD UNet of ``safety_lora.testing``. LoHa, LoKr
-and full files are written by the ``lycoris-lora`` package; the PEFT file by diffusers and the
-kohya file by our converter. Load peak memory is the growth of the process' max RSS while
-loading, measured in a fresh child process per row. Step cost is the median UNet forward time
-relative to the base UNet timed next to it (fastest of ``--repeat``; fused should be ~1.00x).
+One adapter per family on an SD 1.5-sized UNet built in code (its published block structure
+and widths, random weights, no download; ``--unet concept-world`` or ``tiny`` for the small
+ones). LoHa, LoKr, full and DoRA files are written by the ``lycoris-lora`` package; the PEFT
+and kohya LoRA files are our conversions of its LoCon. Each ratio is the median over
+``--pairs`` interleaved (ABAB) pairs of a base forward and an adapted forward, so that load
+on the machine cancels; fused should be ~1.00x (bar: <= 1.01x). ``--memory`` adds the peak
+RSS growth of loading each file, measured in a fresh child process.
 
-    .venv/bin/python benchmarks/adapter_formats.py [--repeat 30] [--rank 8] [--unet tiny]
+    .venv/bin/python benchmarks/adapter_formats.py [--unet sd15] [--pairs 5] [--rank 8]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import psutil
 import torch
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from safety_lora.adapters import convert, load_adapter
@@ -35,14 +37,24 @@ from safety_lora.adapters import convert, load_adapter
 ROWS: dict[str, dict[str, Any]] = {
     "lora (peft)": {"algo": "locon", "to": "peft"},
     "lora (kohya)": {"algo": "locon", "to": "kohya"},
+    "dora (kohya)": {"algo": "locon", "dora_wd": True},
     "loha": {"algo": "loha"},
     "lokr": {"algo": "lokr"},
     "full": {"algo": "full"},
 }
 
 
-def base_unet(kind: str) -> tuple[torch.nn.Module, str]:
+def base_unet(kind: str, latent: int) -> tuple[torch.nn.Module, str]:
     """The UNet to measure on, and its description."""
+    if kind == "sd15":
+        from diffusers import UNet2DConditionModel
+
+        from safety_lora.adapters.names import SD15_UNET
+
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SD15_UNET, sample_size=latent)  # type: ignore[no-untyped-call]
+        n = sum(p.numel() for p in unet.parameters()) / 1e6
+        return unet.eval(), f"SD 1.5-sized UNet ({n:.0f} M parameters, random), {latent}² latent"
     if kind == "concept-world":
         from safety_lora.models import concept_world
 
@@ -52,66 +64,74 @@ def base_unet(kind: str) -> tuple[torch.nn.Module, str]:
             pass
     from safety_lora.testing import tiny_pipeline
 
-    return tiny_pipeline("sd").unet.eval(), "tiny SD UNet (concept-world not shipped)"
+    return tiny_pipeline("sd").unet.eval(), "tiny SD UNet"
 
 
 def inputs(unet: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of 2 latents, timesteps and text states matching the UNet's config."""
+    """A latent, a timestep and text states matching the UNet's config, device and dtype."""
     g = torch.Generator().manual_seed(0)
     cfg = unet.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    sample = torch.randn(2, cfg.in_channels, size, size, generator=g)
-    text = torch.randn(2, 8, cfg.cross_attention_dim, generator=g)
-    return sample, torch.tensor([10, 500]), text
+    sample = torch.randn(1, cfg.in_channels, size, size, generator=g)
+    text = torch.randn(1, 77, cfg.cross_attention_dim, generator=g)
+    to = {"device": unet.device, "dtype": unet.dtype}
+    return sample.to(**to), torch.tensor([500], device=unet.device), text.to(**to)
 
 
-def write_adapters(unet: torch.nn.Module, folder: Path, rank: int) -> dict[str, Path]:
-    """One adapter file per row (LyCORIS writes the factorised ones)."""
+def write_adapter(unet: torch.nn.Module, folder: Path, row: str, rank: int) -> Path:
+    """The row's adapter file: LyCORIS applies a network to ``unet``, saves it, restores it."""
     from lycoris import create_lycoris
 
     logging.getLogger("LyCORIS").setLevel(logging.ERROR)
-    files: dict[str, Path] = {}
-    for row, spec in ROWS.items():
-        work = copy.deepcopy(unet)
-        net = create_lycoris(work, 1.0, linear_dim=rank, linear_alpha=rank / 2, algo=spec["algo"])
-        net.apply_to()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in net.parameters():
-                scale = 0.01 if spec["algo"] == "full" else 0.1
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-        path = folder / f"{row.split()[0]}.safetensors"
-        net.save_weights(str(path), None, {})
-        if "to" in spec:
-            out = folder / f"{spec['to']}.safetensors"
-            convert(path, out, to=spec["to"], unet=unet)
-            path = out
-        files[row] = path
-    return files
+    spec = dict(ROWS[row])
+    to = spec.pop("to", None)
+    net = create_lycoris(unet, 1.0, linear_dim=rank, linear_alpha=rank / 2, **spec)
+    net.apply_to()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "dora_scale" not in name:
+                p.add_(
+                    torch.randn(p.shape, generator=g) * (0.001 if spec["algo"] == "full" else 0.05)
+                )
+    path = folder / f"{row.split()[0]}.safetensors"
+    net.save_weights(str(path), None, {})
+    net.restore()
+    if to is None:
+        return path
+    out = folder / f"{row.split()[0]}-{to}.safetensors"
+    convert(path, out, to=to, unet=unet)
+    return out
 
 
-def step_ms(unet: torch.nn.Module, batch: tuple[torch.Tensor, ...], repeat: int) -> float:
-    """Fastest of ``repeat`` UNet forwards, in ms (the least disturbed by other processes)."""
-    times = []
+def forward_s(unet: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> float:
+    """One UNet forward, in seconds (synchronised on CUDA)."""
+    start = time.perf_counter()
     with torch.no_grad():
         unet(*batch[:2], encoder_hidden_states=batch[2])
-        for _ in range(repeat):
-            start = time.perf_counter()
-            unet(*batch[:2], encoder_hidden_states=batch[2])
-            times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    if batch[0].is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
-def child_peak(kind: str, path: Path) -> None:
+def ratio(
+    base: torch.nn.Module, other: torch.nn.Module, batch: tuple[torch.Tensor, ...], pairs: int
+) -> tuple[float, float]:
+    """Median of ``other / base`` over interleaved pairs (ABAB), and the base's median seconds."""
+    forward_s(base, batch), forward_s(other, batch)  # warm-up
+    times = [(forward_s(base, batch), forward_s(other, batch)) for _ in range(pairs)]
+    return statistics.median(o / b for b, o in times), statistics.median(b for b, _ in times)
+
+
+def child_peak(kind: str, latent: int, path: Path) -> None:
     """In a fresh process: print the peak RSS growth (MiB) while loading ``path``.
 
     RSS is sampled every 0.2 ms by a thread (the process' max RSS is set by imports).
     """
-    unet, _ = base_unet(kind)
+    unet, _ = base_unet(kind, latent)
     proc = psutil.Process()
     gc.collect()
-    before = proc.memory_info().rss
-    peak = before
+    before = peak = proc.memory_info().rss
     done = threading.Event()
 
     def sample() -> None:
@@ -125,55 +145,62 @@ def child_peak(kind: str, path: Path) -> None:
     load_adapter(unet, path, adapter_name="a")
     done.set()
     thread.join()
-    peak = max(peak, proc.memory_info().rss)
-    print((peak - before) / 2**20)
+    print((max(peak, proc.memory_info().rss) - before) / 2**20)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--unet", choices=["sd15", "concept-world", "tiny"], default="sd15")
+    parser.add_argument("--latent", type=int, default=32, help="latent side (sd15 only)")
+    parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--unet", choices=["concept-world", "tiny"], default="concept-world")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory", action="store_true", help="also measure load peak RSS")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--child-peak", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.child_peak:
-        child_peak(args.unet, args.child_peak)
+        child_peak(args.unet, args.latent, args.child_peak)
         return
-    unet, desc = base_unet(args.unet)
-    batch = inputs(unet)
-    base_ms = step_ms(unet, batch, args.repeat)
-    table = Table(title=f"Adapter formats on the {desc}, rank {args.rank}, 1 thread")
-    for col in ("adapter", "params", "load ms", "load peak MiB", "unfused x", "fused x"):
+    base, desc = base_unet(args.unet, args.latent)
+    base.to(args.device, getattr(torch, args.dtype))
+    batch = inputs(base)
+    where = f"{args.threads} thread(s)" if args.device == "cpu" else args.device
+    title = f"Adapter formats on the {desc}, rank {args.rank}, {args.dtype}, {where}"
+    table = Table(title=title, caption=f"median of {args.pairs} interleaved base/adapter pairs")
+    columns = ["adapter", "params", "load s", "unfused x", "fused x", "fused max |Δ|"]
+    for col in columns + (["load peak MiB"] if args.memory else []):
         table.add_column(col, justify="left" if col == "adapter" else "right")
-    table.add_row("base", "-", "-", "-", f"1.00 ({base_ms:.1f} ms)", "1.00")
+    base_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_adapters(unet, Path(tmp), args.rank)
-        for row, path in files.items():
-            loads = []
-            for _ in range(5):
-                fresh = copy.deepcopy(unet)
-                start = time.perf_counter()
-                info = load_adapter(fresh, path, adapter_name="a")
-                loads.append(time.perf_counter() - start)
-            base_ms = step_ms(unet, batch, args.repeat)  # again, next to this row's timings
-            unfused = step_ms(fresh, batch, args.repeat)
-            fresh.fuse_lora()  # type: ignore[operator]
-            fused = step_ms(fresh, batch, args.repeat)
-            peak = subprocess.run(
-                [sys.executable, __file__, "--unet", args.unet, "--child-peak", str(path)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()[-1]
-            table.add_row(
-                row,
-                f"{info.parameters:,}",
-                f"{1000 * statistics.median(loads):.1f}",
-                f"{float(peak):.1f}",
-                f"{unfused / base_ms:.2f}",
-                f"{fused / base_ms:.2f}",
-            )
+        for row in track(ROWS, description="families", transient=True):
+            path = write_adapter(base, Path(tmp), row, args.rank)
+            adapted = copy.deepcopy(base)
+            start = time.perf_counter()
+            info = load_adapter(adapted, path, adapter_name="a")
+            load_s = time.perf_counter() - start
+            unfused, base_s = ratio(base, adapted, batch, args.pairs)
+            with torch.no_grad():
+                want = adapted(*batch[:2], encoder_hidden_states=batch[2]).sample
+            adapted.fuse_lora()  # type: ignore[operator]
+            fused, base_s2 = ratio(base, adapted, batch, args.pairs)
+            with torch.no_grad():
+                got = adapted(*batch[:2], encoder_hidden_states=batch[2]).sample
+            base_ms += [1000 * base_s, 1000 * base_s2]
+            cells = [row, f"{info.parameters:,}", f"{load_s:.2f}", f"{unfused:.3f}"]
+            cells += [f"{fused:.3f}", f"{(got - want).abs().max().item():.1e}"]
+            if args.memory:
+                cmd = [sys.executable, __file__, "--unet", args.unet, "--latent", str(args.latent)]
+                out = subprocess.run(
+                    [*cmd, "--child-peak", str(path)], capture_output=True, text=True, check=True
+                )
+                cells.append(f"{float(out.stdout.split()[-1]):.0f}")
+            table.add_row(*cells)
+            del adapted
+            gc.collect()
+    table.add_row("base", "-", "-", f"1.000 ({statistics.median(base_ms):.0f} ms)", "1.000", "-")
     Console().print(table)
 
 

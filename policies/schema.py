@@ -185,6 +185,9 @@ class AdapterSpec(_Strength):
 
     path: Path
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    #: Skip the file's text-encoder part (``lora_te*`` / ``text_encoder.`` keys); without it
+    #: that part goes onto the pipeline's text encoders, and a pipeline without them is an error.
+    unet_only: bool = False
 
     @field_validator("path")
     @classmethod

@@ -21,7 +21,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from safety_lora.adapters import AdapterIntegrityError, load_adapter
+from safety_lora.adapters.loading import remove_adapter
 from safety_lora.policies.schema import AdapterSpec
 
 if TYPE_CHECKING:
@@ -34,6 +37,9 @@ __all__ = ["Steering", "SteeringError"]
 
 logger = logging.getLogger(__name__)
 
+#: The pipeline components a steering file's text-encoder part can go on.
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 
@@ -43,6 +49,10 @@ class SteeringError(RuntimeError):
 
 class Steering:
     """Loads ``config.adapters`` onto ``pipe.unet`` and applies them (and SLD) per call.
+
+    A file's text-encoder part goes onto the pipeline's ``text_encoder``/``text_encoder_2``
+    at the same strength (for the whole call: text is encoded before the steps), or is
+    skipped with the entry's ``unet_only`` and listed in :attr:`skipped_text_encoders`.
 
     :attr:`sha256` holds each adapter's file hash (of the bytes loaded), :attr:`closed_form`
     each solved adapter's cache key.
@@ -74,18 +84,44 @@ class Steering:
         self.closed_form: dict[str, str] = {}
         self.lock = threading.RLock()
         self._fused_at: dict[str, float] | None = None
+        #: Per adapter: the text encoders its file's text-encoder part is on, and those skipped.
+        self.text_encoders: dict[str, tuple[str, ...]] = {}
+        self.skipped_text_encoders: dict[str, tuple[str, ...]] = {}
         existing = set(getattr(unet, "peft_config", None) or {})
+        encoders = {
+            c: m for c in TEXT_ENCODERS if isinstance(m := getattr(pipe, c, None), torch.nn.Module)
+        }
         for spec in config.adapters:
             name = spec.adapter_name
             if name in existing:
                 raise ValueError(f"adapter name {name!r} is already loaded on `pipe.unet`")
             path, pin = self._adapter_file(spec)
-            # UNet only (safety adapters steer the denoiser); any format the project reads
-            # (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full), checked against the UNet,
+            # Any format the project reads (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full),
+            # checked against the UNet (and text encoders, for a file's text-encoder part),
             # loaded from the very bytes whose sha256 was checked.
-            info = load_adapter(unet, path, adapter_name=name, sha256=pin)
+            unet_only = isinstance(spec, AdapterSpec) and spec.unet_only
+            info = load_adapter(
+                unet,
+                path,
+                adapter_name=name,
+                sha256=pin,
+                text_encoders=encoders,
+                unet_only=unet_only,
+            )
             self.sha256[name] = info.sha256 or ""
+            self.text_encoders[name] = tuple(info.text_encoders)
+            if info.skipped_text_encoders:
+                self.skipped_text_encoders[name] = info.skipped_text_encoders
+                logger.info(
+                    "steering adapter %s: text-encoder parts %s skipped (unet_only)",
+                    name,
+                    ", ".join(info.skipped_text_encoders),
+                )
+        self._models: list[Any] = [unet] if config.adapters else []
+        self._models += [encoders[c] for c in TEXT_ENCODERS if self._on(c)]
         self._layers: list[BaseTunerLayer] = self._collect_layers()
+        on_unet = {id(m) for m in _adapter_layers(unet)} if config.adapters else set()
+        self._text_layers = [m for m in self._layers if id(m) not in on_unet]
         with self.lock:
             self._activate()
             self._rest()
@@ -128,17 +164,31 @@ class Steering:
         """The adapter names this object owns on ``pipe.unet``."""
         return tuple(self.base_scales)
 
+    def _on(self, component: str) -> bool:
+        """Whether any of our adapters has a part on this text encoder."""
+        return any(component in parts for parts in self.text_encoders.values())
+
     def _collect_layers(self) -> list[BaseTunerLayer]:
-        if not self.base_scales:
-            return []
-        layers = _adapter_layers(self.pipe.unet)
+        """Our adapters' layers on the UNet and on the text encoders they have parts on."""
+        layers = [m for model in self._models for m in _adapter_layers(model)]
         return [m for m in layers if any(n in m.scaling for n in self.base_scales)]
+
+    def _part_on(self, name: str, model: Any) -> bool:
+        """Whether adapter ``name`` has a part on text encoder ``model``."""
+        return any(getattr(self.pipe, c, None) is model for c in self.text_encoders.get(name, ()))
 
     # -- state -----------------------------------------------------------------------------
 
-    def _set(self, scales: Mapping[str, float], divisor: float = 1.0) -> None:
-        """Set our adapters' strengths on every layer (``/divisor`` undoes a user's lora scale)."""
-        for layer in self._layers:
+    def _set(
+        self,
+        scales: Mapping[str, float],
+        divisor: float = 1.0,
+        layers: list[BaseTunerLayer] | None = None,
+    ) -> None:
+        """Set our adapters' strengths on every layer (``/divisor`` undoes a user's lora scale:
+        diffusers multiplies it into the UNet's and the text encoders' layers alike).
+        """
+        for layer in self._layers if layers is None else layers:
             for name, value in scales.items():
                 layer.set_scale(name, value / divisor)
 
@@ -146,11 +196,15 @@ class Steering:
         """Make our adapters active next to whatever other adapters the user has active."""
         unet = self.pipe.unet
         active = list(unet.active_adapters()) if self._layers else []
-        if all(n in active for n in self.names):
-            return
-        others = [a for a in active if a not in self.base_scales]
-        weights = [self._current_weight(a) for a in others]
-        unet.set_adapters([*others, *self.names], [*weights, *self.base_scales.values()])
+        if not all(n in active for n in self.names):
+            others = [a for a in active if a not in self.base_scales]
+            weights = [self._current_weight(a) for a in others]
+            unet.set_adapters([*others, *self.names], [*weights, *self.base_scales.values()])
+        for layer in self._layers:  # text encoders: per layer, keeping the user's active ones
+            on = list(layer.active_adapters)
+            missing = [n for n in self.names if n in layer.scaling and n not in on]
+            if missing:
+                layer.set_adapter([*on, *missing])
 
     def _current_weight(self, adapter: str) -> float:
         """A user adapter's ``set_adapters`` weight, read back from its first adapter layer."""
@@ -192,13 +246,16 @@ class Steering:
         """Re-assert our adapters: present, active, enabled, fused only by us (call under lock)."""
         if not self._layers:
             return
-        unet = self.pipe.unet
-        missing = [n for n in self.names if n not in (getattr(unet, "peft_config", None) or {})]
-        if missing:
-            raise SteeringError(
-                f"safety adapters {missing} were removed from `pipe.unet` (delete_adapters or "
-                f"unload_lora_weights on the inner pipeline); build a new SafePipeline"
-            )
+        for model in self._models:
+            config = getattr(model, "peft_config", None) or {}
+            names = [n for n in self.names if model is self.pipe.unet or self._part_on(n, model)]
+            missing = [n for n in names if n not in config]
+            if missing:
+                raise SteeringError(
+                    f"safety adapters {missing} were removed from the pipeline's "
+                    f"{type(model).__name__} (delete_adapters or unload_lora_weights on the "
+                    f"inner pipeline); build a new SafePipeline"
+                )
         merged = self._merged()
         foreign = sorted(merged - set(self.names))
         if foreign:
@@ -210,9 +267,11 @@ class Steering:
         if merged != expected:
             logger.warning("safety adapters were fused/unfused on the inner pipeline; restoring")
             self._unfuse()
-        if any(layer.disable_adapters for layer in self._layers):
+        disabled = [layer for layer in self._layers if layer.disable_adapters]
+        if disabled:
             logger.warning("safety adapters were disabled on the inner pipeline; re-enabling")
-            unet.enable_lora()
+            for layer in disabled:
+                layer.enable_adapters(True)
         self._activate()
         if self.mode == "fused" and self._fused_at is None:
             self._fuse(self.base_scales)
@@ -248,6 +307,8 @@ class Steering:
                 if self._fused_at is None:
                     off = dict.fromkeys(wanted, 0.0)
                     self._set(wanted if self.window[0] == 0.0 else off, user_scale)
+                    # text encoders run once, before the steps: the window is the UNet's
+                    self._set(wanted, user_scale, self._text_layers)
                     if self.window != (0.0, 1.0) and self._layers:
                         kwargs = self._with_window(kwargs, wanted, off, user_scale)
                 if self.guidance is not None:
@@ -294,12 +355,15 @@ class Steering:
         return out
 
     def close(self) -> None:
-        """Unfuse and remove our adapters from the UNet; the pipeline is as it was before."""
+        """Unfuse and remove our adapters (UNet and text encoders); the pipeline is as it was."""
         with self.lock:
             if not self._layers:
                 return
             self._unfuse()
             self.pipe.unet.delete_adapters(list(self.names))
+            for model in self._models[1:]:
+                for name in self.names:
+                    remove_adapter(model, name)
             self._layers = []
 
 

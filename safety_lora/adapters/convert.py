@@ -8,6 +8,7 @@ given one) and the relative Frobenius error is reported per module and overall.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,18 +45,20 @@ def convert(
     approximate: bool = False,
     rank: int | None = None,
     unet: torch.nn.Module | ModuleIndex | None = None,
+    text_encoders: Mapping[str, torch.nn.Module | ModuleIndex] | None = None,
 ) -> ConversionReport:
     """Rewrite ``in_path`` as format ``to`` at ``out_path``.
 
     ``unet`` (a model or its :class:`ModuleIndex`) resolves kohya names and conv shapes
-    (default: the SD 1.x/2.x and SDXL layouts).
+    (default: the SD 1.x/2.x and SDXL layouts); ``text_encoders`` (by component) resolve
+    text-encoder parts (default: the CLIP text layouts).
     ``rank`` sets the SVD rank of an approximate conversion (default: the source rank).
     """
     if to not in FORMATS:
         raise AdapterFormatError(f"unknown target format {to!r}; known: {sorted(FORMATS)}")
     if rank is not None and rank < 1:
         raise ValueError(f"`rank` must be >= 1, got {rank}")
-    state, source_format = read_adapter(in_path, unet=unet)
+    state, source_format = read_adapter(in_path, unet=unet, text_encoders=text_encoders)
     errors: dict[str, float] = {}
     overall = 0.0
     exact = state.family in FORMATS[to].families
@@ -88,12 +91,29 @@ def to_lora_svd(
 ) -> tuple[AdapterState, dict[str, float], float]:
     """A LoRA (``alpha = rank``) of each module's exact delta, truncated by SVD.
 
-    Returns the state, the relative Frobenius error per module and overall. A ``diff_b`` bias
-    cannot be held by LoRA: it is dropped and counted in the error (over ``[W | b]``).
+    Returns the state, the relative Frobenius error per module and overall (text-encoder
+    modules named ``<component>.<path>``). A ``diff_b`` bias cannot be held by LoRA: it is
+    dropped and counted in the error (over ``[W | b]``).
     """
-    modules: dict[str, ModuleWeights] = {}
     errors: dict[str, float] = {}
-    total_err = total_norm = 0.0
+    sums = [0.0, 0.0]  # squared error, squared norm
+    modules = _svd_modules(state, rank, errors, sums, "")
+    text = {
+        c: AdapterState("lora", _svd_modules(part, rank, errors, sums, f"{c}."), part.metadata)
+        for c, part in state.text_encoders.items()
+    }
+    overall = math.sqrt(sums[0] / sums[1]) if sums[1] > 0 else 0.0
+    out = AdapterState(
+        "lora", modules, dict(state.metadata), dict(state.shapes), state.layout, text
+    )
+    return out, errors, overall
+
+
+def _svd_modules(
+    state: AdapterState, rank: int | None, errors: dict[str, float], sums: list[float], name: str
+) -> dict[str, ModuleWeights]:
+    """Each module of one part as an SVD LoRA; errors and squared sums accumulate."""
+    modules: dict[str, ModuleWeights] = {}
     for path, weights in state.modules.items():
         delta = state.delta(path)
         shape = state.shapes.get(path)
@@ -115,8 +135,8 @@ def to_lora_svd(
         if bias is not None:
             b2 = float(bias.to(torch.float64).pow(2).sum())
             err2, norm2 = err2 + b2, norm2 + b2
-        errors[path] = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
-        total_err, total_norm = total_err + err2, total_norm + norm2
+        errors[name + path] = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
+        sums[0], sums[1] = sums[0] + err2, sums[1] + norm2
         conv = delta.dim() == 4
         down_t = down.reshape(k, *delta.shape[1:]) if conv else down
         up_t = up.reshape(up.shape[0], k, 1, 1) if conv else up
@@ -124,6 +144,4 @@ def to_lora_svd(
             {"lora_down": down_t.to(dtype).contiguous(), "lora_up": up_t.to(dtype).contiguous()},
             float(k),
         )
-    overall = math.sqrt(total_err / total_norm) if total_norm > 0 else 0.0
-    out = AdapterState("lora", modules, dict(state.metadata), dict(state.shapes), state.layout)
-    return out, errors, overall
+    return modules

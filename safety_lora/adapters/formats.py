@@ -6,9 +6,10 @@ protocol. Files are safetensors only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -18,9 +19,9 @@ from safetensors.torch import load, save_file
 
 from safety_lora.adapters.kohya_format import KohyaFormat
 from safety_lora.adapters.lycoris_format import LycorisFormat
-from safety_lora.adapters.names import ModuleIndex, reference_index
+from safety_lora.adapters.names import ModuleIndex, reference_index, reference_text_index
 from safety_lora.adapters.peft_format import PeftFormat
-from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family
+from safety_lora.adapters.state import AdapterFormatError, AdapterState, Component, Family
 
 __all__ = [
     "FORMATS",
@@ -47,14 +48,22 @@ class AdapterFormat(Protocol):
         """Whether these state-dict keys are in this format."""
         ...
 
+    def component_of(self, key: str) -> Component | None:
+        """The pipeline component a key adapts (``None``: not a key of this format)."""
+        ...
+
     def read(
-        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+        index: ModuleIndex,
+        component: Component = "unet",
     ) -> AdapterState:
-        """Parse a state dict (module names resolved through ``index``)."""
+        """Parse one component's keys (module names resolved through ``index``)."""
         ...
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The state dict and safetensors metadata for ``state``."""
+        """The state dict and safetensors metadata for ``state`` (text-encoder parts too)."""
         ...
 
 
@@ -126,8 +135,10 @@ def read_adapter(
     *,
     unet: torch.nn.Module | ModuleIndex | None = None,
     data: bytes | None = None,
+    text_encoders: Mapping[str, torch.nn.Module | ModuleIndex] | None = None,
 ) -> tuple[AdapterState, FormatName]:
-    """Read any supported file; names resolve against ``unet`` (or the SD/SDXL layouts).
+    """Read any supported file; names resolve against ``unet`` (or the SD/SDXL layouts) and
+    text-encoder parts against ``text_encoders`` by component (or the CLIP text layouts).
 
     ``data``: the file's bytes when the caller has read (and verified) them already.
     """
@@ -135,15 +146,36 @@ def read_adapter(
         read_safetensors(path) if data is None else parse_safetensors(data, name=str(path))
     )
     fmt = FORMATS[detect_format(tensors, name=str(path))]
-    if isinstance(unet, ModuleIndex):
-        index = unet
-    else:
-        index = ModuleIndex.from_model(unet) if unet is not None else reference_index()
+    parts: dict[Component, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():  # unknown keys go to the UNet part, which names them
+        parts.setdefault(fmt.component_of(key) or "unet", {})[key] = tensor
     try:
-        state = fmt.read(tensors, metadata, index)
+        if "unet" not in parts:
+            raise AdapterFormatError(
+                f"no UNet keys, only text-encoder parts {sorted(parts)}; a steering adapter "
+                f"adapts the UNet"
+            )
+        state = fmt.read(parts.pop("unet"), metadata, _index(unet, reference_index))
+        given = text_encoders or {}
+        text = {
+            component: fmt.read(
+                part, metadata, _index(given.get(component), reference_text_index), component
+            )
+            for component, part in parts.items()
+        }
+        if text:
+            state = dataclasses.replace(state, text_encoders=text)
     except AdapterFormatError as e:
         raise AdapterFormatError(f"{str(path)!r}: {e}") from e
     return state, fmt.name
+
+
+def _index(
+    model: torch.nn.Module | ModuleIndex | None, reference: Callable[[], ModuleIndex]
+) -> ModuleIndex:
+    if isinstance(model, ModuleIndex):
+        return model
+    return ModuleIndex.from_model(model) if model is not None else reference()
 
 
 def write_adapter(state: AdapterState, path: str | Path, *, to: FormatName) -> Path:

@@ -16,17 +16,33 @@ import torch
 
 from safety_lora.adapters.ldm_names import ldm_stem
 from safety_lora.adapters.names import SDXL_LAYOUT, ModuleIndex, kohya_stem
-from safety_lora.adapters.state import AdapterFormatError, AdapterState, Family, ModuleWeights
+from safety_lora.adapters.state import (
+    AdapterFormatError,
+    AdapterState,
+    Component,
+    Family,
+    ModuleWeights,
+)
 
 if TYPE_CHECKING:
     from safety_lora.adapters.formats import FormatName
 
-__all__ = ["KohyaFormat", "read_kohya_style", "write_kohya_style"]
+__all__ = ["KohyaFormat", "component_of", "read_kohya_style", "write_kohya_style"]
 
 #: UNet key prefixes: kohya/A1111, and LyCORIS' own default.
 UNET_PREFIXES = ("lora_unet_", "lycoris_")
-_TEXT_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
+#: Key prefixes per pipeline component (SD 1.x files use ``lora_te_``, SDXL ``lora_te1_/2_``).
+PREFIXES: dict[Component, tuple[str, ...]] = {
+    "unet": UNET_PREFIXES,
+    "text_encoder": ("lora_te_", "lora_te1_"),
+    "text_encoder_2": ("lora_te2_",),
+}
 _META_DROP = ("format",)
+
+
+def component_of(key: str) -> Component | None:
+    """The component a kohya/LyCORIS key adapts, by its prefix."""
+    return next((c for c, prefixes in PREFIXES.items() if key.startswith(prefixes)), None)
 
 
 def _family_of(names: Collection[str]) -> Family | None:
@@ -42,22 +58,22 @@ def _family_of(names: Collection[str]) -> Family | None:
 
 
 def read_kohya_style(
-    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    index: ModuleIndex,
+    component: Component = "unet",
 ) -> AdapterState:
-    """Group ``<prefix><stem>.<name>`` keys per module, resolve stems, build the state."""
+    """Group one component's ``<prefix><stem>.<name>`` keys per module, resolve stems, build
+    the state.
+    """
     groups: dict[str, dict[str, torch.Tensor]] = {}
     first_key: dict[str, str] = {}
+    prefixes = PREFIXES[component]
     for key, tensor in tensors.items():
-        if key.startswith(_TEXT_PREFIXES):
-            raise AdapterFormatError(
-                f"key {key!r}: text-encoder adapters are not supported (safety steering "
-                f"adapts the UNet only); remove the lora_te* keys"
-            )
-        prefix = next((p for p in UNET_PREFIXES if key.startswith(p)), None)
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None or "." not in key:
-            raise AdapterFormatError(
-                f"key {key!r}: expected '<{'|'.join(UNET_PREFIXES)}><module>.<tensor>'"
-            )
+            known = "|".join(p for ps in PREFIXES.values() for p in ps)
+            raise AdapterFormatError(f"key {key!r}: expected '<{known}><module>.<tensor>'")
         stem, name = key[len(prefix) :].split(".", 1)
         name = name.removesuffix(".weight")
         groups.setdefault(stem, {})[name] = tensor
@@ -95,15 +111,20 @@ def read_kohya_style(
         try:
             path = index.resolve(stem, key=key)
         except KeyError:
+            model, names = (
+                ("UNet", "in diffusers or LDM/SGM names")
+                if component == "unet"
+                else (component, "")
+            )
             raise AdapterFormatError(
-                f"key {key!r}: no UNet module is named {stem!r} (with '.' for '_', in diffusers "
-                f"or LDM/SGM names); the adapter does not fit this UNet"
+                f"key {key!r}: no {model} module is named {stem!r} (with '.' for '_'"
+                f"{', ' + names if names else ''}); the adapter does not fit this {model}"
             ) from None
         ldm = ldm or stem not in index.by_stem
         alpha = None if alpha_t is None else float(alpha_t.float().item())
         modules[path] = ModuleWeights(group, alpha)
     if family is None:
-        raise AdapterFormatError("no UNet adapter keys")
+        raise AdapterFormatError(f"no {component} adapter keys")
     meta = {k: v for k, v in metadata.items() if k not in _META_DROP}
     shapes = {p: index.shapes[p] for p in modules}
     layout = index.layout or (SDXL_LAYOUT if ldm else None)
@@ -115,7 +136,8 @@ def write_kohya_style(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``lora_unet_<stem>.<name>[.weight]`` keys plus ``alpha`` (in the module's dtype).
 
-    Stems are LDM/SGM names for an SDXL layout (what sd-scripts writes), else diffusers names.
+    Stems are LDM/SGM names for an SDXL layout (what sd-scripts writes), else diffusers names;
+    text-encoder parts are ``lora_te_`` (one text encoder) or ``lora_te1_``/``lora_te2_``.
     """
     out: dict[str, torch.Tensor] = {}
     layout = state.layout if state.layout is not None and state.layout.sdxl else None
@@ -123,14 +145,27 @@ def write_kohya_style(
         stem = kohya_stem(path) if layout is None else ldm_stem(path, layout)
         if stem is None:
             raise AdapterFormatError(f"module {path!r} has no LDM/SGM name in an SDXL UNet")
-        base = f"lora_unet_{stem}"
-        dtype = next(iter(weights.tensors.values())).dtype
-        for name, tensor in weights.tensors.items():
-            suffix = ".weight" if suffix_weight and name != "dora_scale" else ""
-            out[f"{base}.{name}{suffix}"] = tensor
-        if weights.alpha is not None:
-            out[f"{base}.alpha"] = torch.tensor(weights.alpha, dtype=dtype)
+        _write_module(out, f"lora_unet_{stem}", weights, suffix_weight)
+    two = layout is not None or "text_encoder_2" in state.text_encoders
+    for component, part in state.text_encoders.items():
+        prefix = PREFIXES[component][1 if two and component == "text_encoder" else 0]
+        for path, weights in part.modules.items():
+            if path.startswith(("encoder.", "embeddings.", "final_layer_norm")):
+                path = f"text_model.{path}"  # sd-scripts' names for a flattened CLIPTextModel
+            _write_module(out, f"{prefix}{kohya_stem(path)}", weights, suffix_weight)
     return out, {**state.metadata, "format": "pt"}
+
+
+def _write_module(
+    out: dict[str, torch.Tensor], base: str, weights: ModuleWeights, suffix_weight: bool
+) -> None:
+    """One module's keys (``dora_scale`` and ``alpha`` never take ``.weight``)."""
+    dtype = next(iter(weights.tensors.values())).dtype
+    for name, tensor in weights.tensors.items():
+        suffix = ".weight" if suffix_weight and name != "dora_scale" else ""
+        out[f"{base}.{name}{suffix}"] = tensor
+    if weights.alpha is not None:
+        out[f"{base}.alpha"] = torch.tensor(weights.alpha, dtype=dtype)
 
 
 class KohyaFormat:
@@ -145,11 +180,19 @@ class KohyaFormat:
             k.startswith(UNET_PREFIXES) and (".lora_down." in k or ".lora_up." in k) for k in keys
         )
 
+    def component_of(self, key: str) -> Component | None:
+        """By the key's prefix (``lora_unet_``, ``lora_te_``/``lora_te1_``, ``lora_te2_``)."""
+        return component_of(key)
+
     def read(
-        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+        index: ModuleIndex,
+        component: Component = "unet",
     ) -> AdapterState:
-        """Parse a kohya state dict."""
-        return read_kohya_style(tensors, metadata, index)
+        """Parse one component's part of a kohya state dict."""
+        return read_kohya_style(tensors, metadata, index, component)
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """kohya keys: ``.lora_down.weight``, ``.lora_up.weight``, ``.alpha``."""

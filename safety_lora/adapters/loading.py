@@ -37,6 +37,7 @@ __all__ = [
     "check_fits",
     "load_adapter",
     "load_state",
+    "remove_adapter",
     "sha256_of",
     "verified_bytes",
 ]
@@ -56,6 +57,10 @@ class AdapterInfo:
     parameters: int
     sha256: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: Text-encoder parts put on the given text encoders: component -> module paths.
+    text_encoders: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Text-encoder parts the file has but were skipped (``unet_only``).
+    skipped_text_encoders: tuple[str, ...] = ()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -84,29 +89,70 @@ def verified_bytes(path: str | Path, sha256: str | None = None) -> tuple[bytes, 
 
 
 def load_adapter(
-    unet: torch.nn.Module, path: str | Path, *, adapter_name: str, sha256: str | None = None
+    unet: torch.nn.Module,
+    path: str | Path,
+    *,
+    adapter_name: str,
+    sha256: str | None = None,
+    text_encoders: Mapping[str, torch.nn.Module] | None = None,
+    unet_only: bool = False,
 ) -> AdapterInfo:
     """Read ``path`` (any supported format), check it against ``unet`` and add it as a peft adapter.
 
-    ``sha256`` pins the file's hash (:class:`AdapterIntegrityError` on mismatch). Raises
-    :class:`AdapterFormatError` for malformed files and adapters that do not fit the UNet.
+    A file's text-encoder parts go onto ``text_encoders`` (by component: ``text_encoder``,
+    ``text_encoder_2``) under the same name; with ``unet_only`` they are skipped and listed in
+    :attr:`AdapterInfo.skipped_text_encoders`. A part with no text encoder to go on is an
+    error, never dropped. ``sha256`` pins the file's hash (:class:`AdapterIntegrityError` on
+    mismatch). Raises :class:`AdapterFormatError` for malformed files and adapters that do not
+    fit the models.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise AdapterFormatError(f"{str(path)!r}: only .safetensors adapter files are loaded")
     data, actual = verified_bytes(path, sha256)  # one read: what is hashed is what is loaded
-    state, fmt = read_adapter(path, unet=unet, data=data)
+    given = dict(text_encoders or {})
+    state, fmt = read_adapter(path, unet=unet, data=data, text_encoders=given)
+    parts = {} if unet_only else state.text_encoders
+    missing = sorted(set(parts) - set(given))
+    if missing:
+        sizes = ", ".join(f"{c} ({len(parts[c].modules)} modules)" for c in missing)
+        raise AdapterFormatError(
+            f"{str(path)!r}: the file adapts text encoders too ({sizes}), but the pipeline has "
+            f"no {' / '.join(missing)}; set `unet_only: true` on the policy's adapter entry to "
+            f"skip that part"
+        )
+    loaded: list[torch.nn.Module] = []
     try:
         info = load_state(unet, state, adapter_name=adapter_name)
-    except AdapterFormatError as e:
-        raise AdapterFormatError(f"{str(path)!r}: {e}") from e
-    return AdapterInfo(**{**info.__dict__, "path": path, "format": fmt, "sha256": actual})
+        loaded.append(unet)
+        for component, part in parts.items():
+            load_state(given[component], part, adapter_name=adapter_name)
+            loaded.append(given[component])
+    except Exception as e:  # all or nothing: no UNet part left without its text part
+        for model in loaded:
+            remove_adapter(model, adapter_name)
+        if isinstance(e, AdapterFormatError):
+            raise AdapterFormatError(f"{str(path)!r}: {e}") from e
+        raise
+    return AdapterInfo(
+        **{
+            **info.__dict__,
+            "path": path,
+            "format": fmt,
+            "sha256": actual,
+            "text_encoders": {c: tuple(p.modules) for c, p in parts.items()},
+            "skipped_text_encoders": tuple(sorted(set(state.text_encoders) - set(parts))),
+        }
+    )
 
 
 def load_state(unet: torch.nn.Module, state: AdapterState, *, adapter_name: str) -> AdapterInfo:
-    """Add an in-memory adapter to ``unet`` under ``adapter_name`` (see :func:`load_adapter`)."""
+    """Add an in-memory adapter to ``unet`` (or a text encoder, for a text-encoder part)
+    under ``adapter_name``; the state's own text-encoder parts are not loaded here
+    (see :func:`load_adapter`).
+    """
     if adapter_name in (getattr(unet, "peft_config", None) or {}):
-        raise ValueError(f"adapter name {adapter_name!r} is already loaded on the UNet")
+        raise ValueError(f"adapter name {adapter_name!r} is already loaded on the model")
     check_fits(unet, state)
     config, tensors, biased = _peft_config_and_tensors(state)
     from peft import inject_adapter_in_model, set_peft_model_state_dict
@@ -134,7 +180,7 @@ def load_state(unet: torch.nn.Module, state: AdapterState, *, adapter_name: str)
         model: Any = unet
         model._hf_peft_config_loaded = True  # what diffusers' own loader sets
     except Exception:
-        _remove(unet, adapter_name)
+        remove_adapter(unet, adapter_name)
         raise
     return AdapterInfo(
         name=adapter_name,
@@ -311,14 +357,15 @@ def _add_lora_bias(layer: Any, adapter_name: str) -> None:
     layer.lora_bias[adapter_name] = True
 
 
-def _remove(unet: torch.nn.Module, adapter_name: str) -> None:
-    """Undo a partial injection (as diffusers' loader does on failure)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def remove_adapter(model: torch.nn.Module, adapter_name: str) -> None:
+    """Remove adapter ``adapter_name`` from a peft-injected model (a partial injection too)
+    with diffusers' own layer deletion; the model computes what it did before.
+    """
+    from diffusers.utils.peft_utils import delete_adapter_layers
 
-    config: Mapping[str, Any] = getattr(unet, "peft_config", None) or {}
-    if adapter_name not in config:
+    if adapter_name not in (getattr(model, "peft_config", None) or {}):
         return
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer) and adapter_name in module._available_adapters:
-            module.delete_adapter(adapter_name)
-    unet.peft_config.pop(adapter_name)  # type: ignore[union-attr,operator]
+    delete_adapter_layers(model, adapter_name)
+    config = getattr(model, "peft_config", None)  # diffusers models keep theirs
+    if config is not None:
+        config.pop(adapter_name, None)

@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from safety_lora.adapters.kohya_format import UNET_PREFIXES, read_kohya_style, write_kohya_style
+from safety_lora.adapters.kohya_format import (
+    UNET_PREFIXES,
+    component_of,
+    read_kohya_style,
+    write_kohya_style,
+)
 from safety_lora.adapters.names import ModuleIndex
-from safety_lora.adapters.state import AdapterState, Family
+from safety_lora.adapters.state import AdapterState, Component, Family
 
 if TYPE_CHECKING:
     from safety_lora.adapters.formats import FormatName
@@ -36,11 +41,19 @@ class LycorisFormat:
         """Any ``lora_unet_*`` (or ``lycoris_*``) key with a ``hada_``/``lokr_``/``diff`` tensor."""
         return any(k.startswith(UNET_PREFIXES) and any(m in k for m in _MARKERS) for k in keys)
 
+    def component_of(self, key: str) -> Component | None:
+        """By the key's prefix, as kohya's."""
+        return component_of(key)
+
     def read(
-        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+        index: ModuleIndex,
+        component: Component = "unet",
     ) -> AdapterState:
-        """Parse a LyCORIS state dict."""
-        return read_kohya_style(tensors, metadata, index)
+        """Parse one component's part of a LyCORIS state dict."""
+        return read_kohya_style(tensors, metadata, index, component)
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """LyCORIS keys (``.weight`` only on LoCon's ``lora_down``/``lora_up``)."""

@@ -27,6 +27,7 @@ __all__ = [
     "config_unet",
     "kohya_stem",
     "reference_index",
+    "reference_text_index",
 ]
 
 
@@ -88,10 +89,25 @@ class ModuleIndex:
 
     def resolve(self, stem: str, *, key: str) -> str:
         """The module path for a kohya stem (diffusers or LDM names); ``KeyError(key)`` if none."""
-        path = self.by_stem.get(stem) or self.by_ldm_stem.get(stem)
-        if path is None:
-            raise KeyError(key)
-        return path
+        for candidate in _text_model_aliases(stem, "_"):
+            path = self.by_stem.get(candidate) or self.by_ldm_stem.get(candidate)
+            if path is not None:
+                return path
+        raise KeyError(key)
+
+    def find(self, path: str) -> str | None:
+        """``path`` as this model names it (``text_model.`` added or dropped), or ``None``."""
+        return next((p for p in _text_model_aliases(path, ".") if p in self.shapes), None)
+
+
+def _text_model_aliases(name: str, sep: str) -> tuple[str, ...]:
+    """``name``, and without or with CLIP's ``text_model`` prefix: kohya/diffusers files keep
+    it, while transformers 5 flattens ``CLIPTextModel`` (``encoder.layers.0...``).
+    """
+    prefix = f"text_model{sep}"
+    if name.startswith(prefix):
+        return name, name[len(prefix) :]
+    return name, prefix + name
 
 
 #: The SD 1.x/2.x UNet config (its published config's block structure and widths).
@@ -159,3 +175,18 @@ def reference_index() -> ModuleIndex:
             unet = UNet2DConditionModel(**config)
         shapes.update(ModuleIndex.from_model(unet).shapes)
     return ModuleIndex(shapes)
+
+
+@cache
+def reference_text_index() -> ModuleIndex:
+    """Module names of the CLIP text encoders of SD 1.x/2.x and SDXL (up to 32 layers and the
+    projection, on the meta device); shapes are placeholders (text encoders have no convs).
+    """
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        hidden_size=8, intermediate_size=8, num_attention_heads=1, num_hidden_layers=32
+    )
+    with torch.device("meta"):
+        model = CLIPTextModelWithProjection(config)
+    return ModuleIndex.from_model(model)

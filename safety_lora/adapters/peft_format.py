@@ -22,6 +22,7 @@ from safety_lora.adapters.names import ModuleIndex
 from safety_lora.adapters.state import (
     AdapterFormatError,
     AdapterState,
+    Component,
     Family,
     ModuleWeights,
     lora_down,
@@ -34,7 +35,12 @@ __all__ = ["METADATA_KEY", "PeftFormat", "lora_config_kwargs", "peft_lora_tensor
 
 #: The safetensors header entry diffusers stores the LoraConfig in.
 METADATA_KEY = "lora_adapter_metadata"
-_PREFIXES = ("unet.", "base_model.model.")
+#: Key prefixes per pipeline component (``base_model.model.``: a bare peft UNet file).
+_PREFIXES: dict[Component, tuple[str, ...]] = {
+    "unet": ("unet.", "base_model.model."),
+    "text_encoder": ("text_encoder.",),
+    "text_encoder_2": ("text_encoder_2.",),
+}
 _NAMES = {
     "lora_A.weight": "lora_down",
     "lora_B.weight": "lora_up",
@@ -42,7 +48,8 @@ _NAMES = {
 }
 
 
-def _config(metadata: Mapping[str, str]) -> dict[str, Any]:
+def _config(metadata: Mapping[str, str], component: Component) -> dict[str, Any]:
+    """The component's ``LoraConfig`` from the header (diffusers prefixes keys by component)."""
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return {}
@@ -52,8 +59,10 @@ def _config(metadata: Mapping[str, str]) -> dict[str, Any]:
         raise AdapterFormatError(f"metadata {METADATA_KEY!r} is not valid JSON: {e}") from e
     if not isinstance(packed, dict):
         raise AdapterFormatError(f"metadata {METADATA_KEY!r} is not a JSON object")
-    if any(k.startswith("unet.") for k in packed):
-        return {k.removeprefix("unet."): v for k, v in packed.items() if k.startswith("unet.")}
+    prefixes = tuple(f"{c}." for c in _PREFIXES)
+    if any(k.startswith(prefixes) for k in packed):
+        mine = f"{component}."
+        return {k.removeprefix(mine): v for k, v in packed.items() if k.startswith(mine)}
     return packed
 
 
@@ -77,17 +86,26 @@ class PeftFormat:
         """Any ``.lora_A.``/``.lora_B.`` key."""
         return any(".lora_A." in k or ".lora_B." in k for k in keys)
 
+    def component_of(self, key: str) -> Component | None:
+        """By the key's prefix (``unet.``, ``text_encoder.``, ``text_encoder_2.``)."""
+        return next((c for c, ps in _PREFIXES.items() if key.startswith(ps)), None)
+
     def read(
-        self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], index: ModuleIndex
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, str],
+        index: ModuleIndex,
+        component: Component = "unet",
     ) -> AdapterState:
-        """Parse a diffusers/PEFT state dict; per-module alpha from the metadata header."""
+        """Parse one component's part of a diffusers/PEFT state dict; per-module alpha from
+        the metadata header.
+        """
         groups: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
-            prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
+            prefix = next((p for p in _PREFIXES[component] if key.startswith(p)), None)
             if prefix is None:
-                raise AdapterFormatError(
-                    f"key {key!r}: only UNet adapters ('unet.' prefix) are supported"
-                )
+                known = ", ".join(repr(p) for ps in _PREFIXES.values() for p in ps)
+                raise AdapterFormatError(f"key {key!r}: expected a prefix {known}")
             rest = key[len(prefix) :]
             suffix = next((s for s in _NAMES if rest.endswith("." + s)), None)
             if suffix is None:
@@ -95,14 +113,14 @@ class PeftFormat:
                     f"key {key!r}: unsupported tensor (expected lora_A.weight / lora_B.weight / "
                     f"lora_magnitude_vector; lora_bias is not supported)"
                 )
-            path = rest[: -len(suffix) - 1]
+            path = index.find(rest[: -len(suffix) - 1]) or rest[: -len(suffix) - 1]
             if path not in index.shapes:
-                raise AdapterFormatError(f"key {key!r}: the UNet has no module {path!r}")
+                raise AdapterFormatError(f"key {key!r}: the {component} has no module {path!r}")
             if suffix == "lora_magnitude_vector":  # peft: (out,) or (1, out, 1, 1)
                 out = tensor.numel()
                 tensor = tensor.reshape(out, *[1] * (len(index.shapes[path]) - 1))
             groups.setdefault(path, {})[_NAMES[suffix]] = tensor
-        config = _config(metadata)
+        config = _config(metadata, component)
         alpha = config.get("lora_alpha")
         alpha_pattern = config.get("alpha_pattern") or {}
         modules = {}
@@ -117,14 +135,20 @@ class PeftFormat:
         return AdapterState("lora", modules, meta, shapes, index.layout)
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """``unet.``-prefixed keys and a ``lora_adapter_metadata`` header with every alpha."""
-        tensors = {f"unet.{k}": v for k, v in peft_lora_tensors(state).items()}
-        ranks = {p: int(w.tensors["lora_down"].shape[0]) for p, w in state.modules.items()}
-        alphas = {p: state.effective_alpha(p) for p in state.modules}
-        config = lora_config_kwargs(ranks, alphas)
-        if state.dora:
-            config["use_dora"] = True
-        packed = {f"unet.{k}": v for k, v in config.items()}
+        """Component-prefixed keys (``unet.``, ``text_encoder.`` ...) and a
+        ``lora_adapter_metadata`` header with every alpha.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        packed: dict[str, Any] = {}
+        parts: dict[Component, AdapterState] = {"unet": state, **state.text_encoders}
+        for component, part in parts.items():
+            tensors.update({f"{component}.{k}": v for k, v in peft_lora_tensors(part).items()})
+            ranks = {p: int(w.tensors["lora_down"].shape[0]) for p, w in part.modules.items()}
+            alphas = {p: part.effective_alpha(p) for p in part.modules}
+            config = lora_config_kwargs(ranks, alphas)
+            if part.dora:
+                config["use_dora"] = True
+            packed.update({f"{component}.{k}": v for k, v in config.items()})
         meta = {**state.metadata, "format": "pt", METADATA_KEY: json.dumps(packed, sort_keys=True)}
         return tensors, meta
 

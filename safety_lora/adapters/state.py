@@ -24,12 +24,15 @@ __all__ = [
     "AdapterFormatError",
     "AdapterIntegrityError",
     "AdapterState",
+    "Component",
     "Family",
     "ModuleWeights",
     "lora_down",
 ]
 
 Family = Literal["lora", "loha", "lokr", "full"]
+#: The pipeline components an adapter file can have parts for.
+Component = Literal["unet", "text_encoder", "text_encoder_2"]
 
 #: The families, and the tensor names each may hold per module (required ones first).
 #: LoRA's ``lora_mid`` is Tucker LoCon's core; ``dora_scale`` is DoRA's magnitude.
@@ -68,6 +71,8 @@ class AdapterState:
     a reference architecture); it is needed only to rebuild factorised conv deltas.
     ``layout`` is the UNet's block structure when known: kohya/LyCORIS files for an SDXL
     layout are written with the LDM module names sd-scripts, A1111 and ComfyUI use.
+    ``text_encoders`` holds the file's text-encoder parts by pipeline component
+    (``text_encoder``, ``text_encoder_2``), each an adapter of the same family on that model.
     """
 
     family: Family
@@ -75,6 +80,7 @@ class AdapterState:
     metadata: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     layout: UnetLayout | None = None
+    text_encoders: dict[Component, AdapterState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family not in TENSOR_NAMES:
@@ -83,6 +89,12 @@ class AdapterState:
             raise AdapterFormatError("adapter has no modules")
         for path, weights in self.modules.items():
             _check_module(self.family, path, weights)
+        for component, part in self.text_encoders.items():
+            if part.family != self.family:
+                raise AdapterFormatError(
+                    f"{component}: a {part.family} part next to a {self.family} UNet part; one "
+                    f"file holds one family"
+                )
 
     @property
     def dora(self) -> bool:

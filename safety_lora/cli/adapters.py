@@ -61,6 +61,10 @@ def _summary(path: Path, base: Path | None) -> dict[str, Any]:
         "modules": len(state.modules),
         "targets": sorted(state.modules),
         "parameters": state.parameter_count(),
+        "text_encoders": {
+            c: {"modules": len(part.modules), "parameters": part.parameter_count()}
+            for c, part in state.text_encoders.items()
+        },
         "base_model": {k: state.metadata[k] for k in FINGERPRINT_KEYS if k in state.metadata},
         "fits_base": None if base is None else str(base),
         "metadata": state.metadata,
@@ -95,6 +99,12 @@ def inspect(
     table.add_row("rank", counts(info["rank"]))
     table.add_row("alpha", counts(info["alpha"]))
     table.add_row("parameters", f"{info['parameters']:,}")
+    text = info["text_encoders"]
+    table.add_row(
+        "text encoders",
+        ", ".join(f"{c} ({t['modules']} modules, {t['parameters']:,} parameters)"
+                  for c, t in text.items()) or "none (UNet only)",
+    )  # fmt: skip
     table.add_row("sha256", info["sha256"])
     fingerprint = info["base_model"]
     recorded = ", ".join(f"{k}={v}" for k, v in fingerprint.items())

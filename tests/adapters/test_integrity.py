@@ -69,7 +69,7 @@ ROWS: list[tuple[str, Edit, str]] = [
     (
         "text encoder",
         _set("lora_te_text_model_x.lora_down.weight", torch.ones(4, 4)),
-        "text-encoder adapters are not supported",
+        "no text_encoder module is named 'text_model_x'",
     ),
 ]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from _adapter_fixtures import kohya_lora_file, kohya_stems
 from diffusers import UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
@@ -25,7 +26,7 @@ from safety_lora.adapters import (
     read_adapter,
 )
 from safety_lora.adapters.ldm_names import UnetLayout, ldm_stem
-from safety_lora.adapters.names import SD15_UNET, SDXL_UNET, kohya_stem
+from safety_lora.adapters.names import SD15_UNET, SDXL_UNET
 from safety_lora.testing import tiny_pipeline
 
 
@@ -65,12 +66,12 @@ def test_every_sdxl_module_gets_the_name_diffusers_maps_back_to_it() -> None:
             SDXL_UNET,
             "input_blocks_4_1_transformer_blocks_0_attn2_to_k",
             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
-        ),  # noqa: E501
+        ),
         (
             SDXL_UNET,
             "input_blocks_8_1_transformer_blocks_9_ff_net_0_proj",
             "down_blocks.2.attentions.1.transformer_blocks.9.ff.net.0.proj",
-        ),  # noqa: E501
+        ),
         (SDXL_UNET, "input_blocks_3_0_op", "down_blocks.0.downsamplers.0.conv"),
         (SDXL_UNET, "middle_block_1_proj_out", "mid_block.attentions.0.proj_out"),
         (SDXL_UNET, "output_blocks_5_2_conv", "up_blocks.1.upsamplers.0.conv"),
@@ -81,7 +82,7 @@ def test_every_sdxl_module_gets_the_name_diffusers_maps_back_to_it() -> None:
             SD15_UNET,
             "input_blocks_1_1_transformer_blocks_0_attn2_to_v",
             "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
-        ),  # noqa: E501
+        ),
         (SD15_UNET, "input_blocks_11_0_in_layers_2", "down_blocks.3.resnets.1.conv1"),
         (SD15_UNET, "output_blocks_2_1_conv", "up_blocks.0.upsamplers.0.conv"),
         (SD15_UNET, "output_blocks_11_1_proj_in", "up_blocks.3.attentions.2.proj_in"),
@@ -91,21 +92,9 @@ def test_known_sd_scripts_names_resolve(config: dict[str, Any], stem: str, path:
     assert meta_index(config).resolve(stem, key=stem) == path
 
 
-def kohya_file(unet: torch.nn.Module, path: Path, *, ldm: bool, seed: int = 0) -> Path:
+def kohya_file(unet: torch.nn.Module, path: Path, *, ldm: bool) -> Path:
     """A random kohya LoRA/LoCon on every Linear/Conv2d of ``unet`` (LDM or diffusers names)."""
-    index = ModuleIndex.from_model(unet)
-    assert index.layout is not None
-    g = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    for module_path, shape in index.shapes.items():
-        stem = ldm_stem(module_path, index.layout) if ldm else kohya_stem(module_path)
-        down_shape = (2, *shape[1:])
-        up_shape = (shape[0], 2, 1, 1) if len(shape) == 4 else (shape[0], 2)
-        tensors[f"lora_unet_{stem}.lora_down.weight"] = torch.randn(down_shape, generator=g) * 0.2
-        tensors[f"lora_unet_{stem}.lora_up.weight"] = torch.randn(up_shape, generator=g) * 0.2
-        tensors[f"lora_unet_{stem}.alpha"] = torch.tensor(1.0)
-    save_file(tensors, str(path))
-    return path
+    return kohya_lora_file(path, {"lora_unet_": kohya_stems(unet, ldm=ldm)})
 
 
 def unet_out(pipe: Any) -> torch.Tensor:
