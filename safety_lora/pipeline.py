@@ -103,8 +103,9 @@ class SafePipeline:
     ``pipe.safety_checker`` (when present) is switched off for the duration of each call,
     since the policy's classifiers judge; its class name is kept in
     :attr:`disabled_safety_checker`. The adapters named in ``policy.steering`` are loaded
-    onto ``pipe.unet`` now (closed-form entries solved for this model first, or taken from
-    the cache) and owned by :attr:`steering`; :meth:`close` removes them.
+    onto ``pipe.unet`` (or ``pipe.transformer``: SD3, Flux) now (closed-form entries solved
+    for this model first, or taken from the cache) and owned by :attr:`steering`;
+    :meth:`close` removes them.
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class SafePipeline:
         return cls(pipe, policy)
 
     def close(self) -> None:
-        """Remove the safety adapters from ``pipe.unet`` (unfusing them first)."""
+        """Remove the safety adapters from the denoiser and text encoders (unfusing first)."""
         self.steering.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -370,7 +371,8 @@ class SafePipeline:
         if isinstance(image, Image.Image):
             return image.size
         factor = int(getattr(self.pipe, "vae_scale_factor", 8))
-        side = int(getattr(self.pipe.unet.config, "sample_size", 64)) * factor
+        denoiser = getattr(self.pipe, self.steering.part, None)
+        side = int(getattr(getattr(denoiser, "config", None), "sample_size", None) or 64) * factor
         return int(call.get("width") or side), int(call.get("height") or side)
 
 

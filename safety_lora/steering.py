@@ -48,7 +48,8 @@ class SteeringError(RuntimeError):
 
 
 class Steering:
-    """Loads ``config.adapters`` onto ``pipe.unet`` and applies them (and SLD) per call.
+    """Loads ``config.adapters`` onto ``pipe.unet`` (or ``pipe.transformer``: SD3, Flux,
+    PixArt) and applies them (and SLD, UNet pipelines only) per call.
 
     A file's text-encoder part goes onto the pipeline's ``text_encoder``/``text_encoder_2``
     at the same strength (for the whole call: text is encoded before the steps), or is
@@ -70,13 +71,25 @@ class Steering:
                 f"`window` must be (0.0, 1.0) in fused mode (fused weights cannot switch per "
                 f"step), got {tuple(config.window)}"
             )
-        unet: Any = getattr(pipe, "unet", None)
+        #: The denoiser the adapters go on: ``pipe.unet``, or ``pipe.transformer`` (SD3, Flux).
+        self.part = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        unet: Any = getattr(pipe, self.part, None)
+        self.denoiser: Any = unet
         if config.adapters and unet is None:
-            raise ValueError(f"steering adapters need a pipeline with a `unet`, got {type(pipe)}")
+            raise ValueError(
+                f"steering adapters need a pipeline with a `unet` or a `transformer`, got "
+                f"{type(pipe)}"
+            )
+        if hasattr(unet, "_orig_mod"):  # torch.compile's wrapper: its module names differ
+            raise ValueError(
+                f"`pipe.{self.part}` is torch.compile'd: wrap the pipeline first, then compile "
+                f"(`safe = SafePipeline(pipe, policy); pipe.{self.part} = "
+                f"torch.compile(pipe.{self.part})`)"
+            )
         self.pipe: Any = pipe
         self.mode = config.mode
         self.window = (float(config.window[0]), float(config.window[1]))
-        if config.guidance is not None and unet is None:
+        if config.guidance is not None and self.part != "unet":
             raise ValueError(f"SLD guidance needs a pipeline with a `unet`, got {type(pipe)}")
         self.base_scales = {a.adapter_name: float(a.scale) for a in config.adapters}
         self.guidance = config.guidance
@@ -94,7 +107,7 @@ class Steering:
         for spec in config.adapters:
             name = spec.adapter_name
             if name in existing:
-                raise ValueError(f"adapter name {name!r} is already loaded on `pipe.unet`")
+                raise ValueError(f"adapter name {name!r} is already loaded on `pipe.{self.part}`")
             path, pin = self._adapter_file(spec)
             # Any format the project reads (PEFT/diffusers, kohya, LyCORIS LoHa/LoKr/full),
             # checked against the UNet (and text encoders, for a file's text-encoder part),
@@ -161,7 +174,7 @@ class Steering:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The adapter names this object owns on ``pipe.unet``."""
+        """The adapter names this object owns on the denoiser."""
         return tuple(self.base_scales)
 
     def _on(self, component: str) -> bool:
@@ -194,7 +207,7 @@ class Steering:
 
     def _activate(self) -> None:
         """Make our adapters active next to whatever other adapters the user has active."""
-        unet = self.pipe.unet
+        unet = self.denoiser
         active = list(unet.active_adapters()) if self._layers else []
         if not all(n in active for n in self.names):
             others = [a for a in active if a not in self.base_scales]
@@ -208,7 +221,7 @@ class Steering:
 
     def _current_weight(self, adapter: str) -> float:
         """A user adapter's ``set_adapters`` weight, read back from its first adapter layer."""
-        for m in _adapter_layers(self.pipe.unet):
+        for m in _adapter_layers(self.denoiser):
             if adapter in m.scaling:
                 alpha = m.lora_alpha if hasattr(m, "lora_alpha") else m.alpha  # LoRA vs LyCORIS
                 unit = alpha[adapter] / m.r[adapter]
@@ -248,7 +261,7 @@ class Steering:
             return
         for model in self._models:
             config = getattr(model, "peft_config", None) or {}
-            names = [n for n in self.names if model is self.pipe.unet or self._part_on(n, model)]
+            names = [n for n in self.names if model is self.denoiser or self._part_on(n, model)]
             missing = [n for n in names if n not in config]
             if missing:
                 raise SteeringError(
@@ -260,7 +273,8 @@ class Steering:
         foreign = sorted(merged - set(self.names))
         if foreign:
             raise SteeringError(
-                f"`pipe.unet` has adapters {foreign} fused into its weights by someone else; the "
+                f"`pipe.{self.part}` has adapters {foreign} fused into its weights by someone "
+                f"else; the "
                 f"safety layer cannot account for them. Call `pipe.unfuse_lora()` first"
             )
         expected = set(self.names) if self._fused_at is not None else set()
@@ -360,7 +374,7 @@ class Steering:
             if not self._layers:
                 return
             self._unfuse()
-            self.pipe.unet.delete_adapters(list(self.names))
+            self.denoiser.delete_adapters(list(self.names))
             for model in self._models[1:]:
                 for name in self.names:
                     remove_adapter(model, name)

@@ -16,6 +16,11 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
@@ -27,6 +32,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
 )
 
 __all__ = ["TINY_WORDS", "tiny_lora_file", "tiny_pipeline", "tiny_tokenizer"]
@@ -137,11 +144,12 @@ def _unet(kind: Literal["sd", "sdxl"], *, real_blocks: bool = False) -> UNet2DCo
     )
 
 
-def _vae() -> AutoencoderKL:
+def _vae(latent_channels: int = 4, **extra: Any) -> AutoencoderKL:
     return AutoencoderKL(  # type: ignore[no-untyped-call]
         in_channels=3,
         out_channels=3,
-        latent_channels=4,
+        latent_channels=latent_channels,
+        **extra,
         block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
@@ -163,22 +171,81 @@ def _scheduler() -> DDIMScheduler:
     )
 
 
+#: Small SD3 / Flux transformer configs (the block structure of the real ones, few layers).
+_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "sd3": {
+        "sample_size": 16, "patch_size": 1, "in_channels": 4, "out_channels": 4,
+        "num_layers": 2, "attention_head_dim": 8, "num_attention_heads": 4,
+        "caption_projection_dim": 32, "joint_attention_dim": _HIDDEN,
+        "pooled_projection_dim": 2 * _HIDDEN,
+    },
+    "flux": {
+        "patch_size": 1, "in_channels": 4, "num_layers": 1, "num_single_layers": 1,
+        "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": _HIDDEN,
+        "pooled_projection_dim": _HIDDEN, "axes_dims_rope": [4, 4, 8],
+    },
+}  # fmt: skip
+#: A small T5 encoder; no dropout (a model built from a config is in training mode).
+_T5: dict[str, Any] = {"d_model": _HIDDEN, "d_kv": 8, "d_ff": 37, "num_layers": 2}
+_T5 |= {"num_heads": 4, "dropout_rate": 0.0}
+
+
+def _transformer_pipeline(kind: Literal["sd3", "flux"]) -> Any:
+    """SD3 (two CLIP encoders, no T5) or Flux (CLIP + a small T5) with a small transformer."""
+    tokenizer = tiny_tokenizer()
+    vae: dict[str, Any] = {"shift_factor": 0.0, "scaling_factor": 1.0, "use_quant_conv": False}
+    vae["use_post_quant_conv"] = False
+    common = {"scheduler": FlowMatchEulerDiscreteScheduler(), "tokenizer": tokenizer}
+    if kind == "sd3":
+        config = _text_config(tokenizer, projection_dim=_HIDDEN)
+        return StableDiffusion3Pipeline(
+            transformer=SD3Transformer2DModel(**_TRANSFORMERS["sd3"]),  # type: ignore[no-untyped-call]
+            vae=_vae(**vae),
+            text_encoder=CLIPTextModelWithProjection(config),
+            text_encoder_2=CLIPTextModelWithProjection(config),
+            tokenizer_2=tiny_tokenizer(),
+            text_encoder_3=None,
+            tokenizer_3=None,
+            **common,
+        )
+    t5 = T5Config(vocab_size=len(tokenizer), decoder_start_token_id=0, pad_token_id=0, **_T5)
+    return FluxPipeline(
+        transformer=FluxTransformer2DModel(**_TRANSFORMERS["flux"]),  # type: ignore[no-untyped-call]
+        vae=_vae(latent_channels=1, **vae),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        text_encoder_2=T5EncoderModel(t5),
+        tokenizer_2=tiny_tokenizer(),  # a CLIP tokenizer stands in for T5's (no download)
+        **common,
+    )
+
+
 def tiny_pipeline(
-    kind: Literal["sd", "sdxl"] = "sd",
+    kind: Literal["sd", "sdxl", "sd3", "flux"] = "sd",
     *,
     img2img: bool = False,
     seed: int = 0,
     real_blocks: bool = False,
 ) -> DiffusionPipeline:
-    """A random Stable Diffusion (or SDXL) pipeline of a few hundred kB making 32x32 images.
+    """A random Stable Diffusion (SDXL, SD3, Flux) pipeline of a few hundred kB making 32x32
+    images.
 
     ``real_blocks``: the UNet has the real model's block structure (SD 1.x: 4 blocks; SDXL:
     3 blocks with 1/2/3 transformer layers) at small widths, so module names are the real ones.
-    The weights depend only on ``seed``; the global torch RNG is left untouched.
-    ``safety_checker`` is ``None`` (SD) and no watermarker is attached (SDXL).
+    SD3 and Flux have a transformer denoiser (``pipe.transformer``); call them with
+    ``max_sequence_length`` <= 77 for Flux. The weights depend only on ``seed``; the global
+    torch RNG is left untouched. ``safety_checker`` is ``None`` (SD) and no watermarker is
+    attached (SDXL).
     """
-    if kind not in ("sd", "sdxl"):
-        raise ValueError(f"`kind` must be 'sd' or 'sdxl', got {kind!r}")
+    if kind not in ("sd", "sdxl", "sd3", "flux"):
+        raise ValueError(f"`kind` must be 'sd', 'sdxl', 'sd3' or 'flux', got {kind!r}")
+    if kind == "sd3" or kind == "flux":
+        if img2img or real_blocks:
+            raise ValueError(f"`img2img` and `real_blocks` apply to UNet pipelines, not {kind!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            made: DiffusionPipeline = _transformer_pipeline(kind)
+        made.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+        return made
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = _unet(kind, real_blocks=real_blocks)
@@ -226,14 +293,15 @@ def tiny_lora_file(
     alpha: float | None = None,
     seed: int = 0,
     std: float = 0.5,
-    targets: Sequence[str] = ("attn2.to_k", "attn2.to_v", "attn2.to_q", "attn2.to_out.0"),
+    targets: Sequence[str] | None = None,
 ) -> Path:
-    """Write a random diffusers/PEFT-format UNet LoRA for ``pipe`` to ``path`` (safetensors).
+    """Write a random diffusers/PEFT-format denoiser LoRA for ``pipe`` to ``path`` (safetensors).
 
-    Every UNet linear whose name ends with one of ``targets`` gets ``lora_A``/``lora_B`` of
-    rank ``rank`` with entries ~ N(0, std); both are non-zero, so the adapter changes outputs.
-    ``alpha`` (default: ``rank``) is stored in the ``lora_adapter_metadata`` header that
-    diffusers reads back. ``pipe`` is not modified.
+    Every linear of the UNet (or transformer) whose name ends with one of ``targets`` (default:
+    the cross-attention projections; a transformer's joint attention, text side included)
+    gets ``lora_A``/``lora_B`` of rank ``rank`` with entries ~ N(0, std); both are non-zero,
+    so the adapter changes outputs. ``alpha`` (default: ``rank``) is stored in the
+    ``lora_adapter_metadata`` header that diffusers reads back. ``pipe`` is not modified.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -243,7 +311,12 @@ def tiny_lora_file(
     gen = torch.Generator().manual_seed(seed)
     layers: dict[str, torch.Tensor] = {}
     names: list[str] = []
-    unet: torch.nn.Module = pipe.unet  # type: ignore[attr-defined]
+    part = "unet" if hasattr(pipe, "unet") else "transformer"
+    unet: torch.nn.Module = getattr(pipe, part)
+    if targets is None:
+        targets = ("attn2.to_k", "attn2.to_v", "attn2.to_q", "attn2.to_out.0")
+        if part == "transformer":
+            targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_k_proj", "attn.add_v_proj")
     for name, module in unet.named_modules():
         if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets):
             names.append(name)
@@ -252,13 +325,15 @@ def tiny_lora_file(
             layers[f"{name}.lora_A.weight"] = a
             layers[f"{name}.lora_B.weight"] = b
     if not names:
-        raise ValueError(f"`targets` {list(targets)} match no linear layer of `pipe.unet`")
+        raise ValueError(f"`targets` {list(targets)} match no linear layer of `pipe.{part}`")
     metadata = {"r": rank, "lora_alpha": float(alpha if alpha is not None else rank)}
     metadata["target_modules"] = names  # type: ignore[assignment]
     type(pipe).save_lora_weights(  # type: ignore[attr-defined]
         str(path.parent),
-        unet_lora_layers=layers,
         weight_name=path.name,
-        unet_lora_adapter_metadata=json.loads(json.dumps(metadata)),
+        **{
+            f"{part}_lora_layers": layers,
+            f"{part}_lora_adapter_metadata": json.loads(json.dumps(metadata)),
+        },
     )
     return path

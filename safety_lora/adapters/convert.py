@@ -7,6 +7,7 @@ given one) and the relative Frobenius error is reported per module and overall.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,8 +104,13 @@ def to_lora_svd(
         for c, part in state.text_encoders.items()
     }
     overall = math.sqrt(sums[0] / sums[1]) if sums[1] > 0 else 0.0
-    out = AdapterState(
-        "lora", modules, dict(state.metadata), dict(state.shapes), state.layout, text
+    out = dataclasses.replace(
+        state,
+        family="lora",
+        modules=modules,
+        metadata=dict(state.metadata),
+        shapes=dict(state.shapes),
+        text_encoders=text,
     )
     return out, errors, overall
 

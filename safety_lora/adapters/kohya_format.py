@@ -128,7 +128,7 @@ def read_kohya_style(
     meta = {k: v for k, v in metadata.items() if k not in _META_DROP}
     shapes = {p: index.shapes[p] for p in modules}
     layout = index.layout or (SDXL_LAYOUT if ldm else None)
-    return AdapterState(family, modules, meta, shapes, layout)
+    return AdapterState(family, modules, meta, shapes, layout, denoiser=index.denoiser)
 
 
 def write_kohya_style(
@@ -139,6 +139,11 @@ def write_kohya_style(
     Stems are LDM/SGM names for an SDXL layout (what sd-scripts writes), else diffusers names;
     text-encoder parts are ``lora_te_`` (one text encoder) or ``lora_te1_``/``lora_te2_``.
     """
+    if state.denoiser != "unet":
+        raise AdapterFormatError(
+            f"a {state.denoiser} adapter has no kohya/LyCORIS names here (their SD3/Flux files "
+            f"use the original model's block names); write it as peft"
+        )
     out: dict[str, torch.Tensor] = {}
     layout = state.layout if state.layout is not None and state.layout.sdxl else None
     for path, weights in state.modules.items():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from safety_lora.adapters.ldm_names import UnetLayout, ldm_stem
+from safety_lora.adapters.state import Denoiser
 
 __all__ = [
     "SD15_UNET",
@@ -41,11 +42,13 @@ class ModuleIndex:
     """Adaptable modules (Linear / Conv2d) by diffusers path, with their weight shapes.
 
     ``layout`` is the model's block structure when the model is a known UNet (it resolves and
-    writes LDM names); ``None`` for the reference index and for other models.
+    writes LDM names); ``None`` for the reference index and for other models. ``denoiser``
+    names the pipeline attribute a denoiser model sits on (``transformer`` for SD3/Flux/PixArt).
     """
 
     shapes: Mapping[str, tuple[int, ...]]
     layout: UnetLayout | None = field(default=None)
+    denoiser: Denoiser = "unet"
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModuleIndex:
@@ -60,7 +63,8 @@ class ModuleIndex:
                 shapes[clean] = tuple(module.weight.shape)
         config = getattr(model, "config", None)
         layout = UnetLayout.from_config(config) if isinstance(config, Mapping) else None
-        return cls(shapes, layout)
+        denoiser: Denoiser = "transformer" if "Transformer" in type(model).__name__ else "unet"
+        return cls(shapes, layout, denoiser)
 
     @cached_property
     def by_stem(self) -> dict[str, str]:

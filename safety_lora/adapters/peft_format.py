@@ -35,9 +35,10 @@ __all__ = ["METADATA_KEY", "PeftFormat", "lora_config_kwargs", "peft_lora_tensor
 
 #: The safetensors header entry diffusers stores the LoraConfig in.
 METADATA_KEY = "lora_adapter_metadata"
-#: Key prefixes per pipeline component (``base_model.model.``: a bare peft UNet file).
+#: Key prefixes per pipeline component (the denoiser: ``unet.`` or ``transformer.``;
+#: ``base_model.model.``: a bare peft UNet file).
 _PREFIXES: dict[Component, tuple[str, ...]] = {
-    "unet": ("unet.", "base_model.model."),
+    "unet": ("unet.", "transformer.", "base_model.model."),
     "text_encoder": ("text_encoder.",),
     "text_encoder_2": ("text_encoder_2.",),
 }
@@ -132,7 +133,7 @@ class PeftFormat:
             )
         meta = {k: v for k, v in metadata.items() if k not in ("format", METADATA_KEY)}
         shapes = {p: index.shapes[p] for p in modules}
-        return AdapterState("lora", modules, meta, shapes, index.layout)
+        return AdapterState("lora", modules, meta, shapes, index.layout, denoiser=index.denoiser)
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Component-prefixed keys (``unet.``, ``text_encoder.`` ...) and a
@@ -140,8 +141,8 @@ class PeftFormat:
         """
         tensors: dict[str, torch.Tensor] = {}
         packed: dict[str, Any] = {}
-        parts: dict[Component, AdapterState] = {"unet": state, **state.text_encoders}
-        for component, part in parts.items():
+        parts: list[tuple[str, AdapterState]] = [(state.denoiser, state)]
+        for component, part in [*parts, *state.text_encoders.items()]:
             tensors.update({f"{component}.{k}": v for k, v in peft_lora_tensors(part).items()})
             ranks = {p: int(w.tensors["lora_down"].shape[0]) for p, w in part.modules.items()}
             alphas = {p: part.effective_alpha(p) for p in part.modules}

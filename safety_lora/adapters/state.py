@@ -25,14 +25,17 @@ __all__ = [
     "AdapterIntegrityError",
     "AdapterState",
     "Component",
+    "Denoiser",
     "Family",
     "ModuleWeights",
     "lora_down",
 ]
 
 Family = Literal["lora", "loha", "lokr", "full"]
-#: The pipeline components an adapter file can have parts for.
+#: The pipeline components an adapter file can have parts for (``unet``: the denoiser).
 Component = Literal["unet", "text_encoder", "text_encoder_2"]
+#: Where the denoiser sits on the pipeline: ``pipe.unet``, or ``pipe.transformer`` (SD3, Flux).
+Denoiser = Literal["unet", "transformer"]
 
 #: The families, and the tensor names each may hold per module (required ones first).
 #: LoRA's ``lora_mid`` is Tucker LoCon's core; ``dora_scale`` is DoRA's magnitude.
@@ -73,6 +76,7 @@ class AdapterState:
     layout are written with the LDM module names sd-scripts, A1111 and ComfyUI use.
     ``text_encoders`` holds the file's text-encoder parts by pipeline component
     (``text_encoder``, ``text_encoder_2``), each an adapter of the same family on that model.
+    ``denoiser`` is ``transformer`` for an adapter of a transformer denoiser (SD3, Flux).
     """
 
     family: Family
@@ -81,6 +85,7 @@ class AdapterState:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     layout: UnetLayout | None = None
     text_encoders: dict[Component, AdapterState] = field(default_factory=dict)
+    denoiser: Denoiser = "unet"
 
     def __post_init__(self) -> None:
         if self.family not in TENSOR_NAMES:

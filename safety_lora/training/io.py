@@ -72,8 +72,8 @@ def adapter_state(
             path, name = key.rsplit(".", 1)
         groups.setdefault(path, {})[name] = tensor.detach().to("cpu").contiguous()
     modules = {path: ModuleWeights(tensors, alpha) for path, tensors in groups.items()}
-    layout = ModuleIndex.from_model(unet).layout  # SDXL: LyCORIS files get LDM names
-    return AdapterState(kind, modules, dict(metadata), layout=layout)
+    index = ModuleIndex.from_model(unet)  # SDXL: LyCORIS files get LDM names
+    return AdapterState(kind, modules, dict(metadata), layout=index.layout, denoiser=index.denoiser)
 
 
 def save_adapter_file(
