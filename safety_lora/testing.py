@@ -244,6 +244,7 @@ def tiny_pipeline(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             made: DiffusionPipeline = _transformer_pipeline(kind)
+        made.default_sample_size = 16  # type: ignore[attr-defined]  # 32x32 images, like the rest
         made.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         return made
     with torch.random.fork_rng(devices=[]):

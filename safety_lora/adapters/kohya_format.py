@@ -132,21 +132,26 @@ def read_kohya_style(
 
 
 def write_kohya_style(
-    state: AdapterState, *, suffix_weight: bool
+    state: AdapterState, *, suffix_weight: bool, lycoris: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``lora_unet_<stem>.<name>[.weight]`` keys plus ``alpha`` (in the module's dtype).
 
     Stems are LDM/SGM names for an SDXL layout (what sd-scripts writes), else diffusers names;
     text-encoder parts are ``lora_te_`` (one text encoder) or ``lora_te1_``/``lora_te2_``.
+    A transformer denoiser's modules (``lycoris`` only) are ``lycoris_<diffusers name>``, the
+    keys LyCORIS writes when it wraps a diffusers transformer (as SimpleTuner does).
     """
-    if state.denoiser != "unet":
+    if state.denoiser != "unet" and not lycoris:
         raise AdapterFormatError(
-            f"a {state.denoiser} adapter has no kohya/LyCORIS names here (their SD3/Flux files "
-            f"use the original model's block names); write it as peft"
+            f"a {state.denoiser} adapter has no kohya names here (kohya's SD3/Flux files use "
+            f"the original model's block names); write it as peft or lycoris"
         )
     out: dict[str, torch.Tensor] = {}
     layout = state.layout if state.layout is not None and state.layout.sdxl else None
     for path, weights in state.modules.items():
+        if state.denoiser != "unet":
+            _write_module(out, f"lycoris_{kohya_stem(path)}", weights, suffix_weight)
+            continue
         stem = kohya_stem(path) if layout is None else ldm_stem(path, layout)
         if stem is None:
             raise AdapterFormatError(f"module {path!r} has no LDM/SGM name in an SDXL UNet")

@@ -57,4 +57,4 @@ class LycorisFormat:
 
     def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """LyCORIS keys (``.weight`` only on LoCon's ``lora_down``/``lora_up``)."""
-        return write_kohya_style(state, suffix_weight=state.family == "lora")
+        return write_kohya_style(state, suffix_weight=state.family == "lora", lycoris=True)

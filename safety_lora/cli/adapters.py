@@ -36,6 +36,34 @@ def _index(base: Path | None) -> ModuleIndex | None:
     return None if base is None else config_index(base)
 
 
+#: What ``inspect --base`` says about the recorded base fingerprint, by outcome.
+FINGERPRINT_VERDICTS = {
+    "matches": "the fingerprint matches: trained on these weights",
+    "differs": "the fingerprint differs: trained on other weights of this architecture",
+    "not recorded": "no fingerprint recorded in the file",
+    "no weights": "--base has no diffusion_pytorch_model.safetensors to fingerprint",
+}
+
+
+def _fingerprint_check(metadata: dict[str, str], base: Path) -> str:
+    """Whether ``safety_lora.base_fingerprint`` is the fingerprint of ``base``'s UNet weights
+    (as stored, or in float32, the dtype the trainer runs in): a key of FINGERPRINT_VERDICTS.
+    """
+    import torch
+
+    from safety_lora.training.io import weights_fingerprint
+
+    recorded = metadata.get("safety_lora.base_fingerprint")
+    if recorded is None:
+        return "not recorded"
+    folder = base / "unet" if (base / "unet").is_dir() else base
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        return "no weights"
+    found = {weights_fingerprint(weights), weights_fingerprint(weights, torch.float32)}
+    return "matches" if recorded in found else "differs"
+
+
 def _summary(path: Path, base: Path | None) -> dict[str, Any]:
     """What the file holds; with ``base``, its names resolved and every shape checked there."""
     from safety_lora.adapters import AdapterFormatError, check_fits, read_adapter
@@ -67,6 +95,7 @@ def _summary(path: Path, base: Path | None) -> dict[str, Any]:
         },
         "base_model": {k: state.metadata[k] for k in FINGERPRINT_KEYS if k in state.metadata},
         "fits_base": None if base is None else str(base),
+        "base_fingerprint": None if base is None else _fingerprint_check(state.metadata, base),
         "metadata": state.metadata,
     }
 
@@ -110,7 +139,10 @@ def inspect(
     recorded = ", ".join(f"{k}={v}" for k, v in fingerprint.items())
     table.add_row("base model", recorded or "(not recorded)")
     if info["fits_base"] is not None:
-        table.add_row("fits --base", f"yes: every module and shape of {info['fits_base']}")
+        verdict = FINGERPRINT_VERDICTS[info["base_fingerprint"]]
+        table.add_row(
+            "fits --base", f"yes: every module and shape of {info['fits_base']}; {verdict}"
+        )
     table.add_row(f"targets ({info['modules']})", "\n".join(info["targets"]))
     for key, value in sorted(info["metadata"].items()):
         table.add_row(f"meta: {key}", value if len(value) <= 200 else value[:200] + "…")

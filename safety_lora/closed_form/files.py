@@ -89,7 +89,7 @@ def write_edit(
         "adapter": state.family,
         "rank": ranks[-1] if ranks else None,
         "alpha": "rank",  # every module's alpha is its rank: scale 1
-        "target_modules": sorted(edit.weights),
+        "target_modules": sorted(edit.modules),
         "method": "closed-form",
         "concepts": list(config.erase),
         "anchors": {c: config.anchor_of(c) for c in config.erase},
@@ -122,10 +122,11 @@ def write_edit(
 
 
 def base_metadata(pipe: Any, name: str) -> dict[str, str]:
-    """The base model's ``name`` and its UNet's fingerprint (as trained adapters record)."""
+    """The base model's ``name`` and its denoiser's fingerprint (as trained adapters record)."""
     from safety_lora.training.io import base_fingerprint
 
-    return {"base": name, "base_fingerprint": base_fingerprint(pipe.unet)}
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    return {"base": name, "base_fingerprint": base_fingerprint(denoiser)}
 
 
 def erase(

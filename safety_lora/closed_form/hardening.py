@@ -86,6 +86,11 @@ def harden(
     """``edit`` after ``config.attack_rounds`` attack rounds (unchanged when there are none)."""
     if not config.attack_rounds:
         return edit
+    if inputs.denoiser != "unet":
+        raise ValueError(
+            "closed-form attack rounds (attack_rounds) run the red-team harness, which needs a "
+            "UNet pipeline (SD); set attack_rounds: 0 for SD3/Flux"
+        )
     from safety_lora.attack.objective import Objective
     from safety_lora.attack.soft import soft_prompt
     from safety_lora.attack.text import PromptEncoder

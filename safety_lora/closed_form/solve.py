@@ -1,6 +1,7 @@
 """Closed-form concept erasure (UCE, Gandikota et al. 2024), with an ESD push and RECE rounds.
 
-For every cross-attention key/value weight ``W`` (out x d) the edit is the minimiser of
+For every cross-attention key/value weight ``W`` (out x d; a transformer's
+``context_embedder``, see :mod:`.states`) the edit is the minimiser of
 ``lam |W' - W|^2 + sum_i |W' c_i - W t_i|^2 + preserve_weight sum_j |W' p_j - W p_j|^2``::
 
     W' = (lam W + sum W t_i c_i^T + eta_p sum W p_j p_j^T)
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 
 from safety_lora.adapters import AdapterState, Family, ModuleWeights
+from safety_lora.adapters.ldm_names import UnetLayout
+from safety_lora.adapters.state import Denoiser
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.closed_form.states import EditInputs, gather
 
@@ -48,9 +51,10 @@ __all__ = ["ClosedFormEdit", "adversarial_embeddings", "edit_matrix", "solve", "
 class ClosedFormEdit:
     """A solved edit: ``W' = W (I + edit)`` for every module in ``weights``.
 
-    ``adversarial_gaps`` holds, per RECE round, how far the edited model's keys and values for
-    the round's adversarial embeddings are from the base model's for the concept (relative;
-    0 would mean the concept fully regenerated).
+    ``pooled`` is the separate edit of a transformer denoiser's pooled-embedding layer
+    (:mod:`.states`). ``adversarial_gaps`` holds, per RECE round, how far the edited model's
+    keys and values for the round's adversarial embeddings are from the base model's for the
+    concept (relative; 0 would mean the concept fully regenerated).
     """
 
     config: ClosedFormConfig
@@ -58,9 +62,19 @@ class ClosedFormEdit:
     weights: dict[str, torch.Tensor]
     seconds: float
     adversarial_gaps: tuple[float, ...] = ()
+    denoiser: Denoiser = "unet"
+    layout: UnetLayout | None = None
+    pooled: ClosedFormEdit | None = None
+
+    @property
+    def modules(self) -> dict[str, torch.Tensor]:
+        """Every edited module's base weight, the pooled part's included."""
+        return {**self.weights, **(self.pooled.weights if self.pooled else {})}
 
     def delta(self, path: str) -> torch.Tensor:
         """Module ``path``'s exact weight delta ``W D`` (float64)."""
+        if path not in self.weights and self.pooled is not None:
+            return self.pooled.delta(path)
         return self.weights[path].to("cpu", torch.float64) @ self.edit
 
     def to_state(
@@ -80,7 +94,7 @@ class ClosedFormEdit:
         modules: dict[str, ModuleWeights] = {}
         errors: dict[str, float] = {}
         err2 = norm2 = 0.0
-        for path in self.weights:
+        for path in self.modules:
             delta = self.delta(path)
             if exact:
                 modules[path] = ModuleWeights({"diff": delta.to(torch.float32).contiguous()})
@@ -102,8 +116,11 @@ class ClosedFormEdit:
             )
         overall = math.sqrt(err2 / norm2) if norm2 > 0 else 0.0
         family: Family = "full" if exact else "lora"
-        shapes = {p: tuple(w.shape) for p, w in self.weights.items()}
-        return AdapterState(family, modules, dict(metadata or {}), shapes), errors, overall
+        shapes = {p: tuple(w.shape) for p, w in self.modules.items()}
+        state = AdapterState(
+            family, modules, dict(metadata or {}), shapes, self.layout, denoiser=self.denoiser
+        )
+        return state, errors, overall
 
 
 def _rank_for(s: torch.Tensor, rank: int | None, tolerance: float | None) -> int:
@@ -135,6 +152,11 @@ def edit_matrix(
 def solve_inputs(inputs: EditInputs, config: ClosedFormConfig) -> ClosedFormEdit:
     """Solve the edit for gathered ``inputs`` (see the module docstring)."""
     began = time.perf_counter()
+    if inputs.pooled is not None and config.rounds:
+        raise ValueError(
+            "RECE rounds (rounds) find adversarial states for one shared edit; a transformer "
+            "denoiser's edit has two (text states, pooled embedding): set rounds: 0"
+        )
     concept, anchor = inputs.concept, inputs.anchor
     target = anchor - config.push * (concept - anchor)
     edit = edit_matrix(concept, target, inputs.preserve, config)
@@ -155,6 +177,9 @@ def solve_inputs(inputs: EditInputs, config: ClosedFormConfig) -> ClosedFormEdit
         weights=dict(inputs.weights),
         seconds=time.perf_counter() - began,
         adversarial_gaps=tuple(gaps),
+        denoiser=inputs.denoiser,
+        layout=inputs.layout,
+        pooled=None if inputs.pooled is None else solve_inputs(inputs.pooled, config),
     )
 
 

@@ -1,8 +1,21 @@
-"""What a closed-form edit reads from a pipeline: text states as the UNet sees them, aligned.
+"""What a closed-form edit reads from a pipeline: text states as the denoiser sees them, aligned.
 
 States come from the pipeline's own ``encode_prompt`` (SD: the text encoder's last hidden
-state; SDXL: both encoders' penultimate states side by side), at every token position the
-UNet attends to, padding included (CLIP's padding states carry the whole prompt).
+state; SDXL: both encoders' penultimate states side by side; SD3: the CLIP states then the
+T5 states; Flux: the T5 states), at every token position the denoiser attends to, padding
+included (CLIP's padding states carry the whole prompt).
+
+Which weights are edited: a UNet's cross-attention keys/values (``attn2.to_k``/``to_v``),
+the only layers that read the text states. A transformer denoiser (SD3, Flux) reads them
+through one layer, ``context_embedder``, and everything downstream (every joint block's
+``add_k_proj``/``add_v_proj``, the text stream's MLPs) sees its output mixed with image
+tokens and timestep modulation, different per block and per step; so the edit goes on
+``context_embedder``, where UCE's premise (inputs known before sampling, shared by every
+edited layer) holds exactly. Their second text input, the pooled CLIP embedding
+(``pooled_projections``, which modulates every block), gets its own edit of the same form on
+``time_text_embed.text_embedder.linear_1``, one column per prompt (``EditInputs.pooled``).
+Where this differs from editing ``add_k_proj``/``add_v_proj`` as UCE ports do: the concept
+is removed from the whole text stream and from the modulation, not per block.
 
 Alignment pairs each position of an erase prompt with a position of its anchor prompt, from
 a diff of the two token sequences: equal tokens map to their counterpart (a shared prefix
@@ -22,7 +35,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["EditInputs", "align", "cross_attention_weights", "gather"]
+from safety_lora.adapters.ldm_names import UnetLayout
+from safety_lora.adapters.state import Denoiser
+
+__all__ = ["EditInputs", "align", "cross_attention_weights", "gather", "text_weights"]
 
 _BATCH = 64
 
@@ -40,6 +56,9 @@ class EditInputs:
     anchor: torch.Tensor
     preserve: torch.Tensor
     weights: dict[str, torch.Tensor]
+    denoiser: Denoiser = "unet"
+    layout: UnetLayout | None = None
+    pooled: EditInputs | None = None
 
     @property
     def dim(self) -> int:
@@ -53,7 +72,9 @@ class EditInputs:
         for name, tensor in [*tensors.items(), *sorted(self.weights.items())]:
             flat = tensor.detach().to("cpu").contiguous()
             digest.update(f"{name}:{tuple(flat.shape)}:{flat.dtype}\n".encode())
-            digest.update(flat.view(torch.uint8).numpy().data)
+            digest.update(flat.reshape(-1).view(torch.uint8).numpy().data)
+        if self.pooled is not None:
+            digest.update(f"pooled:{self.pooled.fingerprint()}".encode())
         return digest.hexdigest()
 
 
@@ -99,49 +120,132 @@ def cross_attention_weights(unet: torch.nn.Module, dim: int) -> dict[str, torch.
     return out
 
 
+#: A transformer denoiser's layers that read the text states and the pooled embedding.
+CONTEXT_EMBEDDER, POOLED_EMBEDDER = "context_embedder", "time_text_embed.text_embedder.linear_1"
+
+
+def text_weights(pipe: Any, dim: int, path: str = CONTEXT_EMBEDDER) -> dict[str, torch.Tensor]:
+    """The base weights a closed-form edit changes (module docstring), by module path;
+    ``path``: which text-reading layer of a transformer denoiser.
+    """
+    if getattr(pipe, "unet", None) is not None:
+        return cross_attention_weights(pipe.unet, dim)
+    try:
+        module = pipe.transformer.get_submodule(path)
+    except AttributeError:
+        module = None
+    layer: Any = getattr(module, "base_layer", module)
+    if not isinstance(layer, torch.nn.Linear) or layer.in_features != dim:
+        raise ValueError(
+            f"closed-form erasure on {type(pipe).__name__}: its denoiser has no `{path}` "
+            f"Linear taking {dim}-wide text states"
+        )
+    return {path: layer.weight.detach()}
+
+
 @torch.no_grad()
-def encode(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """``(n, length, d)`` float64 CPU text states of ``prompts`` from ``pipe.encode_prompt``."""
-    device = getattr(pipe, "_execution_device", None) or pipe.unet.device
-    chunks = []
+def encode(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(n, length, d)`` float64 CPU text states of ``prompts`` from ``pipe.encode_prompt``;
+    for a transformer denoiser also the ``(n, d_pooled)`` pooled embeddings, else ``None``.
+    """
+    from safety_lora.training.conditioning import PromptBank
+
+    chunks, pooled = [], []
     for start in range(0, len(prompts), _BATCH):
+        batch = list(prompts[start : start + _BATCH])
+        if getattr(pipe, "unet", None) is None:  # SD3/Flux: encoded as ESD training does
+            bank = PromptBank.encode(pipe, batch, latent_size=0)
+            rows = bank.index(batch)
+            assert bank.pooled is not None
+            chunks.append(bank.hidden[rows].to("cpu", torch.float64))
+            pooled.append(bank.pooled[rows].to("cpu", torch.float64))
+            continue
         out = pipe.encode_prompt(
-            prompt=list(prompts[start : start + _BATCH]),
-            device=device,
+            prompt=batch,
+            device=getattr(pipe, "_execution_device", None) or pipe.unet.device,
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )
         chunks.append(out[0].detach().to("cpu", torch.float64))
-    return torch.cat(chunks)
+    return torch.cat(chunks), torch.cat(pooled) if pooled else None
 
 
-def _ids(pipe: Any, prompt: str, length: int) -> list[int]:
-    ids: list[int] = pipe.tokenizer(prompt, truncation=True, max_length=length).input_ids
-    return ids
+def _segments(pipe: Any, length: int) -> list[tuple[Any, int, int]]:
+    """``(tokenizer, offset, length)`` of each run of positions in the states, in order."""
+    if getattr(pipe, "unet", None) is not None:
+        return [(pipe.tokenizer, 0, length)]
+    if hasattr(pipe, "text_encoder_3"):  # SD3: 77 CLIP positions, then T5's (zeros without T5)
+        clip = int(pipe.tokenizer_max_length)
+        return [(pipe.tokenizer, 0, clip), (pipe.tokenizer_3, clip, length - clip)]
+    return [(pipe.tokenizer_2, 0, length)]  # Flux: T5 only
+
+
+def _aligned(pipe: Any, erase_prompt: str, anchor_prompt: str, length: int) -> list[int]:
+    """For every state position of ``erase_prompt``, its position in ``anchor_prompt``'s."""
+    where: list[int] = []
+    for tokenizer, offset, span in _segments(pipe, length):
+        if tokenizer is None:  # no encoder: constant states, any alignment
+            where.extend(range(offset, offset + span))
+            continue
+        ids = [
+            tokenizer(p, truncation=True, max_length=span).input_ids
+            for p in (erase_prompt, anchor_prompt)
+        ]
+        where.extend(offset + i for i in align(ids[0], ids[1], span))
+    return where
 
 
 def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str]) -> EditInputs:
     """Encode and align ``pairs`` (erase prompt, anchor prompt) and ``preserve`` for ``pipe``."""
-    if getattr(pipe, "unet", None) is None or getattr(pipe, "tokenizer", None) is None:
+    from safety_lora.adapters.names import ModuleIndex
+    from safety_lora.training.conditioning import denoiser_family
+
+    if getattr(pipe, "tokenizer", None) is None:
         raise ValueError(
-            f"closed-form erasure needs a pipeline with a `unet` and a `tokenizer`, got "
-            f"{type(pipe).__name__}"
+            f"closed-form erasure needs a pipeline with a `tokenizer`, got {type(pipe).__name__}"
         )
+    family = denoiser_family(pipe)
     unique = list(dict.fromkeys([*(p for pair in pairs for p in pair), *preserve]))
-    states = encode(pipe, unique)
+    states, pooled = encode(pipe, unique)
     row = {p: i for i, p in enumerate(unique)}
     length, dim = int(states.shape[1]), int(states.shape[2])
     concept, anchor = [], []
     for erase_prompt, anchor_prompt in pairs:
-        where = align(_ids(pipe, erase_prompt, length), _ids(pipe, anchor_prompt, length), length)
         concept.append(states[row[erase_prompt]])
-        anchor.append(states[row[anchor_prompt]][where])
+        anchor.append(
+            states[row[anchor_prompt]][_aligned(pipe, erase_prompt, anchor_prompt, length)]
+        )
     kept = [states[row[p]] for p in preserve]
+    index = ModuleIndex.from_model(pipe.unet if family == "unet" else pipe.transformer)
     return EditInputs(
         concept=torch.cat(concept).T.contiguous(),
         anchor=torch.cat(anchor).T.contiguous(),
         preserve=torch.cat(kept).T.contiguous()
         if kept
         else torch.zeros(dim, 0, dtype=torch.float64),
-        weights=cross_attention_weights(pipe.unet, dim),
+        weights=text_weights(pipe, dim),
+        denoiser=index.denoiser,
+        layout=index.layout,
+        pooled=None if pooled is None else _pooled_inputs(pipe, pooled, row, pairs, preserve),
+    )
+
+
+def _pooled_inputs(
+    pipe: Any,
+    pooled: torch.Tensor,
+    row: dict[str, int],
+    pairs: Sequence[tuple[str, str]],
+    preserve: Sequence[str],
+) -> EditInputs:
+    """The pooled embeddings as edit inputs: one column per prompt (no positions to align)."""
+
+    def columns(prompts: Sequence[str]) -> torch.Tensor:
+        return pooled[[row[p] for p in prompts]].T.contiguous()
+
+    return EditInputs(
+        concept=columns([c for c, _ in pairs]),
+        anchor=columns([a for _, a in pairs]),
+        preserve=columns(preserve),
+        weights=text_weights(pipe, int(pooled.shape[1]), POOLED_EMBEDDER),
+        denoiser="transformer",
     )

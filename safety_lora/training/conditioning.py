@@ -1,21 +1,40 @@
-"""Prompt conditioning for the UNet, encoded once: SD (one text encoder) and SDXL.
+"""Prompt conditioning for the denoiser, encoded once: SD, SDXL, SD3 and Flux.
 
 The text encoders are frozen during ESD training, so every prompt the run uses is encoded
 once up front and rows are gathered per step. SDXL adds the pooled embedding of the second
 encoder and ``add_time_ids`` (original size, crop (0, 0), target size = the latent size
 times the VAE scale); its empty prompt is all zeros when the pipeline's
 ``force_zeros_for_empty_prompt`` is set, as the SDXL pipeline's unconditional branch is.
+SD3 and Flux (transformer denoisers) keep the pooled CLIP embedding their pipelines pass as
+``pooled_projections``; Flux also its text ids, and T5 prompts up to the tokenizer's length
+(at most 512, the pipeline's default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["PromptBank"]
+__all__ = ["PromptBank", "denoiser_family"]
+
+
+def denoiser_family(pipe: Any) -> Literal["unet", "sd3", "flux"]:
+    """Which denoiser ``pipe`` has: a UNet (SD, SDXL), an SD3 or a Flux transformer."""
+    if getattr(pipe, "unet", None) is not None:
+        return "unet"
+    transformer = getattr(pipe, "transformer", None)
+    name = type(transformer).__name__
+    if name.startswith("SD3"):
+        return "sd3"
+    if name.startswith("Flux"):
+        return "flux"
+    raise ValueError(
+        f"{type(pipe).__name__}: ESD training supports UNet (SD, SDXL), SD3 and Flux "
+        f"denoisers, not {name if transformer is not None else 'a pipeline without one'}"
+    )
 
 
 @dataclass(frozen=True)
@@ -26,11 +45,15 @@ class PromptBank:
     hidden: torch.Tensor
     pooled: torch.Tensor | None
     time_ids: torch.Tensor | None
+    text_ids: torch.Tensor | None = None
 
     @classmethod
     def encode(cls, pipe: Any, prompts: Sequence[str], *, latent_size: int) -> PromptBank:
         """Encode the distinct ``prompts`` with ``pipe``'s text encoder(s), without grad."""
         unique = tuple(dict.fromkeys(prompts))
+        family = denoiser_family(pipe)
+        if family != "unet":
+            return cls._transformer(pipe, unique, family)
         device = pipe.unet.device
         xl = getattr(pipe, "text_encoder_2", None) is not None
         with torch.no_grad():
@@ -52,6 +75,23 @@ class PromptBank:
             size = latent_size * int(getattr(pipe, "vae_scale_factor", 8))
             time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=hidden.dtype)
         return cls(prompts=unique, hidden=hidden, pooled=pooled, time_ids=time_ids)
+
+    @classmethod
+    def _transformer(cls, pipe: Any, unique: tuple[str, ...], family: str) -> PromptBank:
+        device = pipe.transformer.device
+        with torch.no_grad():
+            if family == "sd3":
+                out = pipe.encode_prompt(
+                    prompt=list(unique), prompt_2=None, prompt_3=None, device=device,
+                    num_images_per_prompt=1, do_classifier_free_guidance=False,
+                )  # fmt: skip
+                return cls(unique, out[0].detach(), out[2].detach(), None)
+            length = min(512, int(pipe.tokenizer_2.model_max_length))
+            hidden, pooled, text_ids = pipe.encode_prompt(
+                prompt=list(unique), prompt_2=None, device=device, num_images_per_prompt=1,
+                max_sequence_length=length,
+            )  # fmt: skip
+        return cls(unique, hidden.detach(), pooled.detach(), None, text_ids.detach())
 
     def index(self, prompts: Sequence[str]) -> torch.Tensor:
         """Row indices of ``prompts`` (each must have been encoded)."""

@@ -1,4 +1,5 @@
-"""ESD concept erasure with a LoRA, LoHa or LoKr adapter on a frozen diffusers UNet.
+"""ESD concept erasure with a LoRA, LoHa or LoKr adapter on a frozen diffusers denoiser
+(a UNet, or an SD3/Flux transformer: :mod:`safety_lora.training.denoiser`).
 
 Objective (Gandikota et al., "Erasing Concepts from Diffusion Models", 2023)::
 
@@ -13,8 +14,9 @@ Where ``x_t`` comes from, per training step (as the paper: from the model being 
 
 1. one stop index ``k`` is drawn uniformly from ``0 .. ddim_steps - 1`` for the batch;
 2. from Gaussian noise, ``k`` DDIM steps (eta 0, "trailing" spacing over the base's noise
-   schedule, no clipping) are run with the *adapted* UNet conditioned on each row's own
-   prompt (concept or retain prompt), with classifier-free guidance ``guidance_scale``;
+   schedule, no clipping; transformers: flow-matching Euler steps) are run with the *adapted*
+   model conditioned on each row's own prompt (concept or retain prompt), with
+   classifier-free guidance ``guidance_scale``;
 3. ``x_t`` is the result and ``t`` the timestep of DDIM step ``k``, i.e. the noise level
    ``x_t`` is actually at. (The paper's code evaluates the DDPM timestep ``~ 1000 k / 50``,
    the reverse of the level reached; we use the consistent one.)
@@ -41,8 +43,9 @@ import torch
 
 from safety_lora.seeds import hashed_seed
 from safety_lora.training.adversarial import Adversary
-from safety_lora.training.conditioning import PromptBank
+from safety_lora.training.conditioning import PromptBank, denoiser_family
 from safety_lora.training.config import TrainConfig
+from safety_lora.training.denoiser import Denoiser, Sampler
 from safety_lora.training.io import (
     base_fingerprint,
     load_checkpoint,
@@ -108,48 +111,32 @@ def load_base(base: str | None, device: str) -> Any:
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(base)
-    if getattr(pipe, "unet", None) is None:
-        raise ValueError(f"`base` {base!r} is not a UNet pipeline (no `unet`)")
+    denoiser_family(pipe)  # an unsupported denoiser fails here, naming it
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def _ddim(pipe: Any, steps: int) -> Any:
-    """DDIM over the base's noise schedule (trailing spacing: step 0 starts from pure noise)."""
-    from diffusers import DDIMScheduler
-
-    cfg = pipe.scheduler.config
-    scheduler = DDIMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_start=cfg.beta_start,
-        beta_end=cfg.beta_end,
-        beta_schedule=cfg.beta_schedule,
-        trained_betas=cfg.get("trained_betas"),
-        prediction_type=cfg.get("prediction_type", "epsilon"),
-        clip_sample=False,
-        set_alpha_to_one=False,
-        timestep_spacing="trailing",
-    )
-    scheduler.set_timesteps(steps)
-    return scheduler
 
 
 class EsdTrainer:
     """Holds one run's state: the UNet with its adapter, prompts, optimizer and history.
 
-    Construction injects the adapter (zero-initialised, so the adapted UNet starts as the
-    base) into ``pipe.unet``, which must carry no other adapter; :meth:`close` removes it
-    and restores the UNet's modules, ``requires_grad`` flags and train/eval mode.
+    Construction injects the adapter (zero-initialised, so the adapted model starts as the
+    base) into the denoiser (``pipe.unet`` or ``pipe.transformer``; :mod:`.denoiser`), which
+    must carry no other adapter; :meth:`close` removes it and restores the denoiser's
+    modules, ``requires_grad`` flags and train/eval mode. ``self.unet`` is the denoiser.
     """
 
     def __init__(self, pipe: Any, config: TrainConfig) -> None:
-        self.pipe, self.config, self.unet = pipe, config, pipe.unet
+        self.denoiser = Denoiser.of(pipe, config.guidance_scale)
+        self.pipe, self.config, self.unet = pipe, config, self.denoiser.module
+        if config.adversarial and self.denoiser.family != "unet":
+            raise ValueError("adversarial ESD training supports UNet pipelines (SD), not SD3/Flux")
+        self.scheduler = Sampler(pipe, self.denoiser, config.ddim_steps)
         # Before the adapter goes in: an unsupported pipeline fails with the UNet untouched.
         self.adversary = Adversary(self, config.adversarial) if config.adversarial else None
         present = sorted(getattr(self.unet, "peft_config", None) or {})
         if present:
             raise ValueError(
-                f"`pipe.unet` carries adapters {present}; ESD trains against the bare UNet "
+                f"the denoiser carries adapters {present}; ESD trains against the bare model "
                 f"(fuse them into the weights first, or train on a fresh pipeline)"
             )
         self.device = self.unet.device
@@ -172,12 +159,10 @@ class EsdTrainer:
         self.val_held_out = bool(val_pairs)
         self.val_pairs = val_pairs or self.pairs
         self.val_keep = val_keep or self.keep
-        size = self.unet.config.sample_size
-        self.latent_size = int(size if isinstance(size, int) else size[0])
+        self.latent_size = self.denoiser.shape[-1]  # SDXL's add_time_ids
         prompts = ["", *(p for pair in pairs for p in pair), *config.preserve]
         self.bank = PromptBank.encode(pipe, prompts, latent_size=self.latent_size)
         self.empty = self.bank.index([""])
-        self.scheduler = _ddim(pipe, config.ddim_steps)
 
         self.step = 0
         self.losses: list[float] = []
@@ -199,9 +184,8 @@ class EsdTrainer:
             self.unet.enable_adapters()
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction for latents ``x`` at timesteps ``t`` under prompt ``rows``."""
-        steps = t.to(self.device).expand(len(x)) if t.dim() == 0 else t.to(self.device)
-        return self.unet(x, steps, **self.bank.unet_kwargs(rows)).sample  # type: ignore[no-any-return]
+        """The denoiser's prediction for latents ``x`` at timesteps ``t`` under prompt ``rows``."""
+        return self.denoiser(x, t, self.bank, rows)
 
     def eps_states(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction under text states ``hidden`` (one text encoder: SD)."""
@@ -212,7 +196,7 @@ class EsdTrainer:
 
     def _guided(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         scale = self.config.guidance_scale
-        if scale == 1.0:
+        if scale == 1.0 or self.denoiser.distilled_guidance:
             return self.eps(x, t, rows)
         uncond, cond = self.eps(
             torch.cat([x, x]), t, torch.cat([self.empty.expand(len(rows)), rows])
@@ -223,14 +207,12 @@ class EsdTrainer:
     def partial_denoise(
         self, rows: torch.Tensor, stop: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x_t`` after ``stop`` guided DDIM steps from noise under ``rows``; and its ``t``."""
-        c = self.unet.config.in_channels
-        shape = (len(rows), c, self.latent_size, self.latent_size)
-        x = torch.randn(shape, generator=generator).to(self.device)
+        """``x_t`` after ``stop`` guided sampling steps from noise under ``rows``; and its ``t``."""
+        x = torch.randn((len(rows), *self.denoiser.shape), generator=generator).to(self.device)
         x = x * self.scheduler.init_noise_sigma
         timesteps = self.scheduler.timesteps
         for t in timesteps[:stop]:
-            x = self.scheduler.step(self._guided(x, t, rows), t, x).prev_sample
+            x = self.scheduler.step(self._guided(x, t, rows), t, x)
         return x, timesteps[stop]
 
     # -- loss ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,13 @@ __all__ = [
     "read_adapter_info",
     "save_adapter_file",
     "save_checkpoint",
+    "weights_fingerprint",
 ]
 
 _NS = "safety_lora."
+
+
+_ADAPTER_TAGS = ("lora_", "hada_", "lokr_")
 
 
 def base_fingerprint(unet: torch.nn.Module) -> str:
@@ -46,14 +51,41 @@ def base_fingerprint(unet: torch.nn.Module) -> str:
     state = {
         k.replace(".base_layer", ""): v
         for k, v in unet.state_dict().items()
-        if not any(tag in k for tag in ("lora_", "hada_", "lokr_"))
+        if not any(tag in k for tag in _ADAPTER_TAGS)
     }
-    names = sorted(state)
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    return _fingerprint(shapes, state.__getitem__)
+
+
+def weights_fingerprint(path: str | Path, dtype: torch.dtype | None = None) -> str:
+    """:func:`base_fingerprint` of the model whose weights file is ``path`` (safetensors),
+    loaded in ``dtype`` (default: as stored), reading only the three hashed tensors.
+    """
+    with safe_open(str(path), framework="pt") as fh:  # type: ignore[no-untyped-call]
+        keys = fh.keys()  # a safe_open handle is not iterable
+        names = [k for k in keys if not any(tag in k for tag in _ADAPTER_TAGS)]
+        shapes = {}
+        for name in names:
+            part = fh.get_slice(name)
+            stored = getattr(torch, _SAFETENSORS_DTYPES.get(part.get_dtype(), "float32"))
+            shapes[name] = (tuple(part.get_shape()), dtype or stored)
+        return _fingerprint(shapes, fh.get_tensor)
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def _fingerprint(
+    shapes: dict[str, tuple[tuple[int, ...], torch.dtype]], tensor: Callable[[str], torch.Tensor]
+) -> str:
+    names = sorted(shapes)
     digest = hashlib.sha256()
     for name in names:
-        digest.update(f"{name}:{tuple(state[name].shape)}:{state[name].dtype}\n".encode())
-    for name in {names[0], names[len(names) // 2], names[-1]}:
-        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        shape, dtype = shapes[name]
+        digest.update(f"{name}:{shape}:{dtype}\n".encode())
+    for name in sorted({names[0], names[len(names) // 2], names[-1]}):  # not set order
+        value = tensor(name).detach().to("cpu", shapes[name][1])  # the dtype it is hashed in
+        digest.update(value.to(torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

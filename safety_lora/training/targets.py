@@ -1,4 +1,4 @@
-"""Which UNet modules an ESD adapter trains, and the peft config of each adapter kind.
+"""Which denoiser modules an ESD adapter trains, and the peft config of each adapter kind.
 
 * ``esd-x`` — cross-attention only: every ``attn2`` projection (``to_q``, ``to_k``, ``to_v``,
   ``to_out.0``), as the ESD paper's ESD-x fine-tunes all ``attn2`` parameters. Only
@@ -8,6 +8,12 @@
 * ``esd-u`` — every ``Linear``/``Conv2d`` *outside* cross-attention and the time/added
   embeddings (as the paper's ESD-u): an unconditional edit that also removes the concept
   when it is not named (the paper's choice for nudity and styles that leak).
+
+Transformer denoisers (SD3, Flux) have joint attention instead of cross-attention: image
+and text tokens attend together. There ``esd-x`` takes the text-token projections of every
+joint attention (``add_q_proj``, ``add_k_proj``, ``add_v_proj``, ``to_add_out``; Flux's
+single-stream blocks have none), the only weights that act on the prompt alone, and
+``esd-u`` everything else but the embedders (timestep/text/patch/guidance).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ __all__ = ["ADAPTER_KINDS", "peft_config", "target_modules"]
 
 _CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 _EMBEDDINGS = ("time_embedding", "add_embedding", "class_embedding")
+_JOINT_TEXT = ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+_TRANSFORMER_EMBEDDINGS = ("time_text_embed", "context_embedder", "x_embedder", "pos_embed")
 
 
 def _adaptable(module: torch.nn.Module) -> bool:
@@ -44,10 +52,17 @@ def target_modules(
         if unmatched:
             raise ValueError(f"`target_modules` entries {unmatched} match no Linear/Conv2d")
         return chosen
+    joint = "Transformer" in type(unet).__name__
+    text, embeddings = (
+        (_JOINT_TEXT, _TRANSFORMER_EMBEDDINGS) if joint else (_CROSS_ATTENTION, _EMBEDDINGS)
+    )
     if method == "esd-x":
-        chosen = [n for n in names if n.endswith(_CROSS_ATTENTION)]
+        chosen = [n for n in names if n.endswith(text)]
     elif method == "esd-u":
-        chosen = [n for n in names if ".attn2." not in n and not any(e in n for e in _EMBEDDINGS)]
+        chosen = [
+            n for n in names
+            if not n.endswith(text) and ".attn2." not in n and not any(e in n for e in embeddings)
+        ]  # fmt: skip
     else:
         raise ValueError(f"`method` must be 'esd-x' or 'esd-u', got {method!r}")
     if not chosen:

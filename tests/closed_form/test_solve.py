@@ -61,7 +61,8 @@ def test_edit_equals_a_direct_numpy_solve_of_every_layer(pipe: Any, push: float)
 def test_gathered_states_are_the_pipelines_own_and_aligned(pipe: Any) -> None:
     config = ClosedFormConfig(erase=["nude"], templates=["a {} person"], preserve=["a dog"])
     inputs = gather(pipe, config.pairs(), config.preserve)
-    states = encode(pipe, ["a nude person", "a person", "a dog"])
+    states, pooled = encode(pipe, ["a nude person", "a person", "a dog"])
+    assert pooled is None and inputs.pooled is None  # a UNet reads no pooled embedding
     length = states.shape[1]
     torch.testing.assert_close(inputs.concept, states[0].T)
     ids = [pipe.tokenizer(q).input_ids for q in ("a nude person", "a person")]

@@ -6,12 +6,13 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from safety_lora.audit import read_audit_log
@@ -270,4 +271,22 @@ def test_inspect_with_a_base_checks_every_shape(tmp_path: Path) -> None:
     shipped = CONCEPT_WORLD_DIR.parent / "adapters" / "concept_world_erase_red.safetensors"
     good = runner.invoke(app, ["inspect", str(shipped), "--base", str(CONCEPT_WORLD_DIR)])
     assert good.exit_code == 0 and "fits --base" in good.output
+    assert "fingerprint matches: trained on these weights" in flat(good.output)
+    args = ["inspect", str(shipped), "--json", "--base"]
+    assert (
+        json.loads(runner.invoke(app, [*args, str(CONCEPT_WORLD_DIR)]).stdout)["base_fingerprint"]
+        == "matches"
+    )
+    other = tmp_path / "other" / "unet"  # the same architecture, other weights
+    other.mkdir(parents=True)
+    shutil.copy(CONCEPT_WORLD_DIR / "unet" / "config.json", other / "config.json")
+    weights = load_file(CONCEPT_WORLD_DIR / "unet" / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: v + 1e-3 for k, v in weights.items()}, other / "diffusion_pytorch_model.safetensors"
+    )
+    verdict = json.loads(runner.invoke(app, [*args, str(other.parent)]).stdout)["base_fingerprint"]
+    assert verdict == "differs"
+    (other / "diffusion_pytorch_model.safetensors").unlink()
+    verdict = json.loads(runner.invoke(app, [*args, str(other.parent)]).stdout)["base_fingerprint"]
+    assert verdict == "no weights"
     assert os.path.isdir(CONCEPT_WORLD_DIR / "unet")
