@@ -25,6 +25,7 @@ import torch
 
 from safety_lora.adapters import AdapterIntegrityError, load_adapter
 from safety_lora.adapters.loading import remove_adapter
+from safety_lora.adapters.names import denoiser_part
 from safety_lora.policies.schema import AdapterSpec
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Steering:
                 f"step), got {tuple(config.window)}"
             )
         #: The denoiser the adapters go on: ``pipe.unet``, or ``pipe.transformer`` (SD3, Flux).
-        self.part = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        self.part = denoiser_part(pipe)
         unet: Any = getattr(pipe, self.part, None)
         self.denoiser: Any = unet
         if config.adapters and unet is None:

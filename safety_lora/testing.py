@@ -36,6 +36,8 @@ from transformers import (
     T5EncoderModel,
 )
 
+from safety_lora.adapters.names import denoiser_part
+
 __all__ = ["TINY_WORDS", "tiny_lora_file", "tiny_pipeline", "tiny_tokenizer"]
 
 #: Words the tiny tokenizer has BPE merges for; anything else falls back to byte tokens.
@@ -312,7 +314,7 @@ def tiny_lora_file(
     gen = torch.Generator().manual_seed(seed)
     layers: dict[str, torch.Tensor] = {}
     names: list[str] = []
-    part = "unet" if hasattr(pipe, "unet") else "transformer"
+    part = denoiser_part(pipe)
     unet: torch.nn.Module = getattr(pipe, part)
     if targets is None:
         targets = ("attn2.to_k", "attn2.to_v", "attn2.to_q", "attn2.to_out.0")

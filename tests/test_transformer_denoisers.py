@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
 
 from safety_lora.adapters import AdapterFormatError, convert, read_adapter
+from safety_lora.cli import app
 from safety_lora.pipeline import SafePipeline
 from safety_lora.policies.schema import Policy
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
@@ -49,16 +53,35 @@ def test_steering_a_transformer_denoiser(tmp_path: Path, kind: str) -> None:
     np.testing.assert_allclose(images(fused.pipe, kind), base, atol=1e-6)
 
 
-def test_transformer_adapters_convert_to_peft_only(tmp_path: Path) -> None:
+def test_transformer_adapters_convert_to_peft_and_lycoris(tmp_path: Path) -> None:
     pipe = tiny_pipeline("flux")
     lora = tiny_lora_file(pipe, tmp_path / "flux.safetensors")
     state, fmt = read_adapter(lora, unet=pipe.transformer)
     assert (fmt, state.denoiser) == ("peft", "transformer")
-    out = tmp_path / "again.safetensors"
-    convert(lora, out, to="peft", unet=pipe.transformer)
-    assert read_adapter(out, unet=pipe.transformer)[0].modules.keys() == state.modules.keys()
-    with pytest.raises(AdapterFormatError, match="write it as peft"):
+    for to in ("peft", "lycoris"):
+        out = tmp_path / f"again-{to}.safetensors"
+        convert(lora, out, to=to, unet=pipe.transformer)  # type: ignore[arg-type]
+        again = read_adapter(out, unet=pipe.transformer)[0]
+        assert again.modules.keys() == state.modules.keys() and again.denoiser == "transformer"
+        for path, weights in state.modules.items():
+            for name, tensor in weights.tensors.items():
+                torch.testing.assert_close(again.modules[path].tensors[name], tensor)
+    keys = safe_open(str(tmp_path / "again-lycoris.safetensors"), "pt").keys()
+    starts = ("lycoris_transformer_blocks_", "lycoris_single_transformer_blocks_")
+    assert {next(s for s in starts if k.startswith(s)) for k in keys} == set(starts)
+    with pytest.raises(AdapterFormatError, match="write it as peft or lycoris"):
         convert(lora, tmp_path / "k.safetensors", to="kohya", unet=pipe.transformer)
+
+
+def test_inspect_reads_a_transformer_file_without_a_model(tmp_path: Path) -> None:
+    pipe = tiny_pipeline("sd3")
+    lora = tiny_lora_file(pipe, tmp_path / "sd3.safetensors")
+    result = CliRunner().invoke(app, ["inspect", str(lora), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    expected = read_adapter(lora, unet=pipe.transformer)[0]
+    assert (info["denoiser"], info["format"]) == ("transformer", "peft")
+    assert info["targets"] == sorted(expected.modules)
 
 
 def test_sld_guidance_needs_a_unet(tmp_path: Path) -> None:

@@ -19,7 +19,12 @@ from safetensors.torch import load, save_file
 
 from safety_lora.adapters.kohya_format import KohyaFormat
 from safety_lora.adapters.lycoris_format import LycorisFormat
-from safety_lora.adapters.names import ModuleIndex, reference_index, reference_text_index
+from safety_lora.adapters.names import (
+    ModuleIndex,
+    reference_index,
+    reference_text_index,
+    reference_transformer_index,
+)
 from safety_lora.adapters.peft_format import PeftFormat
 from safety_lora.adapters.state import AdapterFormatError, AdapterState, Component, Family
 
@@ -155,7 +160,9 @@ def read_adapter(
                 f"no UNet keys, only text-encoder parts {sorted(parts)}; a steering adapter "
                 f"adapts the UNet"
             )
-        state = fmt.read(parts.pop("unet"), metadata, _index(unet, reference_index))
+        denoiser = parts.pop("unet")
+        reference = reference_transformer_index if _transformer_keys(denoiser) else reference_index
+        state = fmt.read(denoiser, metadata, _index(unet, reference))
         given = text_encoders or {}
         text = {
             component: fmt.read(
@@ -168,6 +175,22 @@ def read_adapter(
     except AdapterFormatError as e:
         raise AdapterFormatError(f"{str(path)!r}: {e}") from e
     return state, fmt.name
+
+
+#: Key starts that name a transformer denoiser's modules (PEFT files; LyCORIS' own names).
+_TRANSFORMER_KEYS = (
+    "transformer.",
+    "lycoris_transformer_blocks_",
+    "lycoris_single_transformer_blocks_",
+    "lycoris_context_embedder",
+)
+
+
+def _transformer_keys(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a denoiser part is for a transformer (SD3, Flux): read without a model, its
+    names resolve against those models' layouts instead of the UNets'.
+    """
+    return any(k.startswith(_TRANSFORMER_KEYS) for k in tensors)
 
 
 def _index(

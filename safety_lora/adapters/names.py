@@ -26,10 +26,19 @@ __all__ = [
     "ModuleIndex",
     "config_index",
     "config_unet",
+    "denoiser_part",
     "kohya_stem",
     "reference_index",
     "reference_text_index",
+    "reference_transformer_index",
 ]
+
+
+def denoiser_part(pipe: Any) -> Denoiser:
+    """Which attribute of ``pipe`` holds its denoiser: ``unet``, else ``transformer``
+    (SD3, Flux, PixArt); pipelines with neither get ``transformer`` (and fail where it is used).
+    """
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
 
 
 def kohya_stem(path: str) -> str:
@@ -179,6 +188,36 @@ def reference_index() -> ModuleIndex:
             unet = UNet2DConditionModel(**config)
         shapes.update(ModuleIndex.from_model(unet).shapes)
     return ModuleIndex(shapes)
+
+
+#: SD 3.5 Large's and Flux.1-dev's transformer configs (the published ``config.json`` values).
+SD3_TRANSFORMER: dict[str, Any] = {
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 38,
+    "attention_head_dim": 64, "num_attention_heads": 38, "joint_attention_dim": 4096,
+    "caption_projection_dim": 2432, "pooled_projection_dim": 2048, "out_channels": 16,
+    "pos_embed_max_size": 192, "qk_norm": "rms_norm",
+}  # fmt: skip
+FLUX_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}  # fmt: skip
+
+
+@cache
+def reference_transformer_index() -> ModuleIndex:
+    """Module names of the SD3 and Flux transformers (built on the meta device, no weights),
+    for transformer files read without a model; where both have a module, Flux's shape is kept.
+    """
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for cls, config in ((SD3Transformer2DModel, SD3_TRANSFORMER),
+                        (FluxTransformer2DModel, FLUX_TRANSFORMER)):  # fmt: skip
+        with torch.device("meta"):
+            model = cls(**config)
+        shapes.update(ModuleIndex.from_model(model).shapes)
+    return ModuleIndex(shapes, denoiser="transformer")
 
 
 @cache

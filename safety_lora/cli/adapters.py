@@ -84,6 +84,7 @@ def _summary(path: Path, base: Path | None) -> dict[str, Any]:
         "sha256": sha256_of(path),
         "format": fmt,
         "family": state.family,
+        "denoiser": state.denoiser,
         "rank": {str(k): v for k, v in ranks.items()},
         "alpha": {str(k): v for k, v in alphas.items()},
         "modules": len(state.modules),
@@ -125,6 +126,7 @@ def inspect(
 
     table.add_row("format", info["format"])
     table.add_row("family", info["family"])
+    table.add_row("denoiser", info["denoiser"])
     table.add_row("rank", counts(info["rank"]))
     table.add_row("alpha", counts(info["alpha"]))
     table.add_row("parameters", f"{info['parameters']:,}")
@@ -132,7 +134,7 @@ def inspect(
     table.add_row(
         "text encoders",
         ", ".join(f"{c} ({t['modules']} modules, {t['parameters']:,} parameters)"
-                  for c, t in text.items()) or "none (UNet only)",
+                  for c, t in text.items()) or f"none ({info['denoiser']} only)",
     )  # fmt: skip
     table.add_row("sha256", info["sha256"])
     fingerprint = info["base_model"]

@@ -86,7 +86,7 @@ def compare(
         int, typer.Option(help="Images per concept and seed (erased and each other concept).")
     ] = 8,
     sld: Annotated[
-        str, typer.Option(help="SLD presets: weak,medium,strong,max.")
+        str, typer.Option(help="SLD presets: weak,medium,strong,max; none: no SLD rows.")
     ] = "weak,medium,strong,max",
     regularity: Annotated[
         bool,
@@ -133,7 +133,7 @@ def compare(
             seeds=seeds,
             steps=steps,
             prompts_per_concept=prompts_per_concept,
-            sld_presets=_split(sld, "--sld"),
+            sld_presets=[] if sld.strip() == "none" else _split(sld, "--sld"),
             regularity=regularity,
             classifier=_classifier(classifier),
             category=category,

@@ -123,10 +123,10 @@ def write_edit(
 
 def base_metadata(pipe: Any, name: str) -> dict[str, str]:
     """The base model's ``name`` and its denoiser's fingerprint (as trained adapters record)."""
+    from safety_lora.adapters.names import denoiser_part
     from safety_lora.training.io import base_fingerprint
 
-    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-    return {"base": name, "base_fingerprint": base_fingerprint(denoiser)}
+    return {"base": name, "base_fingerprint": base_fingerprint(getattr(pipe, denoiser_part(pipe)))}
 
 
 def erase(

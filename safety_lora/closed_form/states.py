@@ -197,14 +197,14 @@ def _aligned(pipe: Any, erase_prompt: str, anchor_prompt: str, length: int) -> l
 
 def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str]) -> EditInputs:
     """Encode and align ``pairs`` (erase prompt, anchor prompt) and ``preserve`` for ``pipe``."""
-    from safety_lora.adapters.names import ModuleIndex
+    from safety_lora.adapters.names import ModuleIndex, denoiser_part
     from safety_lora.training.conditioning import denoiser_family
 
     if getattr(pipe, "tokenizer", None) is None:
         raise ValueError(
             f"closed-form erasure needs a pipeline with a `tokenizer`, got {type(pipe).__name__}"
         )
-    family = denoiser_family(pipe)
+    denoiser_family(pipe)  # an unsupported denoiser fails here, naming it
     unique = list(dict.fromkeys([*(p for pair in pairs for p in pair), *preserve]))
     states, pooled = encode(pipe, unique)
     row = {p: i for i, p in enumerate(unique)}
@@ -216,7 +216,7 @@ def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str])
             states[row[anchor_prompt]][_aligned(pipe, erase_prompt, anchor_prompt, length)]
         )
     kept = [states[row[p]] for p in preserve]
-    index = ModuleIndex.from_model(pipe.unet if family == "unet" else pipe.transformer)
+    index = ModuleIndex.from_model(getattr(pipe, denoiser_part(pipe)))
     return EditInputs(
         concept=torch.cat(concept).T.contiguous(),
         anchor=torch.cat(anchor).T.contiguous(),

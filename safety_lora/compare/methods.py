@@ -8,7 +8,8 @@ image it withholds (classifier-only blocks).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,16 +83,26 @@ class Sampler:
                 for s in seeds[start : start + self.batch_size]
             ]
             negative = None if negative_prompt is None else [negative_prompt] * len(batch)
+            extra = dict(self.extra)
+            if negative is not None and "true_cfg_scale" in _parameters(self.pipe):
+                # Flux: guidance_scale is an embedding; a negative prompt acts only through
+                # true classifier-free guidance, at the same scale here.
+                extra["true_cfg_scale"] = self.guidance_scale
             out = self.pipe(
                 batch,
                 negative_prompt=negative,
                 num_inference_steps=self.num_inference_steps,
                 guidance_scale=self.guidance_scale,
                 generator=gens,
-                **self.extra,
+                **extra,
             )
             images.extend(out.images)
         return images
+
+
+def _parameters(pipe: Any) -> Mapping[str, Any]:
+    """The keyword arguments ``pipe(...)`` accepts."""
+    return inspect.signature(pipe.__call__).parameters
 
 
 @dataclass
@@ -125,18 +136,25 @@ class AdapterMethod:
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5)
     adapter_name: str = "compare"
 
+    @property
+    def denoiser(self) -> Any:
+        """``pipe.unet``, or ``pipe.transformer`` (SD3, Flux)."""
+        from safety_lora.adapters.names import denoiser_part
+
+        return getattr(self.sampler.pipe, denoiser_part(self.sampler.pipe))
+
     def load(self) -> Any:
         from safety_lora.adapters import load_adapter
 
-        return load_adapter(self.sampler.pipe.unet, self.path, adapter_name=self.adapter_name)
+        return load_adapter(self.denoiser, self.path, adapter_name=self.adapter_name)
 
     def unload(self) -> None:
-        self.sampler.pipe.unet.unload_lora()
+        self.denoiser.unload_lora()
 
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float
     ) -> list[Image | None]:
-        self.sampler.pipe.unet.set_adapters([self.adapter_name], [strength])
+        self.denoiser.set_adapters([self.adapter_name], [strength])
         return list(self.sampler.sample(prompts, seeds))
 
 

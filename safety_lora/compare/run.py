@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from safety_lora.adapters.names import denoiser_part
 from safety_lora.compare.config import CompareConfig
 from safety_lora.compare.methods import (
     AdapterMethod,
@@ -273,7 +274,7 @@ def cost_unit(state: Run, method: Method, fused: bool = False) -> dict[str, Any]
     """Seconds per step for a batch of target prompts; SLD's extra UNet calls and time."""
     n = min(8, len(state.prompts.target))
     prompts, seeds = list(state.prompts.target[:n]), list(range(n))
-    unet = state.pipe.unet
+    unet = getattr(state.pipe, denoiser_part(state.pipe))
     if fused:
         unet.fuse_lora(lora_scale=1.0, adapter_names=[method.adapter_name])  # type: ignore[attr-defined]
     try:
@@ -367,7 +368,13 @@ def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
     free: list[Method] = [BaseModel(sampler), NegativePrompt(sampler, config.erase)]
     free += [SLDMethod(sampler, config.erase, preset) for preset in config.sld_presets]
     free.append(ClassifierOnly(sampler, check))
-    budgets = {r: budget_ranks(pipe.unet, list(config.families), r) for r in config.ranks}
+    denoiser = getattr(pipe, denoiser_part(pipe))
+    if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
+        raise ValueError(
+            f"compare on a transformer denoiser ({type(denoiser).__name__}): SLD presets and "
+            f"the attack harness need a UNet; pass --sld none and --attack-budget 0"
+        )
+    budgets = {r: budget_ranks(denoiser, list(config.families), r) for r in config.ranks}
     trained = [(k, r, s) for r in config.ranks for k in config.families for s in seeds]
     first = config.families[:1] if config.regularity else []
     regular = [(k, config.ranks[0], v) for k in first for v in VARIANTS if v != "reg"]

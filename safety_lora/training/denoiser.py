@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from safety_lora.adapters.names import denoiser_part
 from safety_lora.training.conditioning import PromptBank, denoiser_family
 
 __all__ = ["Denoiser", "Sampler"]
@@ -37,7 +38,7 @@ class Denoiser:
     def of(cls, pipe: Any, guidance_scale: float) -> Denoiser:
         """``pipe``'s denoiser at the pipeline's default resolution."""
         family = denoiser_family(pipe)
-        module = pipe.unet if family == "unet" else pipe.transformer
+        module = getattr(pipe, denoiser_part(pipe))
         config = module.config
         side = getattr(pipe, "default_sample_size", None) or config.sample_size
         side = int(side if isinstance(side, int) else side[0])
