@@ -26,11 +26,15 @@ __all__ = ["Denoiser", "Sampler"]
 
 @dataclass(frozen=True)
 class Denoiser:
-    """The denoiser of a pipeline, callable on latents and rows of a :class:`PromptBank`."""
+    """The denoiser of a pipeline, callable on latents and rows of a :class:`PromptBank`.
+
+    ``shape`` is one latent as the model takes it (Flux: packed), ``side`` the latent's side.
+    """
 
     module: Any
     family: Literal["unet", "sd3", "flux"]
     shape: tuple[int, ...]
+    side: int
     img_ids: torch.Tensor | None
     guidance: float | None
 
@@ -43,14 +47,15 @@ class Denoiser:
         side = getattr(pipe, "default_sample_size", None) or config.sample_size
         side = int(side if isinstance(side, int) else side[0])
         if family != "flux":
-            return cls(module, family, (int(config.in_channels), side, side), None, None)
+            return cls(module, family, (int(config.in_channels), side, side), side, None, None)
         half = side // 2
         ids = torch.zeros(half, half, 3)
         ids[..., 1] += torch.arange(half)[:, None]
         ids[..., 2] += torch.arange(half)[None, :]
         guidance = guidance_scale if config.guidance_embeds else None
         shape = (half * half, int(config.in_channels))
-        return cls(module, family, shape, ids.reshape(half * half, 3).to(module.device), guidance)
+        ids = ids.reshape(half * half, 3).to(module.device)
+        return cls(module, family, shape, side, ids, guidance)
 
     @property
     def distilled_guidance(self) -> bool:

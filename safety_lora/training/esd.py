@@ -159,7 +159,7 @@ class EsdTrainer:
         self.val_held_out = bool(val_pairs)
         self.val_pairs = val_pairs or self.pairs
         self.val_keep = val_keep or self.keep
-        self.latent_size = self.denoiser.shape[-1]  # SDXL's add_time_ids
+        self.latent_size = self.denoiser.side
         prompts = ["", *(p for pair in pairs for p in pair), *config.preserve]
         self.bank = PromptBank.encode(pipe, prompts, latent_size=self.latent_size)
         self.empty = self.bank.index([""])
