@@ -81,6 +81,12 @@ class Steering:
                 f"steering adapters need a pipeline with a `unet` or a `transformer`, got "
                 f"{type(pipe)}"
             )
+        if config.adapters and not hasattr(unet, "set_adapters"):
+            raise ValueError(
+                f"`pipe.{self.part}` is a {type(unet).__name__}, which has no diffusers PEFT "
+                f"support (PeftAdapterMixin: set_adapters, fuse_lora): steering adapters cannot "
+                f"be scaled on it; moderate its outputs without steering"
+            )
         if hasattr(unet, "_orig_mod"):  # torch.compile's wrapper: its module names differ
             raise ValueError(
                 f"`pipe.{self.part}` is torch.compile'd: wrap the pipeline first, then compile "

@@ -19,6 +19,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
@@ -186,15 +188,31 @@ _TRANSFORMERS: dict[str, dict[str, Any]] = {
         "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": _HIDDEN,
         "pooled_projection_dim": _HIDDEN, "axes_dims_rope": [4, 4, 8],
     },
+    "pixart": {
+        "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "out_channels": 8,
+        "num_layers": 2, "cross_attention_dim": 16, "sample_size": 16, "patch_size": 2,
+        "caption_channels": _HIDDEN,
+    },
 }  # fmt: skip
 #: A small T5 encoder; no dropout (a model built from a config is in training mode).
 _T5: dict[str, Any] = {"d_model": _HIDDEN, "d_kv": 8, "d_ff": 37, "num_layers": 2}
 _T5 |= {"num_heads": 4, "dropout_rate": 0.0}
 
 
-def _transformer_pipeline(kind: Literal["sd3", "flux"]) -> Any:
-    """SD3 (two CLIP encoders, no T5) or Flux (CLIP + a small T5) with a small transformer."""
+def _transformer_pipeline(kind: Literal["sd3", "flux", "pixart"]) -> Any:
+    """SD3 (two CLIP encoders, no T5), Flux (CLIP + a small T5) or PixArt-Sigma (a small T5,
+    cross-attention blocks) with a small transformer.
+    """
     tokenizer = tiny_tokenizer()
+    if kind == "pixart":
+        t5 = T5Config(vocab_size=len(tokenizer), decoder_start_token_id=0, pad_token_id=0, **_T5)
+        return PixArtSigmaPipeline(
+            tokenizer=tokenizer,  # a CLIP tokenizer stands in for T5's (no download)
+            text_encoder=T5EncoderModel(t5),
+            vae=_vae(),
+            transformer=PixArtTransformer2DModel(**_TRANSFORMERS["pixart"]),  # type: ignore[no-untyped-call]
+            scheduler=_scheduler(),
+        )
     vae: dict[str, Any] = {"shift_factor": 0.0, "scaling_factor": 1.0, "use_quant_conv": False}
     vae["use_post_quant_conv"] = False
     common = {"scheduler": FlowMatchEulerDiscreteScheduler(), "tokenizer": tokenizer}
@@ -222,25 +240,26 @@ def _transformer_pipeline(kind: Literal["sd3", "flux"]) -> Any:
 
 
 def tiny_pipeline(
-    kind: Literal["sd", "sdxl", "sd3", "flux"] = "sd",
+    kind: Literal["sd", "sdxl", "sd3", "flux", "pixart"] = "sd",
     *,
     img2img: bool = False,
     seed: int = 0,
     real_blocks: bool = False,
 ) -> DiffusionPipeline:
-    """A random Stable Diffusion (SDXL, SD3, Flux) pipeline of a few hundred kB making 32x32
-    images.
+    """A random Stable Diffusion (SDXL, SD3, Flux, PixArt-Sigma) pipeline of a few hundred kB
+    making 32x32 images.
 
     ``real_blocks``: the UNet has the real model's block structure (SD 1.x: 4 blocks; SDXL:
     3 blocks with 1/2/3 transformer layers) at small widths, so module names are the real ones.
-    SD3 and Flux have a transformer denoiser (``pipe.transformer``); call them with
-    ``max_sequence_length`` <= 77 for Flux. The weights depend only on ``seed``; the global
-    torch RNG is left untouched. ``safety_checker`` is ``None`` (SD) and no watermarker is
-    attached (SDXL).
+    SD3, Flux and PixArt have a transformer denoiser (``pipe.transformer``); Flux and PixArt
+    take short ``max_sequence_length`` values fastest (their T5 pads to it), and PixArt needs
+    ``use_resolution_binning=False`` (its bins start at 256 px). The weights depend only on
+    ``seed``; the global torch RNG is left untouched. ``safety_checker`` is ``None`` (SD) and
+    no watermarker is attached (SDXL).
     """
-    if kind not in ("sd", "sdxl", "sd3", "flux"):
-        raise ValueError(f"`kind` must be 'sd', 'sdxl', 'sd3' or 'flux', got {kind!r}")
-    if kind == "sd3" or kind == "flux":
+    if kind not in ("sd", "sdxl", "sd3", "flux", "pixart"):
+        raise ValueError(f"`kind` must be 'sd', 'sdxl', 'sd3', 'flux' or 'pixart', got {kind!r}")
+    if kind == "sd3" or kind == "flux" or kind == "pixart":  # narrows the Literal for mypy
         if img2img or real_blocks:
             raise ValueError(f"`img2img` and `real_blocks` apply to UNet pipelines, not {kind!r}")
         with torch.random.fork_rng(devices=[]):
@@ -320,6 +339,7 @@ def tiny_lora_file(
         targets = ("attn2.to_k", "attn2.to_v", "attn2.to_q", "attn2.to_out.0")
         if part == "transformer":
             targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_k_proj", "attn.add_v_proj")
+            targets += ("attn2.to_k", "attn2.to_v")  # PixArt's cross-attention
     for name, module in unet.named_modules():
         if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets):
             names.append(name)
@@ -331,6 +351,22 @@ def tiny_lora_file(
         raise ValueError(f"`targets` {list(targets)} match no linear layer of `pipe.{part}`")
     metadata = {"r": rank, "lora_alpha": float(alpha if alpha is not None else rank)}
     metadata["target_modules"] = names  # type: ignore[assignment]
+    if not hasattr(type(pipe), "save_lora_weights"):  # PixArt: diffusers has no LoRA writer
+        from safety_lora.adapters import AdapterState, ModuleIndex, ModuleWeights, write_adapter
+
+        modules = {
+            n: ModuleWeights(
+                {
+                    "lora_down": layers[f"{n}.lora_A.weight"],
+                    "lora_up": layers[f"{n}.lora_B.weight"],
+                },
+                metadata["lora_alpha"],
+            )
+            for n in names
+        }
+        denoiser = ModuleIndex.from_model(unet).denoiser
+        write_adapter(AdapterState("lora", modules, denoiser=denoiser), path, to="peft")
+        return path
     type(pipe).save_lora_weights(  # type: ignore[attr-defined]
         str(path.parent),
         weight_name=path.name,

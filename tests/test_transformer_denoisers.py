@@ -89,3 +89,23 @@ def test_sld_guidance_needs_a_unet(tmp_path: Path) -> None:
     pol = Policy.model_validate({"classifiers": ZERO, "steering": {"guidance": guidance}})
     with pytest.raises(ValueError, match="SLD guidance needs a pipeline with a `unet`"):
         SafePipeline(tiny_pipeline("sd3"), pol)
+
+
+def test_pixart_is_refused_by_name_where_it_is_not_supported(tmp_path: Path) -> None:
+    """PixArt's transformer has no diffusers PEFT support (no ``set_adapters``): steering,
+    ESD and closed-form erasure refuse it with its name instead of failing deep inside.
+    """
+    from safety_lora.closed_form import ClosedFormConfig, erase
+    from safety_lora.training import TrainConfig
+    from safety_lora.training.esd import EsdTrainer
+
+    pipe = tiny_pipeline("pixart")
+    lora = tiny_lora_file(pipe, tmp_path / "pixart.safetensors")
+    assert read_adapter(lora, unet=pipe.transformer)[0].denoiser == "transformer"
+    with pytest.raises(ValueError, match="PixArtTransformer2DModel, which has no diffusers PEFT"):
+        SafePipeline(pipe, policy(lora))
+    config = TrainConfig(erase=[{"concept": "red"}], out=tmp_path / "esd.safetensors")
+    with pytest.raises(ValueError, match="not PixArtTransformer2DModel"):
+        EsdTrainer(pipe, config)
+    with pytest.raises(ValueError, match="not PixArtTransformer2DModel"):
+        erase(ClosedFormConfig(erase=["red"]), out=tmp_path / "cf.safetensors", pipe=pipe)

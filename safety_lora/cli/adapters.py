@@ -42,6 +42,7 @@ FINGERPRINT_VERDICTS = {
     "differs": "the fingerprint differs: trained on other weights of this architecture",
     "not recorded": "no fingerprint recorded in the file",
     "no weights": "--base has no diffusion_pytorch_model.safetensors to fingerprint",
+    "unreadable weights": "--base's diffusion_pytorch_model.safetensors is not readable",
 }
 
 
@@ -50,6 +51,7 @@ def _fingerprint_check(metadata: dict[str, str], base: Path) -> str:
     (as stored, or in float32, the dtype the trainer runs in): a key of FINGERPRINT_VERDICTS.
     """
     import torch
+    from safetensors import SafetensorError
 
     from safety_lora.training.io import weights_fingerprint
 
@@ -60,7 +62,10 @@ def _fingerprint_check(metadata: dict[str, str], base: Path) -> str:
     weights = folder / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         return "no weights"
-    found = {weights_fingerprint(weights), weights_fingerprint(weights, torch.float32)}
+    try:
+        found = {weights_fingerprint(weights), weights_fingerprint(weights, torch.float32)}
+    except (SafetensorError, OSError):
+        return "unreadable weights"
     return "matches" if recorded in found else "differs"
 
 

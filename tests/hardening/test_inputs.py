@@ -286,6 +286,9 @@ def test_inspect_with_a_base_checks_every_shape(tmp_path: Path) -> None:
     )
     verdict = json.loads(runner.invoke(app, [*args, str(other.parent)]).stdout)["base_fingerprint"]
     assert verdict == "differs"
+    (other / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    verdict = json.loads(runner.invoke(app, [*args, str(other.parent)]).stdout)["base_fingerprint"]
+    assert verdict == "unreadable weights"
     (other / "diffusion_pytorch_model.safetensors").unlink()
     verdict = json.loads(runner.invoke(app, [*args, str(other.parent)]).stdout)["base_fingerprint"]
     assert verdict == "no weights"
