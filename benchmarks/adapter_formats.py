@@ -2,11 +2,14 @@
 
 One adapter per family on an SD 1.5-sized UNet built in code (its published block structure
 and widths, random weights, no download; ``--unet concept-world`` or ``tiny`` for the small
-ones). LoHa, LoKr, full and DoRA files are written by the ``lycoris-lora`` package; the PEFT
-and kohya LoRA files are our conversions of its LoCon. Each ratio is the median over
-``--pairs`` interleaved (ABAB) pairs of a base forward and an adapted forward, so that load
-on the machine cancels; fused should be ~1.00x (bar: <= 1.01x). ``--memory`` adds the peak
-RSS growth of loading each file, measured in a fresh child process.
+ones), steered the way the product steers (``Steering``, dynamic and fused mode). LoHa, LoKr,
+full and DoRA files are written by the ``lycoris-lora`` package; the PEFT and kohya LoRA files
+are our conversions of its LoCon. Each ratio is the median over ``--pairs`` interleaved (ABAB)
+pairs of a base forward and a steered forward, so that load on the machine cancels, with a 95%
+bootstrap interval over the pairs. Fused mode merges the adapters and takes peft's wrappers out
+of the forward path ("wrappers" column: how many are left), so fused costs what the base does
+(bar: <= 1.01x). ``--memory`` adds the peak RSS growth of loading each file, measured in a
+fresh child process.
 
     .venv/bin/python benchmarks/adapter_formats.py [--unet sd15] [--pairs 5] [--rank 8]
 """
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from rich.console import Console
@@ -33,6 +37,9 @@ from rich.progress import track
 from rich.table import Table
 
 from safety_lora.adapters import convert, load_adapter
+from safety_lora.policies.schema import SteeringPolicy
+from safety_lora.steering import Steering
+from safety_lora.testing import tiny_pipeline
 
 ROWS: dict[str, dict[str, Any]] = {
     "lora (peft)": {"algo": "locon", "to": "peft"},
@@ -116,11 +123,31 @@ def forward_s(unet: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> float:
 
 def ratio(
     base: torch.nn.Module, other: torch.nn.Module, batch: tuple[torch.Tensor, ...], pairs: int
-) -> tuple[float, float]:
-    """Median of ``other / base`` over interleaved pairs (ABAB), and the base's median seconds."""
+) -> tuple[float, tuple[float, float], float]:
+    """Median of ``other / base`` over interleaved pairs (ABAB), its 95% bootstrap interval,
+    and the base's median seconds."""
     forward_s(base, batch), forward_s(other, batch)  # warm-up
-    times = [(forward_s(base, batch), forward_s(other, batch)) for _ in range(pairs)]
-    return statistics.median(o / b for b, o in times), statistics.median(b for b, _ in times)
+    times = np.array([(forward_s(base, batch), forward_s(other, batch)) for _ in range(pairs)])
+    ratios = times[:, 1] / times[:, 0]
+    draws = np.random.default_rng(0).choice(ratios, (2000, len(ratios)))
+    low, high = np.quantile(np.median(draws, axis=1), [0.025, 0.975])
+    return float(np.median(ratios)), (float(low), float(high)), float(np.median(times[:, 0]))
+
+
+def steered(base: torch.nn.Module, path: Path, mode: str) -> tuple[Steering, torch.nn.Module]:
+    """A copy of ``base`` steered by ``path`` as the product does it, in ``mode``."""
+    pipe = tiny_pipeline()
+    pipe.unet = copy.deepcopy(base)
+    adapter = {"path": path, "categories": ["sexual"]}
+    policy = SteeringPolicy.model_validate({"mode": mode, "adapters": [adapter]})
+    return Steering(pipe, policy), pipe.unet
+
+
+def wrappers(unet: torch.nn.Module) -> int:
+    """How many peft adapter wrappers ``unet``'s forward runs through."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for m in unet.modules())
 
 
 def child_peak(kind: str, latent: int, path: Path) -> None:
@@ -169,28 +196,33 @@ def main() -> None:
     batch = inputs(base)
     where = f"{args.threads} thread(s)" if args.device == "cpu" else args.device
     title = f"Adapter formats on the {desc}, rank {args.rank}, {args.dtype}, {where}"
-    table = Table(title=title, caption=f"median of {args.pairs} interleaved base/adapter pairs")
-    columns = ["adapter", "params", "load s", "unfused x", "fused x", "fused max |Δ|"]
+    caption = f"median of {args.pairs} interleaved base/steered pairs [95% bootstrap interval]"
+    table = Table(title=title, caption=caption)
+    columns = ["adapter", "params", "load s", "unfused x", "fused x", "wrappers", "fused max |Δ|"]
     for col in columns + (["load peak MiB"] if args.memory else []):
         table.add_column(col, justify="left" if col == "adapter" else "right")
     base_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in track(ROWS, description="families", transient=True):
             path = write_adapter(base, Path(tmp), row, args.rank)
-            adapted = copy.deepcopy(base)
+            target = copy.deepcopy(base)
             start = time.perf_counter()
-            info = load_adapter(adapted, path, adapter_name="a")
+            info = load_adapter(target, path, adapter_name="a")
             load_s = time.perf_counter() - start
-            unfused, base_s = ratio(base, adapted, batch, args.pairs)
-            with torch.no_grad():
-                want = adapted(*batch[:2], encoder_hidden_states=batch[2]).sample
-            adapted.fuse_lora()  # type: ignore[operator]
-            fused, base_s2 = ratio(base, adapted, batch, args.pairs)
-            with torch.no_grad():
-                got = adapted(*batch[:2], encoder_hidden_states=batch[2]).sample
-            base_ms += [1000 * base_s, 1000 * base_s2]
-            cells = [row, f"{info.parameters:,}", f"{load_s:.2f}", f"{unfused:.3f}"]
-            cells += [f"{fused:.3f}", f"{(got - want).abs().max().item():.1e}"]
+            del target
+            cells = [row, f"{info.parameters:,}", f"{load_s:.2f}"]
+            outputs = []
+            for mode in ("dynamic", "fused"):
+                steering, unet = steered(base, path, mode)
+                x, (low, high), base_s = ratio(base, unet, batch, args.pairs)
+                with torch.no_grad():
+                    outputs.append(unet(*batch[:2], encoder_hidden_states=batch[2]).sample)
+                cells.append(f"{x:.3f} [{low:.3f}, {high:.3f}]")
+                base_ms.append(1000 * base_s)
+                left = wrappers(unet)
+                del steering, unet
+                gc.collect()
+            cells += [str(left), f"{(outputs[1] - outputs[0]).abs().max().item():.1e}"]
             if args.memory:
                 cmd = [sys.executable, __file__, "--unet", args.unet, "--latent", str(args.latent)]
                 out = subprocess.run(
@@ -198,10 +230,9 @@ def main() -> None:
                 )
                 cells.append(f"{float(out.stdout.split()[-1]):.0f}")
             table.add_row(*cells)
-            del adapted
-            gc.collect()
-    table.add_row("base", "-", "-", f"1.000 ({statistics.median(base_ms):.0f} ms)", "1.000", "-")
-    Console().print(table)
+    cost = f"1.000 ({statistics.median(base_ms):.0f} ms)"
+    table.add_row("base", "-", "-", cost, "1.000", str(wrappers(base)), "-")
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

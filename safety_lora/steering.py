@@ -61,8 +61,11 @@ class Steering:
 
     ``dynamic`` mode sets each request's strengths on the LoRA layers (optionally only for
     steps inside ``config.window``). ``fused`` mode folds the base strengths into the UNet
-    weights once (no per-step cost); a request that needs other strengths (prompt risk,
-    escalation) is run unfused at those strengths and the weights are re-fused afterwards.
+    weights once and takes peft's wrappers out of the forward path, so the UNet runs exactly
+    its base modules (no per-step cost); a layer that also holds a user's adapter stays
+    unfused, as peft skips a merged layer's other adapters. A request that needs other
+    strengths (prompt risk, escalation) is run unfused at those strengths and the weights are
+    re-fused afterwards. Adapters the user loaded keep their active state next to ours.
     :meth:`close` unfuses and removes the adapters, leaving the pipeline as it was.
     """
 
@@ -104,6 +107,10 @@ class Steering:
         self.closed_form: dict[str, str] = {}
         self.lock = threading.RLock()
         self._fused_at: dict[str, float] | None = None
+        #: The layers our adapters are merged into, and those wrappers taken out of the forward
+        #: path: (parent module, attribute, wrapper).
+        self._fused: list[BaseTunerLayer] = []
+        self._swapped: list[tuple[torch.nn.Module, str, BaseTunerLayer]] = []
         #: Per adapter: the text encoders its file's text-encoder part is on, and those skipped.
         self.text_encoders: dict[str, tuple[str, ...]] = {}
         self.skipped_text_encoders: dict[str, tuple[str, ...]] = {}
@@ -111,6 +118,12 @@ class Steering:
         encoders = {
             c: m for c in TEXT_ENCODERS if isinstance(m := getattr(pipe, c, None), torch.nn.Module)
         }
+        # peft's injection leaves only the new adapter active: note what the user had active
+        user_active = [
+            (m, list(m.active_adapters))
+            for model in (unet, *encoders.values())
+            for m in _adapter_layers(model)
+        ]
         for spec in config.adapters:
             name = spec.adapter_name
             if name in existing:
@@ -142,6 +155,8 @@ class Steering:
         self._layers: list[BaseTunerLayer] = self._collect_layers()
         on_unet = {id(m) for m in _adapter_layers(unet)} if config.adapters else set()
         self._text_layers = [m for m in self._layers if id(m) not in on_unet]
+        for layer, active in user_active:
+            layer.set_adapter([*active, *(n for n in self.names if n in layer.scaling)])
         with self.lock:
             self._activate()
             self._rest()
@@ -239,19 +254,64 @@ class Steering:
         return {a for layer in self._layers for a in layer.merged_adapters}
 
     def _fuse(self, scales: Mapping[str, float]) -> None:
+        """Merge our adapters at ``scales`` into every layer that holds only ours.
+
+        A layer that also holds a user's adapter stays unfused at ``scales``: peft's forward of a
+        merged layer skips the layer's unmerged adapters, the user's too.
+        """
         self._set(scales)
-        for layer in self._layers:
+        ours = set(self.names)
+        self._fused = [m for m in self._layers if set(m.scaling) <= ours]
+        for layer in self._fused:
             layer.merge(adapter_names=[n for n in self.names if n in layer.scaling])
         self._fused_at = dict(scales)
+        self._swap_out()
+
+    def _swap_out(self) -> None:
+        """Take the fused wrappers out of the forward path.
+
+        A merged peft layer still runs its own Python around the base layer's; without it,
+        fused steering runs exactly the base model's modules (same cost as the base).
+        """
+        fused = {id(m) for m in self._fused}
+        for model in self._models:
+            for parent in list(model.modules()):
+                for attr, child in list(parent.named_children()):
+                    if id(child) in fused:
+                        setattr(parent, attr, child.base_layer)
+                        self._swapped.append((parent, attr, child))
+
+    def _swap_in(self) -> None:
+        """Put the swapped-out wrappers back (under any adapter a user has since put around
+        the base layer, so that theirs keeps working)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        while self._swapped:
+            parent, attr, wrapper = self._swapped.pop()
+            holder, name = parent, attr
+            while (current := getattr(holder, name)) is not wrapper.base_layer:
+                if not isinstance(current, BaseTunerLayer):
+                    raise SteeringError(
+                        f"`{type(parent).__name__}.{attr}` on the pipeline's {self.part} was "
+                        f"replaced by a {type(current).__name__} while the safety adapters were "
+                        f"fused into it; build a new SafePipeline"
+                    )
+                holder, name = current, "base_layer"
+            setattr(holder, name, wrapper)
 
     def _unfuse(self) -> None:
+        self._swap_in()
         # peft subtracts the delta at the *current* scaling: put back the one we fused at.
         if self._fused_at is not None:
             self._set(self._fused_at)
         for layer in self._layers:
             if layer.merged:
                 layer.unmerge()
-        self._fused_at = None
+        self._fused_at, self._fused = None, []
+
+    def _unfused_layers(self) -> list[BaseTunerLayer]:
+        """Our layers that run their adapters at call time (all of them unless fused)."""
+        return [m for m in self._layers if not m.merged]
 
     def _rest(self) -> None:
         """The resting state: base strengths, fused in fused mode."""
@@ -259,6 +319,7 @@ class Steering:
             if self._fused_at != self.base_scales:
                 self._unfuse()
                 self._fuse(self.base_scales)
+            self._set(self.base_scales, layers=self._unfused_layers())
         else:
             self._set(self.base_scales)
 
@@ -266,6 +327,7 @@ class Steering:
         """Re-assert our adapters: present, active, enabled, fused only by us (call under lock)."""
         if not self._layers:
             return
+        self._swap_in()  # every check below sees peft's own state
         for model in self._models:
             config = getattr(model, "peft_config", None) or {}
             names = [n for n in self.names if model is self.denoiser or self._part_on(n, model)]
@@ -284,8 +346,8 @@ class Steering:
                 f"else; the "
                 f"safety layer cannot account for them. Call `pipe.unfuse_lora()` first"
             )
-        expected = set(self.names) if self._fused_at is not None else set()
-        if merged != expected:
+        fused = {id(m) for m in self._fused}
+        if any(layer.merged != (id(layer) in fused) for layer in self._layers):
             logger.warning("safety adapters were fused/unfused on the inner pipeline; restoring")
             self._unfuse()
         disabled = [layer for layer in self._layers if layer.disable_adapters]
@@ -296,6 +358,8 @@ class Steering:
         self._activate()
         if self.mode == "fused" and self._fused_at is None:
             self._fuse(self.base_scales)
+        elif self._fused_at is not None:
+            self._swap_out()
 
     # -- one call --------------------------------------------------------------------------
 
@@ -325,7 +389,9 @@ class Steering:
             try:
                 if self.mode == "fused" and wanted != self._fused_at:
                     self._unfuse()
-                if self._fused_at is None:
+                if self._fused_at is not None:
+                    self._set(wanted, user_scale, self._unfused_layers())
+                else:
                     off = dict.fromkeys(wanted, 0.0)
                     self._set(wanted if self.window[0] == 0.0 else off, user_scale)
                     # text encoders run once, before the steps: the window is the UNet's

@@ -60,20 +60,64 @@ def test_close_restores_the_pipeline(pipe: Any, lora: Path) -> None:
 
 
 def test_fused_equals_unfused_and_close_unfuses(pipe: Any, lora: Path) -> None:
-    raw = _run(pipe)
-    dynamic = Steering(pipe, _config(lora))
-    expected = {s: _steered(dynamic, pipe, s) for s in (1.0, 0.5)}
-    dynamic.close()
+    raw, base_modules = _run(pipe), _module_types(pipe.unet)
+    dynamic = Steering(tiny_pipeline(), _config(lora))
+    expected = {s: _steered(dynamic, dynamic.pipe, s) for s in (1.0, 0.5)}
     fused = Steering(pipe, _config(lora, mode="fused"))
-    layers = [m for m in pipe.unet.modules() if hasattr(m, "merged_adapters")]
-    assert layers and all(m.merged_adapters == ["safe"] for m in layers)
+    # fused, the forward path is the base model's own modules: no peft wrapper left in it
+    assert _module_types(pipe.unet) == base_modules
     np.testing.assert_allclose(_steered(fused, pipe, 1.0), expected[1.0], atol=1e-5)
     # Another strength runs unfused, then the base strength is fused back.
     np.testing.assert_allclose(_steered(fused, pipe, 0.5), expected[0.5], atol=1e-5)
-    assert all(m.merged_adapters == ["safe"] for m in layers)
+    assert _module_types(pipe.unet) == base_modules
     np.testing.assert_allclose(_steered(fused, pipe, 1.0), expected[1.0], atol=1e-5)
     fused.close()
     np.testing.assert_allclose(_run(pipe), raw, atol=1e-5)
+
+
+def _module_types(model: torch.nn.Module) -> list[tuple[str, str]]:
+    return [(name, type(m).__name__) for name, m in model.named_modules()]
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
+def test_the_users_own_lora_stays_active_once_wrapped(
+    pipe: Any, lora: Path, tmp_path: Path
+) -> None:
+    user = tiny_lora_file(pipe, tmp_path / "user.safetensors", seed=7, std=0.3)
+    # fused mode runs the first two fused (base strength 1), the last unfused
+    calls = [(1.0, {}), (1.0, {"cross_attention_kwargs": {"scale": 0.5}}), (0.0, {})]
+    got = {}
+    for mode in ("dynamic", "fused"):
+        pipe = tiny_pipeline()
+        pipe.load_lora_weights(str(user), adapter_name="user")
+        user_only = _run(pipe)
+        steering = Steering(pipe, _config(lora, mode=mode))
+        got[mode] = [_steered(steering, pipe, s, **kwargs) for s, kwargs in calls]
+        np.testing.assert_allclose(got[mode][2], user_only, atol=1e-5)
+        assert np.abs(got[mode][0] - user_only).max() > 0.01
+        assert np.abs(got[mode][1] - got[mode][0]).max() > 0.01  # the user's scale acts...
+    for fused, dynamic in zip(got["fused"], got["dynamic"], strict=True):
+        np.testing.assert_allclose(fused, dynamic, atol=1e-5)  # ...on their adapter only
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
+def test_a_user_lora_loaded_onto_a_fused_pipeline_adds_to_the_safety_one(
+    pipe: Any, lora: Path, tmp_path: Path
+) -> None:
+    user = tiny_lora_file(pipe, tmp_path / "user.safetensors", seed=7, std=0.3)
+    reference = tiny_pipeline()
+    reference.load_lora_weights(str(user), adapter_name="user")
+    user_only = _run(reference)
+    dynamic = Steering(reference, _config(lora))
+    expected = {s: _steered(dynamic, reference, s) for s in (1.0, 0.5)}
+    fused = Steering(pipe, _config(lora, mode="fused"))
+    # the user's LoRA lands on the very layers the safety one is fused into
+    pipe.load_lora_weights(str(user), adapter_name="user")
+    np.testing.assert_allclose(_steered(fused, pipe, 1.0), expected[1.0], atol=1e-5)
+    np.testing.assert_allclose(_steered(fused, pipe, 0.5), expected[0.5], atol=1e-5)
+    np.testing.assert_allclose(_steered(fused, pipe, 1.0), expected[1.0], atol=1e-5)
+    fused.close()
+    np.testing.assert_allclose(_run(pipe), user_only, atol=1e-5)
 
 
 def test_fused_mode_rejects_a_window(pipe: Any, lora: Path) -> None:
@@ -91,10 +135,11 @@ def test_fused_mode_rejects_a_window(pipe: Any, lora: Path) -> None:
     ],
     ids=["disable_lora", "set_adapters", "fuse_lora", "fuse_unfuse"],
 )
+@pytest.mark.parametrize("mode", ["dynamic", "fused"])
 def test_user_tampering_between_calls_does_not_remove_safety(
-    pipe: Any, lora: Path, tamper: Any, caplog: pytest.LogCaptureFixture
+    pipe: Any, lora: Path, tamper: Any, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    steering = Steering(pipe, _config(lora))
+    steering = Steering(pipe, _config(lora, mode=mode))
     expected = _steered(steering, pipe, 1.0)
     tamper(pipe)
     with caplog.at_level(logging.WARNING, logger="safety_lora.steering"):
