@@ -6,22 +6,21 @@ import hashlib
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from safety_lora.audit import AuditLog
+from safety_lora.audit import AuditLog, image_records, prompt_record
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
-from safety_lora.imaging import View, blur, frame_count, frame_rgb, placeholder, views
+from safety_lora.imaging import View, frame_count, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-__all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision"]
+__all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision", "hard_rule"]
 
 #: Frames times pixels judged for one image at most (64 frames of 1024x1024): beyond, blocked.
 MAX_FRAME_PIXELS = 64 * 1024 * 1024
@@ -53,6 +52,20 @@ class PromptDecision:
     def refused(self) -> bool:
         """True when the prompt must not be generated."""
         return self.action is PromptAction.REFUSE
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (service responses, audit lines, inside an image's decision)."""
+        return {
+            "request_id": self.request_id,
+            "action": self.action.value,
+            "rule": self.rule,
+            "risk": {c.value: round(s, 6) for c, s in self.risk.items()},
+            "reasons": list(self.reasons),
+            "matches": list(self.matches),
+            "errors": list(self.errors),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "prompt_sha256": self.prompt_sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,6 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (used by the CLI, the service and the audit log)."""
-        pd = self.prompt_decision
         return {
             "action": self.action.value,
             "rule": self.rule,
@@ -109,14 +121,7 @@ class Decision:
             "adapters": dict(self.adapters),
             "closed_form": dict(self.closed_form),
             "frame": self.frame,
-            "prompt": None
-            if pd is None
-            else {
-                "action": pd.action.value,
-                "rule": pd.rule,
-                "risk": {c.value: round(s, 6) for c, s in pd.risk.items()},
-                "matches": list(pd.matches),
-            },
+            "prompt": None if self.prompt_decision is None else self.prompt_decision.to_dict(),
         }
 
 
@@ -181,13 +186,9 @@ class PolicyEngine:
 
         if errors:
             return decision(PromptAction.REFUSE, "on_error", ["prompt classifier failed"])
-        minors, sexual = risk.get(Category.MINORS, 0.0), risk.get(Category.SEXUAL, 0.0)
-        if minors >= MINORS_MAX_THRESHOLD and sexual >= MINORS_MAX_THRESHOLD:
-            return decision(
-                PromptAction.REFUSE,
-                HARD_RULE,
-                [f"minors {minors:.2f} and sexual {sexual:.2f}: never allowed"],
-            )
+        hard = hard_rule(risk, lambda c: self.policy.prompt.rule(c).refuse_at)
+        if hard is not None:
+            return decision(PromptAction.REFUSE, HARD_RULE, [hard])
         refuse, steer = [], []
         for category, score in sorted(risk.items(), key=lambda kv: -kv[1]):
             rule = self.policy.prompt.rule(category)
@@ -259,13 +260,18 @@ class PolicyEngine:
         *,
         prompt_decision: PromptDecision | None = None,
         attempt: int = 1,
-        steering_scales: Mapping[str, float] | None = None,
+        can_regenerate: bool = True,
+        steering_scales: Sequence[Mapping[str, float]] = (),
         request_id: str | None = None,
         adapters: Mapping[str, str] | None = None,
         closed_form: Mapping[str, str] | None = None,
     ) -> list[Decision]:
-        """Score ``images`` with every image classifier; one decision per image, in order.
+        """Score ``images`` with every image classifier; one final decision per image, in order.
 
+        ``attempt`` is the generation's attempt (1 = first): ``regenerate`` at the policy's
+        last attempt, or anywhere when the caller cannot regenerate (``can_regenerate=False``:
+        a guard around images it did not generate), becomes ``escalation.final_action``.
+        ``steering_scales`` are the strengths of attempts 1..``attempt``, and
         ``adapters``/``closed_form`` identify the steering the images were generated with
         (recorded in each decision and audit line).
         """
@@ -273,7 +279,7 @@ class PolicyEngine:
         request_id = request_id or new_request_id()
         common: dict[str, Any] = {
             "attempts": attempt,
-            "steering_scales": (dict(steering_scales),) if steering_scales else (),
+            "steering_scales": tuple(dict(s) for s in steering_scales),
             "classifiers": self.fingerprints,
             "timings_ms": {},
             "request_id": request_id,
@@ -281,6 +287,11 @@ class PolicyEngine:
             "unjudged": self.unjudged_images,
             "adapters": dict(adapters or {}),
             "closed_form": dict(closed_form or {}),
+        }
+        judging: dict[str, Any] = {
+            "attempt": attempt,
+            "can_regenerate": can_regenerate,
+            "common": common,
         }
         decided: dict[int, Decision] = {}
         expanded: list[tuple[int, View]] = []  # every frame (and hidden-pixel view) to judge
@@ -293,15 +304,14 @@ class PolicyEngine:
                 expanded.extend((i, view) for view in views(image))
             except (OSError, ValueError, SyntaxError, TypeError) as e:
                 error = f"image {i} cannot be decoded: {type(e).__name__}: {e}"
-                decided[i] = self._decide({}, [], errors=(error,), attempt=attempt, common=common)
+                decided[i] = self._decide({}, [], errors=(error,), **judging)
         scores, regions, errors = self._classify([view.image for _, view in expanded], common)
         for i in range(len(images)):
             if i in decided:
                 continue
             mine = [(k, view) for k, (owner, view) in enumerate(expanded) if owner == i]
             candidates = [
-                (self._decide(scores[k], regions[k], errors=errors, attempt=attempt,
-                              common=common), view)
+                (self._decide(scores[k], regions[k], errors=errors, **judging), view)
                 for k, view in mine
             ]  # fmt: skip
             decision, view = max(
@@ -368,6 +378,7 @@ class PolicyEngine:
         *,
         errors: tuple[str, ...],
         attempt: int,
+        can_regenerate: bool,
         common: dict[str, Any],
     ) -> Decision:
         if errors:
@@ -379,17 +390,13 @@ class PolicyEngine:
                 errors=errors,
                 **common,
             )
-        minors, sexual = scores.get(Category.MINORS, 0.0), scores.get(Category.SEXUAL, 0.0)
-        sexual_rule = self.policy.rule_for(Category.SEXUAL)
-        sexual_threshold = min(MINORS_MAX_THRESHOLD, sexual_rule.threshold if sexual_rule else 1.0)
-        minors_rule = self.policy.rule_for(Category.MINORS)
-        minors_threshold = minors_rule.threshold if minors_rule else MINORS_MAX_THRESHOLD
-        if minors >= minors_threshold and sexual >= sexual_threshold:
+        hard = hard_rule(scores, self._image_threshold)
+        if hard is not None:
             return Decision(
                 action=Action.BLOCK,
                 rule=HARD_RULE,
                 scores=scores,
-                reasons=(f"minors {minors:.2f} and sexual {sexual:.2f}: never allowed",),
+                reasons=(hard,),
                 regions=tuple(regions),
                 **common,
             )
@@ -407,13 +414,18 @@ class PolicyEngine:
             f"{c.value} {s:.2f} >= {r.threshold:.2f} -> {r.action.value}" for _, s, c, r in fired
         ]
         rule_name = f"categories.{category.value}"
-        if action is Action.REGENERATE and attempt >= self.policy.escalation.max_attempts:
-            action = self.policy.escalation.final_action
+        escalation = self.policy.escalation
+        if action is Action.REGENERATE and not can_regenerate:
+            action, rule_name = escalation.final_action, "escalation.final_action"
             reasons.append(
-                f"attempt {attempt} of {self.policy.escalation.max_attempts}: "
+                f"no regeneration outside a pipeline: escalation.final_action -> {action.value}"
+            )
+        elif action is Action.REGENERATE and attempt >= escalation.max_attempts:
+            action, rule_name = escalation.final_action, "escalation.final_action"
+            reasons.append(
+                f"attempt {attempt} of {escalation.max_attempts}: "
                 f"escalation.final_action -> {action.value}"
             )
-            rule_name = "escalation.final_action"
         fired_categories = {c for *_, c, _ in fired}
         kept = tuple(r for r in regions if r.category in fired_categories)
         return Decision(
@@ -425,39 +437,46 @@ class PolicyEngine:
             **common,
         )
 
-    def apply(self, image: Image, decision: Decision) -> Image:
-        """The image the policy lets through for ``decision`` (blurred/replaced where it says)."""
-        if decision.action is Action.ALLOW:
-            return image
-        if decision.action is Action.BLUR:
-            settings = self.policy.blur
-            boxes = [r.box for r in decision.regions]
-            frame = frame_rgb(image, decision.frame)
-            return blur(frame, boxes, radius=settings.radius, padding=settings.region_padding)
-        what = "blocked" if decision.action is Action.BLOCK else "replaced"
-        return placeholder(image.size, f"{what} by\nsafety policy")
+    def _image_threshold(self, category: Category) -> float | None:
+        rule = self.policy.rule_for(category)
+        return rule.threshold if rule is not None else None
 
     def record(self, decisions: Sequence[Decision], *, prompt: str | None = None) -> None:
-        """Append one audit line per decision (no-op when the policy names no audit path)."""
-        if self.audit_log is None:
-            return
-        now = datetime.now(timezone.utc).isoformat()
-        records = []
-        for index, decision in enumerate(decisions):
-            record = decision.to_dict()
-            pd = decision.prompt_decision
-            record.update(
-                time=now,
-                image_index=index,
-                policy=self.policy.name,
-                prompt_sha256=pd.prompt_sha256 if pd else None,
+        """Append one audit line per image decision (no-op when the policy names no audit path)."""
+        if self.audit_log is not None:
+            include = self.policy.audit.include_prompt
+            self.audit_log.write(
+                image_records(
+                    decisions, policy=self.policy.name, prompt=prompt, include_prompt=include
+                )
             )
-            if prompt is not None:
-                record["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
-            if self.policy.audit.include_prompt and prompt is not None:
-                record["prompt_text"] = prompt
-            records.append(record)
-        self.audit_log.write(records)
+
+    def record_prompt(self, decision: PromptDecision, text: str) -> None:
+        """Append the audit line of one prompt check (kind ``prompt``)."""
+        if self.audit_log is not None:
+            kept = text if self.policy.audit.include_prompt else None
+            self.audit_log.write([prompt_record(decision, policy=self.policy.name, text=kept)])
+
+
+def hard_rule(
+    scores: Mapping[Category, float], threshold: Callable[[Category], float | None]
+) -> str | None:
+    """Why ``scores`` break the rule no policy relaxes (minors and sexual together), or None.
+
+    Each of the two fires at the policy's own threshold for it (``threshold``: an image
+    category's ``threshold``, a prompt rule's ``refuse_at``), never higher than
+    ``MINORS_MAX_THRESHOLD``: a policy can make the rule stricter, not laxer. Prompts, images
+    and the OpenAI-compatible moderation share these semantics.
+    """
+    found = []
+    for category in (Category.MINORS, Category.SEXUAL):
+        own = threshold(category)
+        at = MINORS_MAX_THRESHOLD if own is None else min(own, MINORS_MAX_THRESHOLD)
+        score = scores.get(category, 0.0)
+        if score < at:
+            return None
+        found.append(f"{category.value} {score:.2f} >= {at:.2f}")
+    return " and ".join(found) + ": never allowed"
 
 
 def _merge_max(into: dict[Category, float], scores: Mapping[Category, float]) -> None:

@@ -1,5 +1,7 @@
 """The JSONL audit log: one line per decision, safe with concurrent threads and processes.
 
+Every line has a ``kind``: ``prompt`` (a prompt check, :func:`prompt_record`) or ``image``
+(an image's decision, :func:`image_records`); both carry the policy's name and a UTC time.
 Each record is serialised first, then appended with a single ``write`` on an ``O_APPEND``
 descriptor under a cross-process file lock, so lines never interleave and a crash before the
 write leaves nothing half-written.
@@ -7,16 +9,21 @@ write leaves nothing half-written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-__all__ = ["AuditLog", "read_audit_log"]
+if TYPE_CHECKING:
+    from safety_lora.policies.engine import Decision, PromptDecision
+
+__all__ = ["AuditLog", "image_records", "prompt_record", "read_audit_log"]
 
 
 class AuditLog:
@@ -44,6 +51,44 @@ class AuditLog:
                     written += os.write(fd, blob[written:])
             finally:
                 os.close(fd)
+
+
+def prompt_record(decision: PromptDecision, *, policy: str, text: str | None) -> dict[str, Any]:
+    """The line of one prompt check; ``text`` is kept only when given (``include_prompt``)."""
+    record: dict[str, Any] = {"kind": "prompt", "time": _now(), "policy": policy}
+    record.update(decision.to_dict())
+    if text is not None:
+        record["prompt_text"] = text
+    return record
+
+
+def image_records(
+    decisions: Sequence[Decision], *, policy: str, prompt: str | None, include_prompt: bool
+) -> list[dict[str, Any]]:
+    """The lines of one prompt's images (``image_index`` in order); ``prompt``, when known, is
+    hashed into each (and kept with ``include_prompt``)."""
+    now = _now()
+    records = []
+    for index, decision in enumerate(decisions):
+        pd = decision.prompt_decision
+        record = decision.to_dict()
+        record.update(
+            kind="image",
+            time=now,
+            image_index=index,
+            policy=policy,
+            prompt_sha256=pd.prompt_sha256 if pd else None,
+        )
+        if prompt is not None:
+            record["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+            if include_prompt:
+                record["prompt_text"] = prompt
+        records.append(record)
+    return records
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def read_audit_log(path: str | Path) -> list[dict[str, Any]]:

@@ -13,18 +13,17 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from PIL import Image
 
+from safety_lora.imaging import render
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
 from safety_lora.policies.schema import Policy
-from safety_lora.taxonomy import Action
 
-__all__ = ["PromptRefused", "ReviewResult", "SafetyGuard", "prompt_decision_dict"]
+__all__ = ["PromptRefused", "ReviewResult", "SafetyGuard"]
 
 F = TypeVar("F", bound=Any)
 
@@ -73,7 +72,7 @@ class SafetyGuard:
         if not isinstance(text, str):
             raise TypeError(f"`text` must be a string, got {type(text).__name__}")
         decision = self.engine.check_prompt(text, request_id=request_id)
-        self._record_prompt(decision, text)
+        self.engine.record_prompt(decision, text)
         return decision
 
     def review(
@@ -91,14 +90,12 @@ class SafetyGuard:
             raise TypeError(f"`images` must be PIL images; items {bad} are not")
         if not images:
             return []
-        decisions = [
-            self._final(d)
-            for d in self.engine.judge(
-                images,
-                prompt_decision=prompt_decision,
-                request_id=request_id or new_request_id(),
-            )
-        ]
+        decisions = self.engine.judge(
+            images,
+            prompt_decision=prompt_decision,
+            can_regenerate=False,
+            request_id=request_id or new_request_id(),
+        )
         self.engine.record(decisions, prompt=prompt)
         return decisions
 
@@ -108,7 +105,8 @@ class SafetyGuard:
         """The images as ``decisions`` let them through (blurred / replaced / blocked)."""
         if len(images) != len(decisions):
             raise ValueError(f"{len(images)} images but {len(decisions)} decisions")
-        return [self.engine.apply(im, d) for im, d in zip(images, decisions, strict=True)]
+        blur = self.policy.blur
+        return [render(im, d, blur) for im, d in zip(images, decisions, strict=True)]
 
     def moderate(
         self,
@@ -174,50 +172,6 @@ class SafetyGuard:
             f"guarded function {name} must return a PIL image or a list/tuple of them, "
             f"got {type(out).__name__}"
         )
-
-    def _final(self, decision: Decision) -> Decision:
-        """Without a pipeline there is no regeneration: ``regenerate`` becomes the final action."""
-        if decision.action is not Action.REGENERATE:
-            return decision
-        final = self.policy.escalation.final_action
-        return replace(
-            decision,
-            action=final,
-            rule="escalation.final_action",
-            reasons=(
-                *decision.reasons,
-                f"no regeneration outside a pipeline: escalation.final_action -> {final.value}",
-            ),
-        )
-
-    def _record_prompt(self, decision: PromptDecision, text: str) -> None:
-        log = self.engine.audit_log
-        if log is None:
-            return
-        record: dict[str, Any] = {
-            "kind": "prompt",
-            "time": datetime.now(timezone.utc).isoformat(),
-            "policy": self.policy.name,
-            **prompt_decision_dict(decision),
-        }
-        if self.policy.audit.include_prompt:
-            record["prompt_text"] = text
-        log.write([record])
-
-
-def prompt_decision_dict(decision: PromptDecision) -> dict[str, Any]:
-    """A JSON-ready view of a prompt decision (service responses and audit lines)."""
-    return {
-        "request_id": decision.request_id,
-        "action": decision.action.value,
-        "rule": decision.rule,
-        "risk": {c.value: round(s, 6) for c, s in decision.risk.items()},
-        "reasons": list(decision.reasons),
-        "matches": list(decision.matches),
-        "errors": list(decision.errors),
-        "timings_ms": {k: round(v, 3) for k, v in decision.timings_ms.items()},
-        "prompt_sha256": decision.prompt_sha256,
-    }
 
 
 def _prompt_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

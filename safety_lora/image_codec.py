@@ -1,6 +1,6 @@
 """Image bytes in and out, with limits checked from the header before any pixel is decoded.
 
-Used by the service and the middleware (pure Pillow: no web framework needed).
+Used by the service, the middleware and the CLI (pure Pillow: no web framework needed).
 """
 
 from __future__ import annotations

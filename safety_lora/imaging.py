@@ -4,17 +4,24 @@
 animated GIF/APNG/WebP or multi-page TIFF, each converted correctly from its mode (16-bit
 and 32-bit greyscale scaled to 8 bits, floats from 0..1, CMYK, palettes), and for an image
 with transparency both what a viewer sees (composited on white) and what its pixels hold
-(alpha ignored), so content hidden under a transparent alpha is judged too. :func:`blur` and
-:func:`placeholder` render the policy's actions.
+(alpha ignored), so content hidden under a transparent alpha is judged too. :func:`render`
+draws a decision (with :func:`blur` and :func:`placeholder`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageSequence
+
+from safety_lora.taxonomy import Action
+
+if TYPE_CHECKING:
+    from safety_lora.policies.engine import Decision
+    from safety_lora.policies.schema import BlurSettings
 
 __all__ = ["View", "blur", "frame_count", "frame_rgb", "placeholder", "to_rgb", "views"]
 
@@ -98,6 +105,18 @@ def frame_rgb(image: Image.Image, frame: int) -> Image.Image:
         finally:
             image.seek(0)
     return to_rgb(image)[0]
+
+
+def render(image: Image.Image, decision: Decision, settings: BlurSettings) -> Image.Image:
+    """The image the policy lets through for ``decision`` (blurred/replaced where it says)."""
+    if decision.action is Action.ALLOW:
+        return image
+    if decision.action is Action.BLUR:
+        boxes = [r.box for r in decision.regions]
+        frame = frame_rgb(image, decision.frame)
+        return blur(frame, boxes, radius=settings.radius, padding=settings.region_padding)
+    what = "blocked" if decision.action is Action.BLOCK else "replaced"
+    return placeholder(image.size, f"{what} by\nsafety policy")
 
 
 def blur(

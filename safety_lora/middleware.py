@@ -17,30 +17,37 @@ import asyncio
 import base64
 import fnmatch
 import json
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safety_lora.guard import PromptRefused, SafetyGuard, prompt_decision_dict
-from safety_lora.policies.engine import PromptDecision, new_request_id
-from safety_lora.policies.schema import Policy
-from safety_lora.service.images import (
+from safety_lora.asgi import (
+    ASGIApp,
+    BodyTooLarge,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    error_envelope,
+    read_body,
+    replay,
+    send_json,
+)
+from safety_lora.guard import PromptRefused, SafetyGuard
+from safety_lora.image_codec import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     decode_b64_image,
     decode_image,
     encode_image,
 )
+from safety_lora.policies.engine import PromptDecision, new_request_id
+from safety_lora.policies.schema import Policy
 from safety_lora.taxonomy import Action
 
 __all__ = ["ASGIApp", "GuardedRoute", "SafetyMiddleware"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DECISION_HEADER = "x-safety-decision"
 
@@ -125,7 +132,12 @@ class SafetyMiddleware:
     async def _moderate(
         self, route: GuardedRoute, request_id: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        body = await self._read_body(receive)
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge as e:
+            raise _Reject(413, "body_too_large", str(e)) from e
+        except ClientDisconnected as e:
+            raise _Reject(400, "client_disconnected", str(e)) from e
         pd = None
         if route.prompt_field is not None:
             prompt = _prompt_from(body, route.prompt_field)
@@ -135,17 +147,8 @@ class SafetyMiddleware:
                     400,
                     "content_policy_violation",  # as OpenAI's API, which clients branch on
                     str(PromptRefused(pd)),
-                    decision=prompt_decision_dict(pd),
+                    decision=pd.to_dict(),
                 )
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         start: Message | None = None
         chunks: list[bytes] = []
 
@@ -156,7 +159,7 @@ class SafetyMiddleware:
             elif message["type"] == "http.response.body":
                 chunks.append(bytes(message.get("body", b"")))
 
-        await self.app(scope, replay, capture)
+        await self.app(scope, replay(body, receive), capture)
         if start is None:
             raise RuntimeError("the app returned without starting a response")
         out = b"".join(chunks)
@@ -168,23 +171,6 @@ class SafetyMiddleware:
         headers += [(b"content-length", str(len(out)).encode()), (self.header, request_id.encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out, "more_body": False})
-
-    async def _read_body(self, receive: Receive) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Reject(400, "client_disconnected", "the client went away")
-            chunk = bytes(message.get("body", b""))
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Reject(
-                    413, "body_too_large", f"request body over {self.max_body_bytes} bytes"
-                )
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
 
     async def _judge_response(
         self,
@@ -280,28 +266,3 @@ def _locate(document: Any, parts: Sequence[str]) -> list[tuple[Any, Any]]:
     if not rest:
         return [(document, k) for k in keys]
     return [slot for k in keys for slot in _locate(document[k], rest)]
-
-
-def error_envelope(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The one error body of the middleware and the service, in OpenAI's shape:
-    ``{"error": {"message", "type", "param", "code", ...extra}}``."""
-    return {"error": {"message": message, "type": code, "param": None, "code": code, **extra}}
-
-
-async def send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    """Send a whole JSON response on a raw ASGI ``send`` (also used by the service's gate)."""
-    data = json.dumps(body).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data, "more_body": False})

@@ -16,10 +16,11 @@ with ``torch.Generator().manual_seed(s_i)``). Attempt ``k >= 2`` runs with
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -28,6 +29,7 @@ import torch
 from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
+from safety_lora.imaging import render
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
 from safety_lora.seeds import hashed_seed
 from safety_lora.steering import Steering
@@ -158,6 +160,7 @@ class SafePipeline:
         *args: Any,
         return_dict: Literal[True] = ...,
         safety_request_id: str | None = ...,
+        safety_prompt_checks: Sequence[PromptDecision] | None = ...,
         **kwargs: Any,
     ) -> SafePipelineOutput: ...
     @overload
@@ -166,6 +169,7 @@ class SafePipeline:
         *args: Any,
         return_dict: Literal[False],
         safety_request_id: str | None = ...,
+        safety_prompt_checks: Sequence[PromptDecision] | None = ...,
         **kwargs: Any,
     ) -> SafeTuple: ...
 
@@ -174,12 +178,15 @@ class SafePipeline:
         *args: Any,
         return_dict: bool = True,
         safety_request_id: str | None = None,
+        safety_prompt_checks: Sequence[PromptDecision] | None = None,
         **kwargs: Any,
     ) -> SafePipelineOutput | SafeTuple:
         """Call the wrapped pipeline with the same arguments, under the policy.
 
         ``safety_request_id`` (not passed to the pipeline) tags every decision and audit line of
         this call, e.g. with an HTTP request's id; a fresh one is made when it is None.
+        ``safety_prompt_checks``: this policy's decisions on the call's prompts, one per prompt,
+        when the caller checked them already (the service); each must be for its very prompt.
         """
         call = dict(self._signature.bind_partial(*args, **kwargs).arguments)
         call.update(call.pop(self._var_keyword, None) or {})
@@ -189,7 +196,7 @@ class SafePipeline:
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         per = int(call.get("num_images_per_prompt") or 1)
         request_id = safety_request_id or new_request_id()
-        checks = [self.engine.check_prompt(p or "", request_id=request_id) for p in prompts]
+        checks = self._checks(prompts, safety_prompt_checks, request_id)
         seeds = self._seeds(call, len(prompts) * per)
         slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]
         refused = {p for p, pd in enumerate(checks) if pd.refused}
@@ -208,6 +215,28 @@ class SafePipeline:
         return SafePipelineOutput(
             images=images, nsfw_content_detected=[d.flagged for d in decisions], decisions=decisions
         )
+
+    def _checks(
+        self,
+        prompts: list[str | None],
+        given: Sequence[PromptDecision] | None,
+        request_id: str,
+    ) -> list[PromptDecision]:
+        """Each prompt's decision: the caller's (checked against its prompt) or a fresh one."""
+        if given is None:
+            checks = [self.engine.check_prompt(p or "", request_id=request_id) for p in prompts]
+            for prompt, pd in zip(prompts, checks, strict=True):
+                if prompt is not None:  # audited like every entry point's check
+                    self.engine.record_prompt(pd, prompt)
+            return checks
+        if len(given) != len(prompts):
+            raise ValueError(
+                f"`safety_prompt_checks` has {len(given)} decisions for {len(prompts)} prompts"
+            )
+        for i, (prompt, pd) in enumerate(zip(prompts, given, strict=True)):
+            if pd.prompt_sha256 != hashlib.sha256((prompt or "").encode("utf-8")).hexdigest():
+                raise ValueError(f"`safety_prompt_checks[{i}]` was made for another prompt")
+        return list(given)
 
     def _identity(self) -> dict[str, dict[str, str]]:
         """What the images are steered with, for every decision: file hashes, solve keys."""
@@ -264,17 +293,20 @@ class SafePipeline:
         scales: dict[str, float],
         request_id: str,
     ) -> None:
+        # one prompt's images share the strengths of every attempt (they depend on its
+        # check and the attempt only): the history of any of them is theirs
+        history = (*slots[0].scales, dict(scales))
         decisions = self.engine.judge(
             [_to_pil(s.native) for s in slots],
             prompt_decision=pd,
             attempt=attempt,
-            steering_scales=scales,
+            steering_scales=history,
             request_id=request_id,
-            **self._identity(),
+            adapters=self.steering.sha256,
+            closed_form=self.steering.closed_form,
         )
         for slot, decision in zip(slots, decisions, strict=True):
-            slot.scales = (*slot.scales, dict(scales))
-            slot.decision = replace(decision, attempts=attempt, steering_scales=slot.scales)
+            slot.scales, slot.decision = history, decision
 
     def _generate_first(
         self,
@@ -350,12 +382,12 @@ class SafePipeline:
         for slot in slots:
             assert slot.decision is not None
             if slot.native is None:  # refused prompt: nothing was generated
-                pil = self.engine.apply(Image.new("RGB", size), slot.decision)
+                pil = render(Image.new("RGB", size), slot.decision, self.policy.blur)
                 out.append(_from_pil(pil, output_type, like))
             elif slot.decision.action is Action.ALLOW:
                 out.append(slot.native)
             else:
-                pil = self.engine.apply(_to_pil(slot.native), slot.decision)
+                pil = render(_to_pil(slot.native), slot.decision, self.policy.blur)
                 out.append(_from_pil(pil, output_type, slot.native))
         for p, prompt in enumerate(prompts):
             mine = [s.decision for s in slots if s.prompt == p and s.decision is not None]

@@ -68,7 +68,7 @@ def test_engine_records_one_line_per_decision_without_prompt_text(tmp_path: Path
     decisions = engine.judge([Image.new("RGB", (8, 8))] * 2, prompt_decision=pd)
     engine.record(decisions, prompt="a quiet lake")
     records = read_audit_log(tmp_path / "audit.jsonl")
-    assert [r["image_index"] for r in records] == [0, 1]
+    assert [(r["kind"], r["image_index"]) for r in records] == [("image", 0), ("image", 1)]
     first = records[0]
     assert first["action"] == "blur"
     assert first["request_id"] == "req-1"

@@ -55,8 +55,9 @@ def test_generate_writes_images_decisions_and_audit(tmp_path: Path) -> None:
         ("image_001.png", "allow", 1),
     ]
     assert records[0]["steering_scales"] == [{"safe": 1.0}, {"safe": 2.0}]
-    audit = (out / "audit.jsonl").read_text().splitlines()
-    assert len(audit) == 2 and json.loads(audit[0])["adapters"]["safe"]
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in audit] == ["prompt", "image", "image"]
+    assert audit[1]["adapters"]["safe"]
 
 
 def test_generate_reports_a_bad_policy(tmp_path: Path) -> None:

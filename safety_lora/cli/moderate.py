@@ -102,17 +102,7 @@ def moderate(
     for text in texts:
         pd = guard.check_prompt(text)  # audited, as the service and the middleware do
         bad |= pd.action is PromptAction.REFUSE
-        rows.append(
-            {
-                "kind": "prompt",
-                "item": text,
-                "action": pd.action.value,
-                "rule": pd.rule,
-                "scores": {c.value: s for c, s in pd.risk.items()},
-                "reasons": list(pd.reasons),
-                "matches": list(pd.matches),
-            }
-        )
+        rows.append({"kind": "prompt", "item": text, **pd.to_dict()})
     with Progress(console=console, transient=True, disable=not files) as progress:
         task = progress.add_task("judging images", total=len(files))
         for start in range(0, len(files), BATCH):
@@ -162,7 +152,7 @@ def moderate(
                 row["item"],
                 f"[{colour}]{row['action']}[/{colour}]",
                 row["rule"],
-                _top(row["scores"]),
+                _top(row["risk"] if row["kind"] == "prompt" else row["scores"]),
             )
         console.print(table)
     if bad:

@@ -19,19 +19,19 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from safety_lora.guard import PromptRefused, SafetyGuard, prompt_decision_dict
-from safety_lora.middleware import error_envelope
-from safety_lora.policies.engine import Decision
-from safety_lora.policies.schema import Policy
-from safety_lora.service.cancel import Cancellation, Cancelled
-from safety_lora.service.fifo import FifoLock
-from safety_lora.service.gate import Admission, Gate
-from safety_lora.service.images import (
+from safety_lora.asgi import error_envelope
+from safety_lora.guard import PromptRefused, SafetyGuard
+from safety_lora.image_codec import (
     ImageDecodeError,
     decode_b64_image,
     decode_image,
     encode_image,
 )
+from safety_lora.policies.engine import Decision, PromptDecision
+from safety_lora.policies.schema import Policy
+from safety_lora.service.cancel import Cancellation, Cancelled
+from safety_lora.service.fifo import FifoLock
+from safety_lora.service.gate import Admission, Gate
 from safety_lora.service.metrics import ServiceMetrics
 from safety_lora.service.openai_moderation import (
     ImagePart,
@@ -183,10 +183,12 @@ class _Service:
         self,
         body: GenerationRequest,
         size: tuple[int, int] | None,
+        pd: PromptDecision,
         request_id: str,
         job: Cancellation,
     ) -> Any:
-        """One generation, stopped at its next step once ``job`` is cancelled or late."""
+        """One generation of an admitted prompt (``pd``: its decision, made once), stopped at
+        its next step once ``job`` is cancelled or late."""
         kwargs: dict[str, Any] = {
             **self.defaults,
             "num_images_per_prompt": body.n,
@@ -208,7 +210,9 @@ class _Service:
                 raise Cancelled("deadline", "the model stayed busy past the request's deadline")
             try:
                 job.check()
-                return self.safe(body.prompt, safety_request_id=request_id, **kwargs)
+                return self.safe(
+                    body.prompt, safety_request_id=request_id, safety_prompt_checks=[pd], **kwargs
+                )
             finally:
                 self.lock.release()
         finally:
@@ -317,12 +321,12 @@ def _routes(app: FastAPI, service: _Service) -> None:
                     400,
                     "content_policy_violation",
                     str(PromptRefused(pd)),
-                    decision=prompt_decision_dict(pd),
+                    decision=pd.to_dict(),
                 )
             job = Cancellation(settings.request_timeout_s)
             watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
             try:
-                out = await run_in_threadpool(service.generate, body, size, request_id, job)
+                out = await run_in_threadpool(service.generate, body, size, pd, request_id, job)
             except Cancelled as e:
                 status = 503 if e.reason == "shutdown" else 504
                 raise ServiceError(status, f"generation_{e.reason}", str(e)) from e
@@ -339,7 +343,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
                 data=data,
                 safety=Safety(
                     request_id=request_id,
-                    prompt=prompt_decision_dict(pd),
+                    prompt=pd.to_dict(),
                     decisions=[d.to_dict() for d in decisions],
                 ),
             )
@@ -433,7 +437,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
                 flagged=pd.refused,
                 action=pd.action.value,
                 category_scores={c.value: s for c, s in pd.risk.items()},
-                decision=prompt_decision_dict(pd),
+                decision=pd.to_dict(),
             )
             for pd in decisions
         ]

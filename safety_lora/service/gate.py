@@ -16,13 +16,17 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from safety_lora.middleware import (
+from safety_lora.asgi import (
     ASGIApp,
+    BodyTooLarge,
+    ClientDisconnected,
     Message,
     Receive,
     Scope,
     Send,
     error_envelope,
+    read_body,
+    replay,
     send_json,
 )
 from safety_lora.service.metrics import ServiceMetrics
@@ -182,17 +186,16 @@ class Gate:
             )
             return
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._read_body(receive, headers)
-            if body is None:
+            limit = self.settings.max_body_bytes
+            try:
+                body = await read_body(receive, limit, headers.get(b"content-length"))
+            except BodyTooLarge as e:
                 self.metrics.rejected.labels(reason="body_limit").inc()
-                await _error(
-                    send,
-                    413,
-                    "request_too_large",
-                    f"request body over the limit of {self.settings.max_body_bytes} bytes",
-                )
+                await _error(send, 413, "request_too_large", str(e))
                 return
-            receive = _replay(body, receive)
+            except ClientDisconnected:
+                return  # nobody to answer, nothing to run
+            receive = replay(body, receive)
         if route not in WORK_ROUTES:
             await self.app(scope, receive, send)
             return
@@ -230,39 +233,6 @@ class Gate:
         # Compare against every key (no early exit) so timing says nothing about which matched.
         matched = [hmac.compare_digest(digest, k) for k in self._keys]
         return digest.decode()[:16] if any(matched) else None
-
-    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes | None:
-        """The whole body, or None as soon as it is known to exceed the limit."""
-        limit = self.settings.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return None
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"".join(parts)
-            chunk = bytes(message.get("body", b""))
-            size += len(chunk)
-            if size > limit:
-                return None
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 async def _error(

@@ -28,7 +28,9 @@ OpenAI category            project category
 
 A category is flagged when its score reaches the policy's threshold for the input type (a
 prompt rule's ``steer_at``; an image rule's ``threshold`` when its action is not ``allow``;
-0.5 for ``sexual/minors``); a result is flagged when a category is, or the policy's verdict
+``sexual/minors`` when the engine's hard rule fired on the part, see
+:func:`safety_lora.policies.engine.hard_rule`); a result is flagged when a category is, or the
+policy's verdict
 on a part is not ``allow`` (a refused prompt, a blocked or blurred image).
 """
 
@@ -39,8 +41,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from safety_lora.guard import SafetyGuard, prompt_decision_dict
-from safety_lora.policies.schema import MINORS_MAX_THRESHOLD
+from safety_lora.guard import SafetyGuard
+from safety_lora.policies.engine import HARD_RULE
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category
 
 __all__ = [
@@ -122,8 +124,8 @@ def moderate(
         if kind == "text":
             pd = guard.check_prompt(value, request_id=request_id)
             own, unjudged, thresholds = pd.risk, set(pd.unjudged), _text_thresholds(guard)
-            blocked = pd.refused
-            verdicts.append({"type": "text", **prompt_decision_dict(pd)})
+            blocked, rule = pd.refused, pd.rule
+            verdicts.append({"type": "text", **pd.to_dict()})
         else:
             (decision,) = guard.review([value], request_id=request_id)
             own, unjudged, thresholds = (
@@ -131,7 +133,7 @@ def moderate(
                 set(decision.unjudged),
                 _image_thresholds(guard),
             )
-            blocked = decision.action is not Action.ALLOW
+            blocked, rule = decision.action is not Action.ALLOW, decision.rule
             if ACTION_SEVERITY[decision.action] > ACTION_SEVERITY[worst]:
                 worst = decision.action
             verdicts.append({"type": "image", **decision.to_dict()})
@@ -144,8 +146,8 @@ def moderate(
             score = min(own.get(c, 0.0) for c in sources)
             applied[name].append(input_type)
             scores[name] = max(scores[name], score)
-            if name == "sexual/minors":
-                hit = score >= MINORS_MAX_THRESHOLD
+            if name == "sexual/minors":  # the engine's hard rule, one semantics everywhere
+                hit = rule == HARD_RULE
             else:
                 limit = thresholds[sources[0]]
                 hit = limit is not None and score >= limit

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from safety_lora.image_codec import DEFAULT_MAX_PIXELS
 from safety_lora.policies.schema import PRESETS, format_validation_error
-from safety_lora.service.images import DEFAULT_MAX_PIXELS
 from safety_lora.textfiles import load_mapping, read_text
 
 __all__ = ["ServiceSettings", "hash_api_key", "is_loopback"]

@@ -90,7 +90,8 @@ def test_safe_pipeline_solves_on_construction_and_records_the_key(tmp_path: Path
     decision = out.decisions[0]
     assert decision.closed_form == {"closed_form_nude": solved.key}
     assert decision.adapters == {"closed_form_nude": sha256_of(solved.path)}
-    (line,) = read_audit_log(tmp_path / "audit.jsonl")
+    prompt_line, line = read_audit_log(tmp_path / "audit.jsonl")
+    assert (prompt_line["kind"], line["kind"]) == ("prompt", "image")
     assert line["closed_form"] == {"closed_form_nude": solved.key}
     assert line["adapters"]["closed_form_nude"] == sha256_of(solved.path)
     assert json.loads(json.dumps(decision.to_dict()))["closed_form"] == line["closed_form"]

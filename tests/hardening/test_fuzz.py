@@ -19,10 +19,10 @@ from PIL import Image, ImageDraw
 
 from safety_lora.classifiers.normalize import normalize
 from safety_lora.guard import SafetyGuard
+from safety_lora.image_codec import ImageDecodeError, decode_image
 from safety_lora.policies import Policy, PolicyEngine, PolicyError
 from safety_lora.policies.engine import HARD_RULE
 from safety_lora.service import ServiceSettings, create_app
-from safety_lora.service.images import ImageDecodeError, decode_image
 from safety_lora.taxonomy import Action, PromptAction
 from safety_lora.testing import tiny_pipeline
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from safety_lora.cli import app
 from safety_lora.guard import SafetyGuard
+from safety_lora.image_codec import decode_image
 from safety_lora.imaging import to_rgb, views
 from safety_lora.policies import Policy, PolicyEngine
-from safety_lora.service.images import decode_image
 from safety_lora.taxonomy import Action
 
 GREY = (128, 128, 128)

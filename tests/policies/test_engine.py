@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from safety_lora.classifiers.base import ImageScores, Region
+from safety_lora.imaging import render
 from safety_lora.policies import Policy, PolicyEngine
 from safety_lora.policies.engine import HARD_RULE
 from safety_lora.taxonomy import Action, Category, PromptAction
@@ -131,12 +132,12 @@ def test_apply_blur_regions_and_whole() -> None:
     rng = np.random.default_rng(0)
     noisy = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     (decision,) = engine.judge([noisy])
-    whole = np.asarray(engine.apply(noisy, decision), dtype=float)
+    whole = np.asarray(render(noisy, decision, engine.policy.blur), dtype=float)
     assert whole.std() < np.asarray(noisy, dtype=float).std() / 2
     boxed = decision.__class__(
         **{**decision.__dict__, "regions": (Region((0, 0, 16, 16), "x", 0.9, Category.VIOLENCE),)}
     )
-    part = np.asarray(engine.apply(noisy, boxed), dtype=float)
+    part = np.asarray(render(noisy, boxed, engine.policy.blur), dtype=float)
     original = np.asarray(noisy, dtype=float)
     assert np.array_equal(part[40:, 40:], original[40:, 40:])  # far from the box: untouched
     assert not np.array_equal(part[:8, :8], original[:8, :8])
@@ -151,18 +152,19 @@ def test_replace_and_block_give_an_explained_placeholder(
     engine = engine_for(scores)
     original = image()
     (decision,) = engine.judge([original])
-    out = np.asarray(engine.apply(original, decision))
+    rendered = render(original, decision, engine.policy.blur)
+    out = np.asarray(rendered)
     assert out.shape == (48, 64, 3)
     assert out.max() > 200  # light text on grey: not a black square
     assert (out == 128).mean() > 0.5
-    assert engine.apply(original, decision).info["safety_lora"] == f"{word} by safety policy"
+    assert rendered.info["safety_lora"] == f"{word} by safety policy"
 
 
 def test_allow_returns_the_image_unchanged() -> None:
     engine = engine_for({})
     original = image()
     (decision,) = engine.judge([original])
-    assert engine.apply(original, decision) is original
+    assert render(original, decision, engine.policy.blur) is original
 
 
 def prompt_engine(
@@ -249,3 +251,33 @@ def test_every_decision_lists_what_the_policy_does_not_judge(tmp_path: Path) -> 
     assert refused.unjudged == decision.unjudged
     nudenet = PolicyEngine(Policy.preset("balanced")).judge  # builds nudenet: scores sexual
     assert Category.SEXUAL not in nudenet([image()])[0].unjudged
+
+
+@pytest.mark.parametrize(
+    ("sexual_at", "minors", "sexual", "fires"),
+    [
+        (None, 0.5, 0.5, True),  # no own threshold: 0.5
+        (None, 0.5, 0.49, False),
+        (0.9, 0.5, 0.5, True),  # a laxer own threshold is capped at 0.5
+        (0.3, 0.5, 0.3, True),  # a stricter one makes the rule stricter
+        (0.3, 0.49, 0.9, False),
+    ],
+)
+def test_hard_rule_has_one_semantics_for_prompts_and_images(
+    sexual_at: float | None, minors: float, sexual: float, fires: bool
+) -> None:
+    scores = {"minors": minors, "sexual": sexual}
+    categories: dict[str, Any] = {"minors": {"threshold": 0.5, "action": "allow"}}
+    if sexual_at is not None:
+        categories["sexual"] = {"threshold": sexual_at, "action": "allow"}
+    images = engine_for(scores, categories=categories)
+    (decision,) = images.judge([image()])
+    rules = {} if sexual_at is None else {"sexual": {"steer_at": None, "refuse_at": sexual_at}}
+    prompt = {"classifiers": [{"kind": "static", "scores": scores}], "rules": rules}
+    prompts = engine_for({}, prompt=prompt)
+    checked = prompts.check_prompt("any prompt")
+    assert (decision.rule == HARD_RULE) is fires
+    assert (checked.rule == HARD_RULE) is fires
+    if fires:
+        assert checked.refused and decision.action is Action.BLOCK
+        assert decision.reasons[0].endswith("never allowed")

@@ -115,7 +115,7 @@ def test_image_body_replaced_in_place(tmp_path: Path) -> None:
     assert image.convert("RGB").getpixel((0, 0)) == GREY
     assert int(response.headers["content-length"]) == len(response.content)
     records = read_audit_log(tmp_path / "audit.jsonl")
-    assert [r.get("kind", "image") for r in records] == ["prompt", "image"]
+    assert [r["kind"] for r in records] == ["prompt", "image"]
     assert {r["request_id"] for r in records} == {response.headers["x-safety-decision"]}
     assert records[1]["action"] == "replace"
     assert calls == ["generate"]

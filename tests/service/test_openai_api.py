@@ -148,3 +148,25 @@ def test_the_middleware_refuses_with_openais_code(tmp_path: Path) -> None:
     ):
         api.images.generate(prompt=f"a {REFUSED_WORD}")
     assert info.value.code == "content_policy_violation"
+
+
+@pytest.mark.parametrize(("sexual", "flagged"), [(0.6, True), (0.35, True), (0.25, False)])
+def test_sexual_minors_is_flagged_exactly_when_the_hard_rule_fires(
+    sexual: float, flagged: bool
+) -> None:
+    from safety_lora.guard import SafetyGuard
+    from safety_lora.policies.schema import Policy
+    from safety_lora.service.openai_moderation import moderate
+
+    policy = Policy.from_dict(
+        {
+            "classifiers": [{"kind": "static", "scores": {"minors": 0.6, "sexual": sexual}}],
+            "categories": {"sexual": {"threshold": 0.3, "action": "blur"}},
+        }
+    )
+    image = Image.new("RGB", (16, 16))
+    result = moderate(SafetyGuard(policy), [("image", image)], request_id="r")
+    assert result["categories"]["sexual/minors"] is flagged
+    assert result["safety_lora"]["parts"][0]["rule"] == (
+        "hard:minors+sexual" if flagged else "allow"
+    )
