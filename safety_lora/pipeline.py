@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -30,6 +31,7 @@ from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
 from safety_lora.imaging import render
+from safety_lora.internals import without_safety_checker
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
 from safety_lora.seeds import hashed_seed
 from safety_lora.steering import Steering
@@ -270,17 +272,18 @@ class SafePipeline:
         call["generator"] = torch.Generator().manual_seed(seed)
         return [seed] * n
 
+    @contextmanager
+    def _one_call(self, call: dict[str, Any], scales: dict[str, float]) -> Iterator[dict[str, Any]]:
+        """Everything the wrapper changes on the pipeline for one inner call, restored after:
+        adapters, strengths and step callbacks (under the steering lock), and the pipeline's
+        own safety checker off (the policy judges instead). Yields the call's kwargs."""
+        with self.steering.apply(scales, call) as kwargs, without_safety_checker(self.pipe):
+            yield kwargs
+
     def _run(self, call: dict[str, Any], scales: dict[str, float]) -> tuple[list[Any], bool]:
         """One inner pipeline call under the lock: native per-image outputs, has-nsfw-field."""
-        with self.steering.apply(scales, call) as kwargs:
-            checker = self.pipe.__dict__.get("safety_checker")
-            if checker is not None:
-                object.__setattr__(self.pipe, "safety_checker", None)
-            try:
-                out = self.pipe(**kwargs, return_dict=True)
-            finally:
-                if checker is not None:
-                    object.__setattr__(self.pipe, "safety_checker", checker)
+        with self._one_call(call, scales) as kwargs:
+            out = self.pipe(**kwargs, return_dict=True)
         images = out.images if hasattr(out, "images") else out[0]
         native = list(images) if not isinstance(images, list) else images
         return native, hasattr(out, "nsfw_content_detected")

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from safety_lora.internals import execution_device
+
 __all__ = ["SLD_PRESETS", "SLDConfig", "SafetyGuidance", "sld_preset"]
 
 
@@ -127,7 +129,7 @@ class SafetyGuidance:
         """The concept's text embeddings (and SDXL's pooled embedding) from the pipeline."""
         out = self.pipe.encode_prompt(
             prompt=self.concept,
-            device=self.pipe._execution_device,
+            device=execution_device(self.pipe),
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )

@@ -84,12 +84,6 @@ class Steering:
                 f"steering adapters need a pipeline with a `unet` or a `transformer`, got "
                 f"{type(pipe)}"
             )
-        if config.adapters and not hasattr(unet, "set_adapters"):
-            raise ValueError(
-                f"`pipe.{self.part}` is a {type(unet).__name__}, which has no diffusers PEFT "
-                f"support (PeftAdapterMixin: set_adapters, fuse_lora): steering adapters cannot "
-                f"be scaled on it; moderate its outputs without steering"
-            )
         if hasattr(unet, "_orig_mod"):  # torch.compile's wrapper: its module names differ
             raise ValueError(
                 f"`pipe.{self.part}` is torch.compile'd: wrap the pipeline first, then compile "
@@ -228,27 +222,14 @@ class Steering:
                 layer.set_scale(name, value / divisor)
 
     def _activate(self) -> None:
-        """Make our adapters active next to whatever other adapters the user has active."""
-        unet = self.denoiser
-        active = list(unet.active_adapters()) if self._layers else []
-        if not all(n in active for n in self.names):
-            others = [a for a in active if a not in self.base_scales]
-            weights = [self._current_weight(a) for a in others]
-            unet.set_adapters([*others, *self.names], [*weights, *self.base_scales.values()])
-        for layer in self._layers:  # text encoders: per layer, keeping the user's active ones
+        """Make our adapters active on each of their layers, next to whatever adapters the user
+        has active there (per layer, with peft: a denoiser without diffusers' adapter API,
+        such as PixArt's, is steered like the rest)."""
+        for layer in self._layers:
             on = list(layer.active_adapters)
             missing = [n for n in self.names if n in layer.scaling and n not in on]
             if missing:
                 layer.set_adapter([*on, *missing])
-
-    def _current_weight(self, adapter: str) -> float:
-        """A user adapter's ``set_adapters`` weight, read back from its first adapter layer."""
-        for m in _adapter_layers(self.denoiser):
-            if adapter in m.scaling:
-                alpha = m.lora_alpha if hasattr(m, "lora_alpha") else m.alpha  # LoRA vs LyCORIS
-                unit = alpha[adapter] / m.r[adapter]
-                return float(m.scaling[adapter] / unit) if unit else 1.0
-        return 1.0
 
     def _merged(self) -> set[str]:
         return {a for layer in self._layers for a in layer.merged_adapters}
@@ -447,8 +428,7 @@ class Steering:
             if not self._layers:
                 return
             self._unfuse()
-            self.denoiser.delete_adapters(list(self.names))
-            for model in self._models[1:]:
+            for model in self._models:
                 for name in self.names:
                     remove_adapter(model, name)
             self._layers = []

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
+from safety_lora.adapters.base import AdapterFormat, FormatName
 from safety_lora.adapters.kohya_format import KohyaFormat
 from safety_lora.adapters.lycoris_format import LycorisFormat
 from safety_lora.adapters.names import (
@@ -26,7 +26,7 @@ from safety_lora.adapters.names import (
     reference_transformer_index,
 )
 from safety_lora.adapters.peft_format import PeftFormat
-from safety_lora.adapters.state import AdapterFormatError, AdapterState, Component, Family
+from safety_lora.adapters.state import AdapterFormatError, AdapterState, Component
 
 __all__ = [
     "FORMATS",
@@ -39,38 +39,6 @@ __all__ = [
     "read_safetensors",
     "write_adapter",
 ]
-
-FormatName = Literal["peft", "kohya", "lycoris"]
-
-
-class AdapterFormat(Protocol):
-    """A file layout: which keys it recognises, how to read and write an :class:`AdapterState`."""
-
-    name: FormatName
-    families: tuple[Family, ...]
-
-    def matches(self, keys: Collection[str]) -> bool:
-        """Whether these state-dict keys are in this format."""
-        ...
-
-    def component_of(self, key: str) -> Component | None:
-        """The pipeline component a key adapts (``None``: not a key of this format)."""
-        ...
-
-    def read(
-        self,
-        tensors: Mapping[str, torch.Tensor],
-        metadata: Mapping[str, str],
-        index: ModuleIndex,
-        component: Component = "unet",
-    ) -> AdapterState:
-        """Parse one component's keys (module names resolved through ``index``)."""
-        ...
-
-    def write(self, state: AdapterState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The state dict and safetensors metadata for ``state`` (text-encoder parts too)."""
-        ...
-
 
 #: Formats by name, in detection order.
 FORMATS: dict[FormatName, AdapterFormat] = {

@@ -31,6 +31,7 @@ from safety_lora.adapters.state import (
     AdapterState,
     Family,
 )
+from safety_lora.internals import kronecker_split, mark_peft_loaded
 
 __all__ = [
     "AdapterInfo",
@@ -177,8 +178,7 @@ def load_state(unet: torch.nn.Module, state: AdapterState, *, adapter_name: str)
         unexpected = list(getattr(result, "unexpected_keys", None) or [])
         if unexpected:
             raise AdapterFormatError(f"peft did not use keys {unexpected[:3]}")
-        model: Any = unet
-        model._hf_peft_config_loaded = True  # what diffusers' own loader sets
+        mark_peft_loaded(unet)
     except Exception:
         remove_adapter(unet, adapter_name)
         raise
@@ -287,8 +287,6 @@ def _peft_config_and_tensors(
 
 def _lokr_factor(state: AdapterState) -> int:
     """The ``decompose_factor`` under which peft splits every module like the file does."""
-    from peft.tuners.lokr.layer import factorization
-
     splits: list[tuple[tuple[int, int], tuple[int, int]]] = []
     for path, w in state.modules.items():
         t = w.tensors
@@ -302,7 +300,7 @@ def _lokr_factor(state: AdapterState) -> int:
     candidates = [*sorted({s[0][0] for s in splits} | {s[1][0] for s in splits}), -1]
     for factor in candidates:
         if all(
-            factorization(o[0] * o[1], factor) == o and factorization(i[0] * i[1], factor) == i
+            kronecker_split(o[0] * o[1], factor) == o and kronecker_split(i[0] * i[1], factor) == i
             for o, i in splits
         ):
             return factor
@@ -310,7 +308,7 @@ def _lokr_factor(state: AdapterState) -> int:
     bad = next(
         p
         for p, (o, i) in zip(paths, splits, strict=True)
-        if factorization(o[0] * o[1], -1) != o or factorization(i[0] * i[1], -1) != i
+        if kronecker_split(o[0] * o[1], -1) != o or kronecker_split(i[0] * i[1], -1) != i
     )
     raise AdapterFormatError(
         f"module {bad!r}: no peft LoKr decompose_factor reproduces this file's Kronecker splits "
@@ -355,6 +353,43 @@ def _add_lora_bias(layer: Any, adapter_name: str) -> None:
         new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
     layer.lora_B[adapter_name] = new.to(old.weight)
     layer.lora_bias[adapter_name] = True
+
+
+def add_trainable_adapter(model: torch.nn.Module, config: Any, adapter_name: str) -> None:
+    """Inject a fresh peft adapter (``config``) into ``model``, its parameters trainable:
+    diffusers' ``add_adapter``, or peft's own injection on a denoiser without diffusers'
+    adapter API (PixArt)."""
+    target: Any = model
+    if hasattr(target, "add_adapter"):
+        target.add_adapter(config, adapter_name=adapter_name)
+        return
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+
+
+def set_adapters_enabled(model: torch.nn.Module, enabled: bool) -> None:
+    """Switch every peft adapter layer of ``model`` on or off (diffusers' ``enable_adapters``/
+    ``disable_adapters`` do the same, on the models that have them)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(enabled)
+
+
+def unload_adapters(model: torch.nn.Module) -> None:
+    """Remove every adapter and peft's wrappers from ``model``: diffusers' ``unload_lora``,
+    or its own steps on a model without it."""
+    target: Any = model
+    if hasattr(target, "unload_lora"):
+        target.unload_lora()
+        return
+    from diffusers.utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(model)
+    if hasattr(model, "peft_config"):
+        del target.peft_config
 
 
 def remove_adapter(model: torch.nn.Module, adapter_name: str) -> None:

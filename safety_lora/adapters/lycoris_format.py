@@ -10,11 +10,11 @@ LoRA/LoCon state written by LyCORIS is kohya's layout and is written that way he
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
-from safety_lora.adapters.kohya_format import (
+from safety_lora.adapters.base import FormatName
+from safety_lora.adapters.kohya_keys import (
     UNET_PREFIXES,
     component_of,
     read_kohya_style,
@@ -22,9 +22,6 @@ from safety_lora.adapters.kohya_format import (
 )
 from safety_lora.adapters.names import ModuleIndex
 from safety_lora.adapters.state import AdapterState, Component, Family
-
-if TYPE_CHECKING:
-    from safety_lora.adapters.formats import FormatName
 
 __all__ = ["LycorisFormat"]
 

@@ -14,10 +14,11 @@ import collections
 import json
 import re
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from safety_lora.adapters.base import FormatName
 from safety_lora.adapters.names import ModuleIndex
 from safety_lora.adapters.state import (
     AdapterFormatError,
@@ -27,9 +28,6 @@ from safety_lora.adapters.state import (
     ModuleWeights,
     lora_down,
 )
-
-if TYPE_CHECKING:
-    from safety_lora.adapters.formats import FormatName
 
 __all__ = ["METADATA_KEY", "PeftFormat", "lora_config_kwargs", "peft_lora_tensors"]
 

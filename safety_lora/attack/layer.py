@@ -19,6 +19,7 @@ import torch
 from safety_lora.attack.config import AttackConfig
 from safety_lora.attack.evasion import PolicyCheck, evasion_table, rewrites_of
 from safety_lora.attack.report import AttackRow
+from safety_lora.internals import execution_device
 
 __all__ = ["attack_layer"]
 
@@ -65,7 +66,7 @@ def attack_layer(
     safe = SafePipeline(pipe, policy, engine=engine)
 
     def shown(prompt: str) -> list[bool]:
-        gens = [torch.Generator(pipe._execution_device).manual_seed(int(s)) for s in seeds]
+        gens = [torch.Generator(execution_device(pipe)).manual_seed(int(s)) for s in seeds]
         out = safe(
             [prompt] * len(seeds),
             generator=gens,

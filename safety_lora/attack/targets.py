@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from safety_lora.internals import execution_device
 from safety_lora.sld import SafetyGuidance, SLDConfig
 
 __all__ = ["AdapterTarget", "SLDTarget", "Target", "render", "unet_eps"]
@@ -163,7 +164,7 @@ def render(
     """One image per row of ``states`` with the seed of that row (``torch.Generator`` each)."""
     if len(states) != len(seeds):
         raise ValueError(f"render: {len(states)} prompts but {len(seeds)} seeds")
-    device = pipe._execution_device
+    device = execution_device(pipe)
     gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
     with torch.no_grad():
         out = pipe(

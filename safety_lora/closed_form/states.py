@@ -15,7 +15,10 @@ edited layer) holds exactly. Their second text input, the pooled CLIP embedding
 (``pooled_projections``, which modulates every block), gets its own edit of the same form on
 ``time_text_embed.text_embedder.linear_1``, one column per prompt (``EditInputs.pooled``).
 Where this differs from editing ``add_k_proj``/``add_v_proj`` as UCE ports do: the concept
-is removed from the whole text stream and from the modulation, not per block.
+is removed from the whole text stream and from the modulation, not per block. PixArt's
+blocks have a real cross-attention (``attn2``) reading the caption projection of the T5
+states, the same for every block and step: there the edit is UCE's own, on every
+``attn2.to_k``/``to_v``, with the projected states as its inputs.
 
 Alignment pairs each position of an erase prompt with a position of its anchor prompt, from
 a diff of the two token sequences: equal tokens map to their counterpart (a shared prefix
@@ -37,6 +40,7 @@ import torch
 
 from safety_lora.adapters.ldm_names import UnetLayout
 from safety_lora.adapters.state import Denoiser
+from safety_lora.internals import execution_device
 
 __all__ = ["EditInputs", "align", "cross_attention_weights", "gather", "text_weights"]
 
@@ -130,6 +134,8 @@ def text_weights(pipe: Any, dim: int, path: str = CONTEXT_EMBEDDER) -> dict[str,
     """
     if getattr(pipe, "unet", None) is not None:
         return cross_attention_weights(pipe.unet, dim)
+    if _pixart(pipe):
+        return cross_attention_weights(pipe.transformer, dim)
     try:
         module = pipe.transformer.get_submodule(path)
     except AttributeError:
@@ -153,6 +159,16 @@ def encode(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
     chunks, pooled = [], []
     for start in range(0, len(prompts), _BATCH):
         batch = list(prompts[start : start + _BATCH])
+        if _pixart(pipe):  # T5 states through the caption projection every attn2 reads
+            embeds = pipe.encode_prompt(
+                batch,
+                do_classifier_free_guidance=False,
+                device=pipe.transformer.device,
+                clean_caption=False,
+            )[0]
+            projected = pipe.transformer.caption_projection(embeds)
+            chunks.append(projected.detach().to("cpu", torch.float64))
+            continue
         if getattr(pipe, "unet", None) is None:  # SD3/Flux: encoded as ESD training does
             bank = PromptBank.encode(pipe, batch, latent_size=0)
             rows = bank.index(batch)
@@ -162,7 +178,7 @@ def encode(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
             continue
         out = pipe.encode_prompt(
             prompt=batch,
-            device=getattr(pipe, "_execution_device", None) or pipe.unet.device,
+            device=execution_device(pipe),
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )
@@ -172,7 +188,7 @@ def encode(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
 
 def _segments(pipe: Any, length: int) -> list[tuple[Any, int, int]]:
     """``(tokenizer, offset, length)`` of each run of positions in the states, in order."""
-    if getattr(pipe, "unet", None) is not None:
+    if getattr(pipe, "unet", None) is not None or _pixart(pipe):
         return [(pipe.tokenizer, 0, length)]
     if hasattr(pipe, "text_encoder_3"):  # SD3: 77 CLIP positions, then T5's (zeros without T5)
         clip = int(pipe.tokenizer_max_length)
@@ -211,11 +227,11 @@ def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str])
     length, dim = int(states.shape[1]), int(states.shape[2])
     concept, anchor = [], []
     for erase_prompt, anchor_prompt in pairs:
-        concept.append(states[row[erase_prompt]])
-        anchor.append(
-            states[row[anchor_prompt]][_aligned(pipe, erase_prompt, anchor_prompt, length)]
-        )
-    kept = [states[row[p]] for p in preserve]
+        seen = _attended(pipe, erase_prompt, length)
+        concept.append(states[row[erase_prompt]][seen])
+        aligned = _aligned(pipe, erase_prompt, anchor_prompt, length)
+        anchor.append(states[row[anchor_prompt]][[aligned[i] for i in seen]])
+    kept = [states[row[p]][_attended(pipe, p, length)] for p in preserve]
     index = ModuleIndex.from_model(getattr(pipe, denoiser_part(pipe)))
     return EditInputs(
         concept=torch.cat(concept).T.contiguous(),
@@ -228,6 +244,19 @@ def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str])
         layout=index.layout,
         pooled=None if pooled is None else _pooled_inputs(pipe, pooled, row, pairs, preserve),
     )
+
+
+def _attended(pipe: Any, prompt: str, length: int) -> list[int]:
+    """The state positions the denoiser attends to for ``prompt``: all of them, except for
+    PixArt, whose attention mask hides T5's padding (so padding is no constraint there)."""
+    if not _pixart(pipe):
+        return list(range(length))
+    mask = pipe.tokenizer(prompt, padding="max_length", max_length=length, truncation=True)
+    return [i for i, on in enumerate(mask.attention_mask) if on]
+
+
+def _pixart(pipe: Any) -> bool:
+    return type(getattr(pipe, "transformer", None)).__name__.startswith("PixArt")
 
 
 def _pooled_inputs(

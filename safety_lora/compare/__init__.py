@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from safety_lora.compare.config import STRENGTHS, CompareConfig
 from safety_lora.compare.metrics import BAR, PromptSet, Scores, pareto_front, score
-from safety_lora.compare.run import budget_ranks, run
+from safety_lora.compare.run import run
+from safety_lora.compare.units import budget_ranks
 from safety_lora.sld import SLD_PRESETS, SafetyGuidance, SLDConfig, sld_preset
 
 __all__ = [

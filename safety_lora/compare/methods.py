@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from safety_lora.internals import execution_device
 from safety_lora.sld import SafetyGuidance, sld_preset
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Sampler:
         """One image per (prompt, seed), in batches of ``batch_size``."""
         if len(prompts) != len(seeds):
             raise ValueError(f"sample: {len(prompts)} prompts but {len(seeds)} seeds")
-        device = self.pipe._execution_device
+        device = execution_device(self.pipe)
         images: list[Image] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = list(prompts[start : start + self.batch_size])
@@ -149,7 +150,9 @@ class AdapterMethod:
         return load_adapter(self.denoiser, self.path, adapter_name=self.adapter_name)
 
     def unload(self) -> None:
-        self.denoiser.unload_lora()
+        from safety_lora.adapters.loading import unload_adapters
+
+        unload_adapters(self.denoiser)
 
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float

@@ -21,8 +21,8 @@ import torch
 __all__ = ["PromptBank", "denoiser_family"]
 
 
-def denoiser_family(pipe: Any) -> Literal["unet", "sd3", "flux"]:
-    """Which denoiser ``pipe`` has: a UNet (SD, SDXL), an SD3 or a Flux transformer."""
+def denoiser_family(pipe: Any) -> Literal["unet", "sd3", "flux", "pixart"]:
+    """Which denoiser ``pipe`` has: a UNet (SD, SDXL), an SD3, Flux or PixArt transformer."""
     if getattr(pipe, "unet", None) is not None:
         return "unet"
     transformer = getattr(pipe, "transformer", None)
@@ -31,8 +31,10 @@ def denoiser_family(pipe: Any) -> Literal["unet", "sd3", "flux"]:
         return "sd3"
     if name.startswith("Flux"):
         return "flux"
+    if name.startswith("PixArt"):
+        return "pixart"
     raise ValueError(
-        f"{type(pipe).__name__}: ESD training supports UNet (SD, SDXL), SD3 and Flux "
+        f"{type(pipe).__name__}: ESD training supports UNet (SD, SDXL), SD3, Flux and PixArt "
         f"denoisers, not {name if transformer is not None else 'a pipeline without one'}"
     )
 
@@ -46,6 +48,8 @@ class PromptBank:
     pooled: torch.Tensor | None
     time_ids: torch.Tensor | None
     text_ids: torch.Tensor | None = None
+    #: PixArt: T5's attention mask, which the transformer's cross-attention takes.
+    mask: torch.Tensor | None = None
 
     @classmethod
     def encode(cls, pipe: Any, prompts: Sequence[str], *, latent_size: int) -> PromptBank:
@@ -80,6 +84,12 @@ class PromptBank:
     def _transformer(cls, pipe: Any, unique: tuple[str, ...], family: str) -> PromptBank:
         device = pipe.transformer.device
         with torch.no_grad():
+            if family == "pixart":
+                hidden, mask, _, _ = pipe.encode_prompt(
+                    list(unique), do_classifier_free_guidance=False, device=device,
+                    clean_caption=False,
+                )  # fmt: skip
+                return cls(unique, hidden.detach(), None, None, None, mask.detach())
             if family == "sd3":
                 out = pipe.encode_prompt(
                     prompt=list(unique), prompt_2=None, prompt_3=None, device=device,

@@ -1,7 +1,9 @@
-"""How ESD calls and samples a pipeline's denoiser: a UNet (SD, SDXL) or a transformer (SD3, Flux).
+"""How ESD calls and samples a pipeline's denoiser: a UNet (SD, SDXL) or a transformer (SD3, Flux,
+PixArt).
 
-UNets predict noise and are sampled with DDIM over the base's noise schedule (trailing
-spacing, no clipping). Transformers predict a flow velocity and are sampled with the
+UNets and PixArt predict noise and are sampled with DDIM over the base's noise schedule
+(trailing spacing, no clipping; PixArt's learned-variance half of the output is dropped, as
+its pipeline does). Transformers predict a flow velocity and are sampled with the
 deterministic flow-matching Euler step over the sigmas their pipeline would use (Flux:
 ``linspace(1, 1/n, n)``; the scheduler's resolution shift ``mu`` where it asks for one). ESD's
 target is a linear combination of predictions, so it holds for velocities as for noise.
@@ -32,7 +34,7 @@ class Denoiser:
     """
 
     module: Any
-    family: Literal["unet", "sd3", "flux"]
+    family: Literal["unet", "sd3", "flux", "pixart"]
     shape: tuple[int, ...]
     side: int
     img_ids: torch.Tensor | None
@@ -70,6 +72,15 @@ class Denoiser:
         if self.family == "unet":
             out = self.module(x, steps, **bank.unet_kwargs(rows)).sample
             return out  # type: ignore[no-any-return]
+        if self.family == "pixart":
+            assert bank.mask is not None
+            out = self.module(
+                x, encoder_hidden_states=bank.hidden[rows], encoder_attention_mask=bank.mask[rows],
+                timestep=steps, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                return_dict=False,
+            )[0]  # fmt: skip
+            # a learned-sigma model predicts (noise, variance): the pipeline keeps the noise
+            return out[:, : x.shape[1]]  # type: ignore[no-any-return]
         assert bank.pooled is not None
         kwargs: dict[str, Any] = {
             "hidden_states": x,
@@ -93,7 +104,7 @@ class Sampler:
     """``steps`` deterministic sampling steps from pure noise: ``timesteps`` and ``step``."""
 
     def __init__(self, pipe: Any, denoiser: Denoiser, steps: int) -> None:
-        self.flow = denoiser.family != "unet"
+        self.flow = denoiser.family in ("sd3", "flux")
         if self.flow:
             self.scheduler = _flow(pipe, denoiser, steps)
             self.sigmas: torch.Tensor = self.scheduler.sigmas.to(torch.float32)

@@ -41,6 +41,11 @@ from typing import Any
 
 import torch
 
+from safety_lora.adapters.loading import (
+    add_trainable_adapter,
+    set_adapters_enabled,
+    unload_adapters,
+)
 from safety_lora.seeds import hashed_seed
 from safety_lora.training.adversarial import Adversary
 from safety_lora.training.conditioning import PromptBank, denoiser_family
@@ -129,7 +134,9 @@ class EsdTrainer:
         self.denoiser = Denoiser.of(pipe, config.guidance_scale)
         self.pipe, self.config, self.unet = pipe, config, self.denoiser.module
         if config.adversarial and self.denoiser.family != "unet":
-            raise ValueError("adversarial ESD training supports UNet pipelines (SD), not SD3/Flux")
+            raise ValueError(
+                "adversarial ESD training supports UNet pipelines (SD), not SD3/Flux/PixArt"
+            )
         self.scheduler = Sampler(pipe, self.denoiser, config.ddim_steps)
         # Before the adapter goes in: an unsupported pipeline fails with the UNet untouched.
         self.adversary = Adversary(self, config.adversarial) if config.adversarial else None
@@ -149,7 +156,7 @@ class EsdTrainer:
         kind_config = peft_config(config.adapter, config.rank, config.lora_alpha, self.targets)
         with torch.random.fork_rng(devices=[]):  # peft draws the initial factors globally
             torch.manual_seed(_generator(config.seed, "init", 0).initial_seed())
-            self.unet.add_adapter(kind_config, adapter_name=ADAPTER_NAME)
+            add_trainable_adapter(self.unet, kind_config, ADAPTER_NAME)
         self.params = {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=config.lr)
 
@@ -177,11 +184,11 @@ class EsdTrainer:
     @contextmanager
     def base(self) -> Iterator[None]:
         """The frozen base model: the adapter disabled inside the block."""
-        self.unet.disable_adapters()
+        set_adapters_enabled(self.unet, False)
         try:
             yield
         finally:
-            self.unet.enable_adapters()
+            set_adapters_enabled(self.unet, True)
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The denoiser's prediction for latents ``x`` at timesteps ``t`` under prompt ``rows``."""
@@ -394,7 +401,7 @@ class EsdTrainer:
 
     def close(self) -> None:
         """Remove the adapter and peft's wrappers; restore ``requires_grad`` and the mode."""
-        self.unet.unload_lora()
+        unload_adapters(self.unet)
         for name, param in self.unet.named_parameters():
             param.requires_grad_(self._grad.get(name, param.requires_grad))
         self.unet.train(self._training)

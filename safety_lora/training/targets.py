@@ -13,7 +13,9 @@ Transformer denoisers (SD3, Flux) have joint attention instead of cross-attentio
 and text tokens attend together. There ``esd-x`` takes the text-token projections of every
 joint attention (``add_q_proj``, ``add_k_proj``, ``add_v_proj``, ``to_add_out``; Flux's
 single-stream blocks have none), the only weights that act on the prompt alone, and
-``esd-u`` everything else but the embedders (timestep/text/patch/guidance).
+``esd-u`` everything else but the embedders (timestep/text/patch/guidance). PixArt's blocks
+have a real cross-attention (``attn2``) and are treated as a UNet's, its embedders
+(``adaln_single``, ``caption_projection``, ``pos_embed``) left out of ``esd-u``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 _EMBEDDINGS = ("time_embedding", "add_embedding", "class_embedding")
 _JOINT_TEXT = ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
 _TRANSFORMER_EMBEDDINGS = ("time_text_embed", "context_embedder", "x_embedder", "pos_embed")
+_PIXART_EMBEDDINGS = ("adaln_single", "caption_projection", "pos_embed")
 
 
 def _adaptable(module: torch.nn.Module) -> bool:
@@ -52,10 +55,12 @@ def target_modules(
         if unmatched:
             raise ValueError(f"`target_modules` entries {unmatched} match no Linear/Conv2d")
         return chosen
-    joint = "Transformer" in type(unet).__name__
-    text, embeddings = (
-        (_JOINT_TEXT, _TRANSFORMER_EMBEDDINGS) if joint else (_CROSS_ATTENTION, _EMBEDDINGS)
-    )
+    text: tuple[str, ...] = _CROSS_ATTENTION
+    embeddings: tuple[str, ...] = _EMBEDDINGS
+    if type(unet).__name__.startswith("PixArt"):
+        embeddings = _PIXART_EMBEDDINGS
+    elif "Transformer" in type(unet).__name__:  # joint attention (SD3, Flux)
+        text, embeddings = _JOINT_TEXT, _TRANSFORMER_EMBEDDINGS
     if method == "esd-x":
         chosen = [n for n in names if n.endswith(text)]
     elif method == "esd-u":

@@ -1,4 +1,4 @@
-"""ESD training on transformer denoisers (tiny SD3 and Flux): targets, loss, files, steering."""
+"""ESD on transformer denoisers (tiny SD3, Flux, PixArt): targets, loss, files, steering."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from safety_lora.testing import tiny_pipeline
 from safety_lora.training import AdversarialTraining, base_fingerprint, train_adapter
 from safety_lora.training.esd import EsdTrainer
 
-KINDS = ["sd3", "flux"]
+KINDS = ["sd3", "flux", "pixart"]
+#: esd-x's text-reading projections: joint attention's text side, PixArt's cross-attention.
+TEXT_SIDE = {
+    "sd3": ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    "flux": ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
+    "pixart": ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+}
 
 
 def _images(pipe: Any) -> np.ndarray:
@@ -30,10 +36,7 @@ def test_esd_steps_lower_the_loss_on_a_transformer(config_factory: Any, kind: st
     pipe = tiny_pipeline(kind)  # type: ignore[arg-type]
     trainer = EsdTrainer(pipe, config_factory(kind, ddim_steps=2, guidance_scale=1.0))
     try:
-        assert trainer.targets and all(
-            t.endswith(("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"))
-            for t in trainer.targets
-        )
+        assert trainer.targets and all(t.endswith(TEXT_SIDE[kind]) for t in trainer.targets)
         before = trainer.validation_loss()
         for _ in range(8):
             trainer.train_step()
