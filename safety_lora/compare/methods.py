@@ -83,15 +83,18 @@ class Sampler:
                 torch.Generator(device).manual_seed(int(s))
                 for s in seeds[start : start + self.batch_size]
             ]
-            negative = None if negative_prompt is None else [negative_prompt] * len(batch)
             extra = dict(self.extra)
-            if negative is not None and "true_cfg_scale" in _parameters(self.pipe):
+            if negative_prompt is not None:  # PixArt breaks on an explicit None
+                extra["negative_prompt"] = [negative_prompt] * len(batch)
+            if "use_resolution_binning" in _parameters(self.pipe):
+                # PixArt: compare samples at the model's own size, its bin when it has one
+                extra.setdefault("use_resolution_binning", False)
+            if negative_prompt is not None and "true_cfg_scale" in _parameters(self.pipe):
                 # Flux: guidance_scale is an embedding; a negative prompt acts only through
                 # true classifier-free guidance, at the same scale here.
                 extra["true_cfg_scale"] = self.guidance_scale
             out = self.pipe(
                 batch,
-                negative_prompt=negative,
                 num_inference_steps=self.num_inference_steps,
                 guidance_scale=self.guidance_scale,
                 generator=gens,
@@ -139,7 +142,7 @@ class AdapterMethod:
 
     @property
     def denoiser(self) -> Any:
-        """``pipe.unet``, or ``pipe.transformer`` (SD3, Flux)."""
+        """``pipe.unet``, or ``pipe.transformer`` (SD3, Flux, PixArt)."""
         from safety_lora.adapters.names import denoiser_part
 
         return getattr(self.sampler.pipe, denoiser_part(self.sampler.pipe))
@@ -157,7 +160,9 @@ class AdapterMethod:
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float
     ) -> list[Image | None]:
-        self.denoiser.set_adapters([self.adapter_name], [strength])
+        from safety_lora.adapters.loading import set_adapter_strength
+
+        set_adapter_strength(self.denoiser, self.adapter_name, strength)
         return list(self.sampler.sample(prompts, seeds))
 
 

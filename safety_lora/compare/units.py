@@ -14,7 +14,12 @@ from typing import Any
 
 import torch
 
-from safety_lora.adapters.loading import add_trainable_adapter, unload_adapters
+from safety_lora.adapters.loading import (
+    add_trainable_adapter,
+    set_adapter_strength,
+    set_fused,
+    unload_adapters,
+)
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.compare.config import CompareConfig
 from safety_lora.compare.methods import AdapterMethod, Method, SLDMethod
@@ -176,12 +181,14 @@ def cost_unit(state: Run, method: Method, fused: bool = False) -> dict[str, Any]
     prompts, seeds = list(state.prompts.target[:n]), list(range(n))
     unet = getattr(state.pipe, denoiser_part(state.pipe))
     if fused:
-        unet.fuse_lora(lora_scale=1.0, adapter_names=[method.adapter_name])  # type: ignore[attr-defined]
+        assert isinstance(method, AdapterMethod), "only an adapter can be fused"
+        set_adapter_strength(unet, method.adapter_name, 1.0)
+        set_fused(unet, method.adapter_name)
     try:
         per_step = _per_step(state, lambda: method.generate(prompts, seeds, 1.0))
     finally:
         if fused:
-            unet.unfuse_lora()
+            set_fused(unet, None)
     out: dict[str, Any] = {"method": method.name, "fused": fused, "seconds_per_step": per_step}
     out["batch"] = n
     if isinstance(method, SLDMethod):

@@ -1,4 +1,4 @@
-"""compare on a transformer denoiser (tiny SD3): adapters train, load and are measured."""
+"""compare on transformer denoisers (tiny SD3, PixArt): adapters train, load and are measured."""
 
 from __future__ import annotations
 
@@ -38,6 +38,21 @@ def test_compare_runs_on_an_sd3_pipeline(tmp_path: Path) -> None:
     assert state.denoiser == "transformer" and state.modules
     assert all(m.endswith(("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"))
                for m in state.modules)  # fmt: skip
+
+
+def test_compare_runs_on_a_pixart_pipeline(tmp_path: Path) -> None:
+    """PixArt has no diffusers adapter API: compare trains, sets strengths and unloads through
+    peft's layers."""
+    torch.set_num_threads(1)
+    pipe = tiny_pipeline("pixart")
+    data = run(_config(tmp_path / "cmp"), pipe=pipe)
+    rows = {(r["method"], r["strength"]): r for r in data["rows"]}
+    base, zero = rows[("base", 0.0)], rows[("lora r4", 0.0)]
+    assert {k: zero[k] for k in RATES} == {k: base[k] for k in RATES}
+    state, _ = read_adapter(tmp_path / "cmp" / "adapters" / "lora-r4-b4-s0-reg.safetensors",
+                            unet=pipe.transformer)  # fmt: skip
+    assert state.modules and all(".attn2." in m for m in state.modules)
+    assert not getattr(pipe.transformer, "peft_config", None)  # every adapter unloaded
 
 
 def test_compare_names_what_a_transformer_cannot_run(tmp_path: Path) -> None:
