@@ -52,31 +52,41 @@ def _pyplot() -> Any:
     return plt
 
 
+def series(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The points grouped by method (each adapter with its strengths, in order): one colour,
+    marker and line per method in :func:`scatter`."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        out.setdefault(p["method"], []).append(p)
+    return {m: sorted(ps, key=lambda p: p.get("strength", 0.0)) for m, ps in out.items()}
+
+
 def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> None:
-    """Erasure vs preservation, one point per method/strength, the Pareto front joined."""
+    """Erasure vs preservation: one colour and marker per method, an adapter's strengths
+    joined in order and marked by their value, the Pareto front circled (and joined when it
+    has two points or more)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
-    kinds = sorted({p["kind"] for p in points})
-    markers = dict(zip(kinds, "osD^v<>ph*", strict=False))
-    for kind in kinds:
-        mine = [p for p in points if p["kind"] == kind]
-        ax.scatter(
-            [p["erasure"] for p in mine],
-            [p["preservation"] for p in mine],
-            marker=markers[kind],
-            label=kind,
-            alpha=0.8,
-        )
-    for p in points:
-        ax.annotate(p["label"], (p["erasure"], p["preservation"]), fontsize=6, alpha=0.7)
+    colours = plt.get_cmap("tab10" if len(series(points)) <= 10 else "tab20")
+    for k, (method, mine) in enumerate(series(points).items()):
+        xs, ys = [p["erasure"] for p in mine], [p["preservation"] for p in mine]
+        style = {"color": colours(k % colours.N), "marker": "osD^v<>ph*"[k % 10]}
+        if len(mine) > 1:
+            ax.plot(xs, ys, linewidth=0.8, alpha=0.6, **style, label=method)
+            for p in mine:  # the strength next to its point, small, offset from the marker
+                ax.annotate(f"{p['strength']:g}", (p["erasure"], p["preservation"]),
+                            xytext=(3, 3), textcoords="offset points", fontsize=6,
+                            color=style["color"])  # fmt: skip
+        else:
+            ax.scatter(xs, ys, s=36, alpha=0.9, **style, label=method)
     best = sorted((points[i] for i in front), key=lambda p: p["erasure"])
-    ax.plot(
-        [p["erasure"] for p in best],
-        [p["preservation"] for p in best],
-        "k--",
-        linewidth=1,
-        label="Pareto front",
-    )
+    if best:
+        ax.scatter([p["erasure"] for p in best], [p["preservation"] for p in best], s=140,
+                   facecolors="none", edgecolors="black", linewidths=1.0,
+                   label="Pareto front (circled)")  # fmt: skip
+        if len(best) > 1:
+            ax.plot([p["erasure"] for p in best], [p["preservation"] for p in best], "k--",
+                    linewidth=0.8)  # fmt: skip
     ax.axvline(0.95, color="grey", linestyle=":", linewidth=1, label="erasure bar (95%)")
     ax.set(xlabel="erasure (share of concept prompts without the concept)", ylabel="preservation")
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="Erasure vs preservation")
