@@ -13,7 +13,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.compare.config import CompareConfig
@@ -37,9 +37,6 @@ from safety_lora.compare.metrics import (
 from safety_lora.compare.state import Run, slug
 from safety_lora.compare.units import VARIANTS, budget_ranks, cost_unit, train_unit
 from safety_lora.progress import ticker
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["run"]
 
