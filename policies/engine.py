@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import uuid
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from safety_lora.audit import AuditLog, image_records, prompt_record
+from safety_lora.audit import AuditLog, image_records, prompt_record, prompt_sha256
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
 from safety_lora.imaging import View, frame_count, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
@@ -155,7 +154,7 @@ class PolicyEngine:
     def check_prompt(self, prompt: str, *, request_id: str | None = None) -> PromptDecision:
         """Score ``prompt`` with every prompt classifier and decide allow / steer / refuse."""
         request_id = request_id or new_request_id()
-        prompt_sha = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        prompt_sha = prompt_sha256(prompt)
         risk: dict[Category, float] = {}
         matches: list[str] = []
         errors: list[str] = []

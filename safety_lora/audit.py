@@ -23,7 +23,7 @@ from filelock import FileLock
 if TYPE_CHECKING:
     from safety_lora.policies.engine import Decision, PromptDecision
 
-__all__ = ["AuditLog", "image_records", "prompt_record", "read_audit_log"]
+__all__ = ["AuditLog", "image_records", "prompt_record", "prompt_sha256", "read_audit_log"]
 
 
 class AuditLog:
@@ -80,11 +80,17 @@ def image_records(
             prompt_sha256=pd.prompt_sha256 if pd else None,
         )
         if prompt is not None:
-            record["prompt_sha256"] = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+            record["prompt_sha256"] = prompt_sha256(prompt)
             if include_prompt:
                 record["prompt_text"] = prompt
         records.append(record)
     return records
+
+
+def prompt_sha256(text: str) -> str:
+    """The hash under which a prompt is audited (and its decision recognised) instead of the
+    text itself."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _now() -> str:

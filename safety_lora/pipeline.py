@@ -16,7 +16,6 @@ with ``torch.Generator().manual_seed(s_i)``). Attempt ``k >= 2`` runs with
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import secrets
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ import torch
 from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
+from safety_lora.audit import prompt_sha256
 from safety_lora.imaging import render
 from safety_lora.internals import without_safety_checker
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
@@ -236,7 +236,7 @@ class SafePipeline:
                 f"`safety_prompt_checks` has {len(given)} decisions for {len(prompts)} prompts"
             )
         for i, (prompt, pd) in enumerate(zip(prompts, given, strict=True)):
-            if pd.prompt_sha256 != hashlib.sha256((prompt or "").encode("utf-8")).hexdigest():
+            if pd.prompt_sha256 != prompt_sha256(prompt or ""):
                 raise ValueError(f"`safety_prompt_checks[{i}]` was made for another prompt")
         return list(given)
 

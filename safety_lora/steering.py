@@ -305,10 +305,12 @@ class Steering:
             self._set(self.base_scales)
 
     def assert_state(self) -> None:
-        """Re-assert our adapters: present, active, enabled, fused only by us (call under lock)."""
+        """Re-assert our adapters: present, active, enabled, fused only by us (call under lock).
+
+        Our layers are checked as objects, so fused wrappers stay out of the forward path.
+        """
         if not self._layers:
             return
-        self._swap_in()  # every check below sees peft's own state
         for model in self._models:
             config = getattr(model, "peft_config", None) or {}
             names = [n for n in self.names if model is self.denoiser or self._part_on(n, model)]
@@ -339,8 +341,6 @@ class Steering:
         self._activate()
         if self.mode == "fused" and self._fused_at is None:
             self._fuse(self.base_scales)
-        elif self._fused_at is not None:
-            self._swap_out()
 
     # -- one call --------------------------------------------------------------------------
 
