@@ -29,6 +29,24 @@ def _ints(value: str) -> list[int]:
         raise typer.BadParameter(f"expected integers, got {value!r}", param_hint="--ranks") from e
 
 
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in _split(value, "--lr-scales")]
+    except ValueError as e:
+        raise typer.BadParameter(
+            f"expected numbers, got {value!r}", param_hint="--lr-scales"
+        ) from e
+
+
+def _presets(value: str) -> list[str]:
+    return [] if value.strip() == "none" else _split(value, "--sld")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options set on the command line (None: left to the config's or --quick's default)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _classifier(value: str | None) -> dict[str, Any] | None:
     """``--classifier`` as JSON (``{"kind": "nudenet"}``) or a bare kind (``nudenet``)."""
     if value is None:
@@ -80,14 +98,49 @@ def compare(
         list[Path] | None,
         typer.Option("--adapter", help="Also compare this adapter file (any format; repeat)."),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="Training and sampling seeds (mean ± std).")] = 3,
-    steps: Annotated[int, typer.Option(help="Training steps per adapter.")] = 150,
+    seeds: Annotated[
+        int | None, typer.Option(help="Training and sampling seeds (95% intervals). [default: 5]")
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Step budget of every family (default: each family's own)."),
+    ] = None,
     prompts_per_concept: Annotated[
-        int, typer.Option(help="Images per concept and seed (erased and each other concept).")
-    ] = 8,
+        int | None,
+        typer.Option(help="Images per concept and seed (erased and each other). [default: 8]"),
+    ] = None,
+    lr_scales: Annotated[
+        str | None,
+        typer.Option(help="Stability: learning-rate multiples per family. [default: 0.5,2]"),
+    ] = None,
+    stability_seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="Seeds of the stability runs (and of LoRA without regularity). [default: 2]"
+        ),
+    ] = None,
+    closed_form: Annotated[
+        bool, typer.Option(help="Also compare the closed-form erasure (solved in seconds).")
+    ] = True,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Fewer seeds, prompts and steps, the same code (a few minutes)."
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes sharing the work (default: 2 on a CPU with the bundled model)."
+        ),
+    ] = None,
     sld: Annotated[
-        str, typer.Option(help="SLD presets: weak,medium,strong,max; none: no SLD rows.")
-    ] = "weak,medium,strong,max",
+        str | None,
+        typer.Option(
+            help="SLD presets: weak,medium,strong,max; none: no SLD rows. "
+            "[default: weak,medium,strong,max]"
+        ),
+    ] = None,
     regularity: Annotated[
         bool,
         typer.Option(help="Also train the first family without preservation / early stopping."),
@@ -103,24 +156,31 @@ def compare(
         float, typer.Option(help="--base only: score that counts as shown.")
     ] = 0.5,
     attack_budget: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="White-box attack steps per attempt for the attack-success column; 0: skip."
+            help="White-box attack steps per attempt for the attack-success column; 0: skip. "
+            "[default: 20]"
         ),
-    ] = 20,
+    ] = None,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
     ] = False,
 ) -> None:
-    """Compare LoRA, LoHa and LoKr erasure adapters with negative prompt, SLD, classifier-only."""
+    """Compare LoRA, LoHa and LoKr erasure adapters (trained to the bar, on several seeds)
+    with closed-form erasure, negative prompt, SLD and classifier-only; verdicts with 95%
+    intervals in report.html, report.md and report.json."""
+    import os
+
     from safety_lora.compare import CompareConfig, run
+    from safety_lora.compare.config import QUICK
 
     if base is None and device == "cpu":
         import torch
 
         torch.set_num_threads(1)  # the embedded model is tiny: one thread beats many on a CPU
     console = Console()
+    cores = os.cpu_count() or 1
     try:
         config = CompareConfig(
             base=base,
@@ -130,15 +190,24 @@ def compare(
             families=_split(families, "--families"),  # type: ignore[arg-type]
             ranks=_ints(ranks),
             adapters=adapter or [],
-            seeds=seeds,
-            steps=steps,
-            prompts_per_concept=prompts_per_concept,
-            sld_presets=[] if sld.strip() == "none" else _split(sld, "--sld"),
+            **{
+                **(QUICK if quick else {}),
+                **_given(
+                    seeds=seeds,
+                    steps=steps,
+                    prompts_per_concept=prompts_per_concept,
+                    stability_seeds=stability_seeds,
+                    lr_scales=None if lr_scales is None else _floats(lr_scales),
+                    attack_budget=attack_budget,
+                    sld_presets=None if sld is None else _presets(sld),
+                ),
+            },
+            closed_form=closed_form,
+            workers=workers or (2 if base is None and device == "cpu" and cores > 1 else 1),
             regularity=regularity,
             classifier=_classifier(classifier),
             category=category,
             threshold=threshold,
-            attack_budget=attack_budget,
             out=out,
             resume=resume,
             device=device,
@@ -155,7 +224,7 @@ def compare(
         console.print(f"[red]compare:[/red] {e}")
         raise typer.Exit(1) from e
     console.print(data["reading"])
-    console.print(f"wrote {out / 'report.md'} and {out / 'report.json'}")
+    console.print(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'report.json'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,8 @@ image it withholds (classifier-only blocks).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -111,17 +112,23 @@ def _parameters(pipe: Any) -> Mapping[str, Any]:
 
 @dataclass
 class BaseModel:
-    """The unmodified model."""
+    """The unmodified model; its images are kept, so classifier-only reuses them."""
 
     sampler: Sampler
     name: str = "base"
     kind: str = "base"
     strengths: tuple[float, ...] = (0.0,)
+    _images: dict[tuple[tuple[str, ...], tuple[int, ...]], list[Image]] = field(
+        default_factory=dict, repr=False
+    )
 
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float
     ) -> list[Image | None]:
-        return list(self.sampler.sample(prompts, seeds))
+        key = (tuple(prompts), tuple(seeds))
+        if key not in self._images:
+            self._images[key] = self.sampler.sample(prompts, seeds)
+        return list(self._images[key])
 
 
 @dataclass
@@ -137,8 +144,10 @@ class AdapterMethod:
     path: Path
     name: str
     kind: str = "adapter"
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5)
+    strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
     adapter_name: str = "compare"
+    _lazy: bool = field(default=False, repr=False)
+    _loaded: bool = field(default=False, repr=False)
 
     @property
     def denoiser(self) -> Any:
@@ -157,11 +166,27 @@ class AdapterMethod:
 
         unload_adapters(self.denoiser)
 
+    @contextmanager
+    def loaded_lazily(self) -> Iterator[None]:
+        """Inside the block, the first :meth:`generate` loads the file; unloaded at the end
+        (so a block whose units are all cached never reads it)."""
+        self._lazy = True
+        try:
+            yield
+        finally:
+            self._lazy = False
+            if self._loaded:
+                self.unload()
+                self._loaded = False
+
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float
     ) -> list[Image | None]:
         from safety_lora.adapters.loading import set_adapter_strength
 
+        if self._lazy and not self._loaded:
+            self.load()
+            self._loaded = True
         set_adapter_strength(self.denoiser, self.adapter_name, strength)
         return list(self.sampler.sample(prompts, seeds))
 
@@ -213,10 +238,12 @@ class SLDMethod:
 
 @dataclass
 class ClassifierOnly:
-    """Generate with the base model, then withhold (``None``) every image the check flags."""
+    """The base model's images (``source``'s, when given: the same images, not sampled again),
+    each withheld (``None``) when the check flags it."""
 
     sampler: Sampler
     check: ConceptCheck
+    source: BaseModel | None = None
     name: str = "classifier only"
     kind: str = "classifier"
     strengths: tuple[float, ...] = (1.0,)
@@ -224,6 +251,7 @@ class ClassifierOnly:
     def generate(
         self, prompts: Sequence[str], seeds: Sequence[int], strength: float
     ) -> list[Image | None]:
-        images = self.sampler.sample(prompts, seeds)
+        source = self.source or BaseModel(self.sampler)
+        images = [i for i in source.generate(prompts, seeds, 0.0) if i is not None]
         flags = self.check.shows(images)
         return [None if flagged else image for image, flagged in zip(images, flags, strict=True)]

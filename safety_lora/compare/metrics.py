@@ -33,9 +33,12 @@ __all__ = [
     "Judge",
     "PromptSet",
     "Scores",
+    "bootstrap",
     "concept_world_prompts",
     "generic_prompts",
+    "mean_interval",
     "mean_std",
+    "overlap",
     "pareto_front",
     "score",
 ]
@@ -186,7 +189,9 @@ class ClassifierJudge:
 
 @dataclass(frozen=True)
 class Scores:
-    """One method at one strength on one seed."""
+    """One method at one strength on one seed; ``each`` holds the per-image values
+    (``shown``, ``kept`` on the target prompts, ``other`` on the others) the bootstrap
+    resamples."""
 
     concept_rate: float
     erasure: float
@@ -195,6 +200,7 @@ class Scores:
     preservation: float
     block_rate: float
     images: int
+    each: dict[str, list[float] | None]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,6 +239,7 @@ def score(
     other_score = sum(_spread(right, other, 0.0)) / len(other)
     preservation = other_score if kept is None else (kept + other_score) / 2
     withheld = sum(i is None for i in [*target, *other])
+    kept_each = None if kept_raw is None else [float(k) for k in _spread(kept_raw, target, False)]
     return Scores(
         concept_rate=concept_rate,
         erasure=1.0 - concept_rate,
@@ -241,6 +248,11 @@ def score(
         preservation=preservation,
         block_rate=withheld / (len(target) + len(other)),
         images=len(target) + len(other),
+        each={
+            "shown": [float(v) for v in shown],
+            "kept": kept_each,
+            "other": [float(v) for v in _spread(right, other, 0.0)],
+        },
     )
 
 
@@ -250,6 +262,73 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         raise ValueError("mean_std: no values")
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def bootstrap(
+    units: Sequence[dict[str, Any]], measure: str, *, draws: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of ``measure`` over seeds and prompts.
+
+    ``units`` are one method's evaluations at one strength, one per seed, each with the
+    per-image values of :class:`Scores`. Each draw resamples the seeds, then the images within
+    each drawn seed (both with replacement). ``measure``: ``concept_rate``, ``erasure``,
+    ``kept``, ``other`` or ``preservation`` (the mean of ``kept`` and ``other``, as
+    :func:`score`). The generator is fixed, so a report's intervals are reproducible.
+    """
+    rng = np.random.default_rng(0)
+    picks = rng.integers(len(units), size=(draws, len(units)))
+
+    def mean_of(key: str) -> np.ndarray:
+        rows = [np.asarray(u["each"][key], dtype=np.float64) for u in units]
+        out = np.zeros(draws)
+        for j in range(len(units)):  # the j-th drawn seed of every draw
+            for i, values in enumerate(rows):
+                chosen = picks[:, j] == i
+                n = int(chosen.sum())
+                if n:
+                    idx = rng.integers(len(values), size=(n, len(values)))
+                    out[chosen] += values[idx].mean(axis=1)
+        return out / len(units)
+
+    if measure in ("concept_rate", "erasure"):
+        values = mean_of("shown")
+        values = values if measure == "concept_rate" else 1.0 - values
+    elif measure == "preservation":
+        other = mean_of("other")
+        has_kept = units[0]["each"]["kept"] is not None
+        values = (mean_of("kept") + other) / 2 if has_kept else other
+    elif measure in ("kept", "other"):
+        if units[0]["each"][measure] is None:
+            raise ValueError(f"bootstrap: {measure!r} was not measured for these units")
+        values = mean_of(measure)
+    else:
+        raise ValueError(f"bootstrap: unknown measure {measure!r}")
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def mean_interval(
+    values: Sequence[float], *, spread: bool = False, draws: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (``spread``: of their sample
+    standard deviation; fixed generator)."""
+    if not values:
+        raise ValueError("mean_interval: no values")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    drawn = data[rng.integers(len(data), size=(draws, len(data)))]
+    stats = drawn.std(axis=1, ddof=1) if spread and len(data) > 1 else drawn.mean(axis=1)
+    if spread and len(data) == 1:
+        stats = np.zeros(draws)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two intervals share a point: then the data cannot tell the two apart."""
+    return a[0] <= b[1] and b[0] <= a[1]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

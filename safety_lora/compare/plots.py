@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ["cost_bars", "grid", "scatter", "strength_curves", "strip"]
+__all__ = ["cost_bars", "grid", "scatter", "series", "stability_plot", "strength_curves", "strip"]
 
 _CELL = 64
 _LABEL = 150
@@ -71,6 +71,10 @@ def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) 
     for k, (method, mine) in enumerate(series(points).items()):
         xs, ys = [p["erasure"] for p in mine], [p["preservation"] for p in mine]
         style = {"color": colours(k % colours.N), "marker": "osD^v<>ph*"[k % 10]}
+        if all(p.get("erasure_ci") and p.get("preservation_ci") for p in mine):
+            ax.errorbar(xs, ys, xerr=_err(mine, "erasure"), yerr=_err(mine, "preservation"),
+                        fmt="none", ecolor=style["color"], alpha=0.5, capsize=2,
+                        linewidth=0.8)  # fmt: skip
         if len(mine) > 1:
             ax.plot(xs, ys, linewidth=0.8, alpha=0.6, **style, label=method)
             for p in mine:  # the strength next to its point, small, offset from the marker
@@ -96,33 +100,72 @@ def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) 
     plt.close(fig)
 
 
+def _err(rows: Sequence[dict[str, Any]], key: str) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars from each row's ``key`` and ``key_ci``."""
+    lows = [max(0.0, r[key] - r[key + "_ci"][0]) for r in rows]
+    return [lows, [max(0.0, r[key + "_ci"][1] - r[key]) for r in rows]]
+
+
 def strength_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Concept rate and preservation against adapter strength, one line per adapter."""
+    """Concept rate and preservation against adapter strength, one line per adapter, 95%
+    intervals as error bars."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in curves.items():
         s = [r["strength"] for r in rows]
         for ax, key in zip(axes, ("concept_rate", "preservation"), strict=True):
-            ax.errorbar(s, [r[key] for r in rows], yerr=[r[key + "_std"] for r in rows], label=name,
+            ax.errorbar(s, [r[key] for r in rows], yerr=_err(rows, key), label=name,
                         marker="o", capsize=3)  # fmt: skip
     axes[0].axhline(0.05, color="grey", linestyle=":", linewidth=1, label="bar (5%)")
     axes[0].set(xlabel="adapter strength", ylabel="concept rate", ylim=(-0.02, 1.02))
     axes[1].set(xlabel="adapter strength", ylabel="preservation", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7)
-    fig.suptitle("Strength curves (mean ± std over seeds)")
+    fig.suptitle("Strength curves (mean, 95% interval over seeds and prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def cost_bars(costs: Sequence[tuple[str, float]], path: Path) -> None:
-    """Milliseconds per denoising step per method."""
+def cost_bars(costs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per-step cost as a multiple of the base model's, with its 95% interval, per method."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(costs) + 1.5))
-    labels = [c[0] for c in costs]
-    ax.barh(labels, [1000 * c[1] for c in costs], color="tab:blue")
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(costs) + 1.5))
+    labels = [c["method"] + (f" ({c['mode']})" if c["mode"] else "") for c in costs]
+    ratios = [c["vs_base"] for c in costs]
+    err = [[r - c["vs_base_ci"][0] for r, c in zip(ratios, costs, strict=True)],
+           [c["vs_base_ci"][1] - r for r, c in zip(ratios, costs, strict=True)]]  # fmt: skip
+    ax.barh(labels, ratios, xerr=err, color="tab:blue", capsize=3)
+    ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.invert_yaxis()
-    ax.set(xlabel="ms per denoising step (same batch)", title="Inference cost per step")
+    ax.set(xlabel="x base per denoising step (interleaved pairs)", title="Inference cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def stability_plot(stability: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per family, each run's preservation and concept rate against its learning-rate scale."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    families = list(dict.fromkeys(s["family"] for s in stability))
+    colours = plt.get_cmap("tab10")
+    for k, family in enumerate(families):
+        mine = [s for s in stability if s["family"] == family]
+        for ax, key in zip(axes, ("preservation", "concept_rate"), strict=True):
+            xs = [s["lr_scale"] * (1 + 0.03 * (k - 1)) for s in mine for _ in s["points"]]
+            ys = [p[key] for s in mine for p in s["points"]]
+            ax.scatter(xs, ys, color=colours(k), marker="osD^v"[k % 5], alpha=0.7,
+                       label=family)  # fmt: skip
+            means = [sum(p[key] for p in s["points"]) / len(s["points"]) for s in mine]
+            ax.plot([s["lr_scale"] for s in mine], means, color=colours(k), linewidth=0.8)
+    axes[1].axhline(0.05, color="grey", linestyle=":", linewidth=1, label="bar (5%)")
+    for ax, label in zip(axes, ("preservation @1.0", "concept shown @1.0"), strict=True):
+        ax.set(xscale="log", xlabel="learning rate (x the family's)", ylabel=label,
+               ylim=(-0.02, 1.02))  # fmt: skip
+        scales = sorted({s["lr_scale"] for s in stability})
+        ax.set_xticks(scales, [f"{x:g}x" for x in scales])
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Stability: every run, and the mean per learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,22 +1,27 @@
 """Run a comparison: every method, strength and seed on the same prompts; cached per unit.
 
-The orchestration: which units a run has and in which order. Units (each cached as JSON
-under ``out/units/`` by :class:`~safety_lora.compare.state.Run`, so ``resume`` skips finished
-ones): the training of each adapter and the inference cost of each method
-(:mod:`safety_lora.compare.units`), the evaluation of each (method, strength, seed), and the
-attacks.
+The orchestration: which units a run has, grouped by what they share (an adapter's training
+and its evaluations and attack; a training-free method's evaluations), and which process
+runs each group. Units (each cached as JSON under ``out/units/`` by
+:class:`~safety_lora.compare.state.Run`, so ``resume`` skips finished ones) are computed by
+``workers`` processes, each owning a share of the groups (:mod:`safety_lora.compare.plan`);
+then this process reads every unit back, measures the per-step costs alone on the machine
+(interleaved with the base model, so load cancels out) and writes the report.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.compare.config import CompareConfig
+from safety_lora.compare.costs import cost_rows
 from safety_lora.compare.methods import (
     AdapterMethod,
     BaseModel,
@@ -34,13 +39,23 @@ from safety_lora.compare.metrics import (
     concept_world_prompts,
     generic_prompts,
 )
+from safety_lora.compare.plan import Group, Plan, Results
 from safety_lora.compare.state import Run, slug
-from safety_lora.compare.units import VARIANTS, budget_ranks, cost_unit, train_unit
+from safety_lora.compare.units import (
+    FAMILY_SETTINGS,
+    VARIANTS,
+    Training,
+    budget_ranks,
+    closed_form_unit,
+    kohya_unit,
+    train_unit,
+)
 from safety_lora.progress import ticker
 
-__all__ = ["run"]
+__all__ = ["run", "run_shard"]
 
-# -- the run ------------------------------------------------------------------------------
+#: Rough seconds per unit on the concept world, to balance the workers' shares.
+_EVAL_COST, _TRAIN_STEP_COST, _ATTACK_COST = 4.0, 0.5, 30.0
 
 
 def _judge_and_prompts(config: CompareConfig) -> tuple[Judge, PromptSet, Any]:
@@ -77,25 +92,25 @@ def _prepare_out(config: CompareConfig) -> None:
         if earlier != config.resume_key():
             raise ValueError(
                 f"--resume: {str(saved)!r} was written with other settings; "
-                "only --resume/progress/device/batch size may change"
+                "only --resume/progress/device/batch size/workers may change"
             )
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config": config.model_dump(mode="json"), "resume_key": config.resume_key()}
     saved.write_text(json.dumps(payload, indent=1))
 
 
-def _load_pipe(config: CompareConfig) -> Any:
-    from safety_lora.training.esd import load_base
+def _state(config: CompareConfig, pipe: Any | None) -> Run:
+    """The run's state on ``pipe`` (else the pipeline ``config.base`` names)."""
+    if pipe is None:
+        from safety_lora.training.esd import load_base
 
-    return load_base(config.base, config.device)
-
-
-def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
-    """Run (or resume) the comparison, write every output file and return ``report.json``'s data."""
-    from safety_lora.compare.report import write_report
-
-    _prepare_out(config)
-    pipe = _load_pipe(config) if pipe is None else pipe
+        pipe = load_base(config.base, config.device)
+    if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
+        denoiser = type(getattr(pipe, denoiser_part(pipe))).__name__
+        raise ValueError(
+            f"compare on a transformer denoiser ({denoiser}): SLD presets and the attack "
+            "harness need a UNet; pass --sld none and --attack-budget 0"
+        )
     judge, prompts, check = _judge_and_prompts(config)
     if config.base is None:
         from safety_lora.models import CONCEPT_WORLD_DEFAULTS
@@ -110,156 +125,200 @@ def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
         guidance_scale=guidance if config.guidance_scale is None else config.guidance_scale,
         batch_size=config.batch_size,
     )
-    state = Run(config, pipe, judge, prompts, sampler)
+    return Run(config, pipe, judge, prompts, sampler, check=check)
+
+
+def trainings(
+    config: CompareConfig, budgets: dict[int, dict[str, tuple[int, int]]]
+) -> list[Training]:
+    """Every adapter a run trains: the families on every seed; their regularity variants on
+    seed 0 and LoRA's "none" (the original recipe) on the stability seeds; every family at
+    the stability learning-rate scales on the stability seeds."""
+    multi = len(config.ranks) > 1
+    first = config.ranks[0]
+
+    def job(kind: str, budget: int, seed: int, **kw: Any) -> Training:
+        rank = budgets[budget][kind][0]
+        return Training(kind, rank, budget, seed, multi_budget=multi, **kw)
+
     seeds = range(config.seeds)
-    free: list[Method] = [BaseModel(sampler), NegativePrompt(sampler, config.erase)]
+    jobs = [job(k, b, s) for b in config.ranks for k in config.families for s in seeds]
+    if config.regularity:
+        for kind in config.families:
+            jobs += [job(kind, first, 0, variant=v) for v in VARIANTS if v != "reg"]
+        if "lora" in config.families:
+            jobs += [
+                job("lora", first, s, variant="none") for s in range(1, config.stability_seeds)
+            ]
+    for kind, scale in itertools.product(config.families, config.lr_scales):
+        jobs += [job(kind, first, s, lr_scale=scale) for s in range(config.stability_seeds)]
+    return jobs
+
+
+def _plan(state: Run) -> Plan:
+    """Every group of units of this run, in order."""
+    config = state.config
+    sampler = state.sampler
+    base = BaseModel(sampler)
+    free: list[Method] = [base, ClassifierOnly(sampler, state.check, source=base)]
+    free.append(NegativePrompt(sampler, config.erase))
     free += [SLDMethod(sampler, config.erase, preset) for preset in config.sld_presets]
-    free.append(ClassifierOnly(sampler, check))
-    denoiser = getattr(pipe, denoiser_part(pipe))
-    if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
-        raise ValueError(
-            f"compare on a transformer denoiser ({type(denoiser).__name__}): SLD presets and "
-            f"the attack harness need a UNet; pass --sld none and --attack-budget 0"
-        )
-    budgets = {r: budget_ranks(denoiser, list(config.families), r) for r in config.ranks}
-    trained = [(k, r, s) for r in config.ranks for k in config.families for s in seeds]
-    first = config.families[:1] if config.regularity else []
-    regular = [(k, config.ranks[0], v) for k in first for v in VARIANTS if v != "reg"]
-    n_strengths = len(config.strengths)
-    total = len(free) * (config.seeds + 1)
-    total += len(trained) * (1 + n_strengths) + len(regular) * 2 + 2 * len(config.families)
-    total += len(config.adapters) * (config.seeds * n_strengths + 2)
-    attacked = len(config.families) + len(config.adapters) + len(config.sld_presets)
-    total += attacked if config.attack_budget else 0
-    results: dict[str, Any] = {"evaluations": [], "training": [], "costs": [], "budgets": {}}
-    results["budgets"] = {str(r): b for r, b in budgets.items()}
-    with ticker(config.progress, "compare", total) as advance:
-        state.advance = advance
-        for method in free:
-            for s, strength in itertools.product(seeds, method.strengths):
-                key = f"eval/{slug(method.name)}/{strength:g}/s{s}"
-                unit = state.cached(key, partial(state.evaluate, method, strength, s))
-                results["evaluations"].append(unit)
-            cost = state.cached(f"cost/{slug(method.name)}", partial(cost_unit, state, method))
-            results["costs"].append(cost)
-        for kind, budget, s in trained:
-            rank = budgets[budget][kind][0]
-            name = f"{kind} r{rank}" + (f" (budget r{budget})" if len(config.ranks) > 1 else "")
-            path = config.out / "adapters" / f"{kind}-r{rank}-b{budget}-s{s}-reg.safetensors"
-            key = f"train/{slug(name)}/s{s}/reg"
-            unit = state.cached(key, partial(train_unit, state, kind, rank, s, "reg", path))
-            results["training"].append({**unit, "method": name, "budget": budget})
-            method = AdapterMethod(sampler, path, name, kind="adapter")
-            _evaluate_adapter(state, results, method, s)
-            if s == 0 and budget == config.ranks[0]:
-                _costs(state, results, method)
-        for kind, budget, variant in regular:
-            rank = budgets[budget][kind][0]
-            name = f"{kind} r{rank} {variant}"
-            path = config.out / "adapters" / f"{kind}-r{rank}-b{budget}-s0-{variant}.safetensors"
-            key = f"train/{slug(name)}/s0/{variant}"
-            unit = state.cached(key, partial(train_unit, state, kind, rank, 0, variant, path))
-            results["training"].append({**unit, "method": name, "budget": budget})
-            method = AdapterMethod(sampler, path, name, kind="variant", strengths=(1.0,))
-            _evaluate_adapter(state, results, method, 0)
-        for file in config.adapters:
-            method = AdapterMethod(sampler, file, f"file {file.stem}", kind="file")
-            for s in seeds:
-                _evaluate_adapter(state, results, method, s)
-            _costs(state, results, method)
-        if config.attack_budget:
-            results["attacks"] = _attacks(state, config, trained, budgets)
-        return write_report(config, results, prompts)
-
-
-def _attacks(
-    state: Run,
-    config: CompareConfig,
-    trained: Sequence[tuple[str, int, int]],
-    budgets: dict[int, dict[str, tuple[int, int]]],
-) -> list[dict[str, Any]]:
-    """White-box attack success at strength 1.0: seed-0 adapters, files, SLD presets."""
-    from safety_lora.attack import AttackConfig, run_attack
-
-    targets: list[tuple[str, dict[str, Any]]] = []
-    for kind, budget, s in trained:
-        if s == 0 and budget == config.ranks[0]:
-            rank = budgets[budget][kind][0]
-            path = config.out / "adapters" / f"{kind}-r{rank}-b{budget}-s0-reg.safetensors"
-            targets.append((f"{kind} r{rank}", {"adapter": path}))
-    targets += [(f"file {f.stem}", {"adapter": f}) for f in config.adapters]
-    targets += [(f"SLD {p}", {"method": "sld", "sld_preset": p}) for p in config.sld_presets]
-    rows = []
-    for name, fields in targets:
-
-        def compute(name: str = name, fields: dict[str, Any] = fields) -> dict[str, Any]:
-            attack = AttackConfig(
-                erase=config.erase,
-                prompts=list(dict.fromkeys(state.prompts.target))[:3],
-                base=config.base,
-                classifier=config.classifier,
-                category=config.category,
-                threshold=config.threshold,
-                attacks=["soft", "tokens"],
-                budget=config.attack_budget,
-                images=config.attack_images,
-                num_inference_steps=state.sampler.num_inference_steps,
-                guidance_scale=state.sampler.guidance_scale,
-                out=config.out / "attacks" / slug(name),
-                progress=False,
-                device=config.device,
-                **fields,
+    groups: list[Group] = []
+    for method in free:
+        cost = _EVAL_COST * config.seeds * (2 if isinstance(method, SLDMethod) else 1)
+        attack = isinstance(method, SLDMethod) and config.attack_budget
+        groups.append(
+            Group(
+                method.name,
+                cost + (_ATTACK_COST if attack else 0.0),
+                config.seeds + bool(attack),
+                partial(_free_group, state, method, attack=bool(attack)),
             )
-            report = run_attack(attack, pipe=state.pipe)
-            soft, tokens = report.row("soft"), report.row("tokens")
-            return {
-                "method": name,
-                "clean": soft.clean_rate,
-                "soft_asr": soft.asr,
-                "token_asr": tokens.asr,
-                "budget": config.attack_budget,
-                "seconds_per_attempt": (soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
-            }
+        )
+    denoiser = getattr(state.pipe, denoiser_part(state.pipe))
+    budgets = {r: budget_ranks(denoiser, list(config.families), r) for r in config.ranks}
+    for job in trainings(config, budgets):
+        budget = config.steps or FAMILY_SETTINGS[job.kind].budget
+        early = VARIANTS[job.variant][1]
+        strengths = config.strengths if job.role == "adapter" else (1.0,)
+        evals = len(strengths)
+        kohya = job.kind == "lora" and job.role == "adapter" and config.kohya
+        kohya = kohya and denoiser_part(state.pipe) == "unet"  # kohya files name UNet modules
+        attack = bool(config.attack_budget) and job.role == "adapter" and job.seed == 0
+        attack = attack and job.budget_rank == config.ranks[0]
+        cost = _TRAIN_STEP_COST * budget * (0.5 if early else 1.0) + _EVAL_COST * evals
+        cost += _ATTACK_COST * attack + _EVAL_COST * 1.5 * kohya
+        units = 1 + evals + kohya + attack
+        work = partial(_training_group, state, job, strengths, kohya=kohya, attack=attack)
+        groups.append(Group(f"{job.method} s{job.seed}", cost, units, work))
+    if config.closed_form:
+        work = partial(_closed_form_group, state, attack=bool(config.attack_budget))
+        units = 1 + len(config.strengths) * config.seeds + bool(config.attack_budget)
+        groups.append(Group("closed form", _EVAL_COST * (units - 1), units, work))
+    for file in config.adapters:
+        units = len(config.strengths) * config.seeds + bool(config.attack_budget)
+        work = partial(_file_group, state, file, attack=bool(config.attack_budget))
+        groups.append(Group(f"file {file.stem}", _EVAL_COST * units, units, work))
+    return Plan(groups)
 
-        rows.append(state.cached(f"attack/{slug(name)}", compute))
-    return rows
 
+def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
+    """Run (or resume) the comparison, write every output file and return ``report.json``'s data.
 
-def _evaluate_adapter(state: Run, results: dict[str, Any], method: AdapterMethod, s: int) -> None:
-    loaded = False
+    With ``config.workers`` > 1 (and no ``pipe`` given: a worker loads its own), the other
+    workers run as subprocesses of this one, each on its share of the groups.
+    """
+    from safety_lora.compare.report import write_report
+
+    _prepare_out(config)
+    workers = config.workers if pipe is None else 1
+    state = _state(config, pipe)
+    plan = _plan(state)
+    procs = [_spawn(config, k, workers) for k in range(1, workers)]
     try:
-        for strength in method.strengths:
-            key = f"eval/{slug(method.name)}/{strength:g}/s{s}"
-
-            def compute(strength: float = strength) -> dict[str, Any]:
-                nonlocal loaded
-                if not loaded:
-                    method.load()
-                    loaded = True
-                return state.evaluate(method, strength, s)
-
-            unit = state.cached(key, compute)
-            unit["family"] = method.kind
-            results["evaluations"].append(unit)
+        mine = plan.share(0, workers)
+        with ticker(config.progress, f"compare (worker 1/{workers})", plan.units(mine)) as tick:
+            state.advance = tick
+            plan.execute(mine, Results())
     finally:
-        if loaded:
-            method.unload()
+        failures = [_wait(p, config.out, k) for k, p in enumerate(procs, 1)]
+    if any(failures):
+        raise RuntimeError("; ".join(f for f in failures if f))
+    results = Results()
+    with ticker(config.progress, "compare (collecting)", plan.units(plan.groups)) as tick:
+        state.advance = tick
+        plan.execute(plan.groups, results)
+    results.costs = cost_rows(state, results)
+    return write_report(config, results.as_dict(), state.prompts)
 
 
-def _costs(state: Run, results: dict[str, Any], method: AdapterMethod) -> None:
-    loaded = False
+def run_shard(config: CompareConfig, index: int, count: int) -> None:
+    """Compute worker ``index``'s share (of ``count``) of the run's units; report nothing."""
+    state = _state(config, None)
+    plan = _plan(state)
+    plan.execute(plan.share(index, count), Results())
 
-    def compute(fused: bool) -> dict[str, Any]:
-        nonlocal loaded
-        if not loaded:
-            method.load()
-            loaded = True
-        return cost_unit(state, method, fused=fused)
 
-    try:
-        for fused in (False, True):
-            key = f"cost/{slug(method.name)}/{'fused' if fused else 'unfused'}"
-            results["costs"].append(state.cached(key, lambda fused=fused: compute(fused)))  # type: ignore[misc]
-    finally:
-        if loaded:
-            method.unload()
+def _spawn(config: CompareConfig, index: int, count: int) -> subprocess.Popen[bytes]:
+    log = config.out / "logs" / f"worker-{index + 1}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "safety_lora.compare.worker", str(config.out)]
+    with log.open("wb") as stream:
+        return subprocess.Popen(
+            [*command, str(index), str(count)], stdout=stream, stderr=subprocess.STDOUT
+        )
+
+
+def _wait(proc: subprocess.Popen[bytes], out: Path, index: int) -> str | None:
+    """None when worker ``index`` ended well, else what went wrong (and where its log is)."""
+    if proc.wait() == 0:
+        return None
+    log = out / "logs" / f"worker-{index + 1}.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+    return f"compare worker {index + 1} exited with {proc.returncode} ({str(log)!r}: {tail})"
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+def _evaluate(
+    state: Run, results: Results, method: Method, strengths: Any, seeds: Any, **extra: Any
+) -> None:
+    """Evaluate ``method`` at every strength and seed (each a cached unit) into ``results``."""
+    for s, strength in itertools.product(seeds, strengths):
+        key = f"eval/{slug(method.name)}/{strength:g}/s{s}"
+        unit = state.cached(key, partial(state.evaluate, method, strength, s))
+        results.evaluations.append({**unit, **extra})
+
+
+def _free_group(state: Run, method: Method, results: Results, *, attack: bool) -> None:
+    _evaluate(state, results, method, method.strengths, range(state.config.seeds))
+    if attack:
+        assert isinstance(method, SLDMethod)
+        fields = {"method": "sld", "sld_preset": method.preset}
+        results.attacks.append(state.attack(method.name, fields))
+
+
+def _adapter_units(
+    state: Run, results: Results, method: AdapterMethod, strengths: Any, seeds: Any, **extra: Any
+) -> None:
+    """``_evaluate`` with the adapter loaded only when a unit is not cached yet."""
+    with method.loaded_lazily():
+        _evaluate(state, results, method, strengths, seeds, **extra)
+
+
+def _training_group(
+    state: Run, job: Training, strengths: Any, results: Results, *, kohya: bool, attack: bool
+) -> None:
+    key = f"train/{slug(job.method)}/s{job.seed}"
+    unit = state.cached(key, partial(train_unit, state, job))
+    results.training.append(unit)
+    method = AdapterMethod(state.sampler, job.path(state.config.out), job.method, kind=job.role)
+    extra: dict[str, Any] = {"family": job.kind, "role": job.role, "variant": job.variant}
+    extra["lr_scale"] = job.lr_scale
+    _adapter_units(state, results, method, strengths, [job.seed], **extra)
+    if kohya:
+        unit = state.cached(
+            f"kohya/{slug(job.method)}/s{job.seed}", partial(kohya_unit, state, job)
+        )
+        results.kohya.append(unit)
+    if attack:
+        results.attacks.append(state.attack(job.method, {"adapter": method.path}))
+
+
+def _closed_form_group(state: Run, results: Results, *, attack: bool) -> None:
+    path = state.config.out / "adapters" / "closed-form.safetensors"
+    results.solves.append(state.cached("train/closed-form", partial(closed_form_unit, state, path)))
+    method = AdapterMethod(state.sampler, path, "closed form", kind="closed_form")
+    seeds = range(state.config.seeds)
+    _adapter_units(state, results, method, state.config.strengths, seeds, family="closed_form")
+    if attack:
+        results.attacks.append(state.attack(method.name, {"adapter": path}))
+
+
+def _file_group(state: Run, file: Path, results: Results, *, attack: bool) -> None:
+    method = AdapterMethod(state.sampler, file, f"file {file.stem}", kind="file")
+    seeds = range(state.config.seeds)
+    _adapter_units(state, results, method, state.config.strengths, seeds, family="file")
+    if attack:
+        results.attacks.append(state.attack(method.name, {"adapter": file}))

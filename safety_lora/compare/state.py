@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from safety_lora.compare.config import CompareConfig
-from safety_lora.compare.methods import AdapterMethod, Method, Sampler
+from safety_lora.compare.methods import Method, Sampler
 from safety_lora.compare.metrics import Judge, PromptSet, score
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Run:
     judge: Judge
     prompts: PromptSet
     sampler: Sampler
+    check: Any = None
     advance: Callable[[str], None] = field(default=lambda _: None)
     _references: dict[int, list[Image]] = field(default_factory=dict)
 
@@ -91,9 +92,48 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         strip(images).save(folder / f"{strength:g}.png")
 
-    def concept_rate(self, method: AdapterMethod, index: int) -> float:
-        """Concept rate on the target prompts at strength 1.0 (the bar's measure)."""
+    def probe_rate(self, index: int) -> float:
+        """Concept rate of the pipeline as it is now on the target prompts, on probe seeds
+        (noise no evaluation uses): the erasure criterion training stops on."""
+        from safety_lora.compare.units import PROBE_OFFSET
+
         p = self.prompts
-        images = method.generate(p.target, self.seeds(index, len(p.target), 0), 1.0)
-        shown = self.judge.shows([i for i in images if i is not None])
-        return sum(shown) / len(images)
+        images = self.sampler.sample(p.target, self.seeds(index, len(p.target), PROBE_OFFSET))
+        return sum(self.judge.shows(images)) / len(images)
+
+    def attack(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The white-box attacks' success on ``name`` at strength 1.0 (a cached unit)."""
+        from safety_lora.attack import AttackConfig, run_attack
+
+        config = self.config
+
+        def compute() -> dict[str, Any]:
+            attack = AttackConfig(
+                erase=config.erase,
+                prompts=list(dict.fromkeys(self.prompts.target))[:3],
+                base=config.base,
+                classifier=config.classifier,
+                category=config.category,
+                threshold=config.threshold,
+                attacks=["soft", "tokens"],
+                budget=config.attack_budget,
+                images=config.attack_images,
+                num_inference_steps=self.sampler.num_inference_steps,
+                guidance_scale=self.sampler.guidance_scale,
+                out=config.out / "attacks" / slug(name),
+                progress=False,
+                device=config.device,
+                **fields,
+            )
+            report = run_attack(attack, pipe=self.pipe)
+            soft, tokens = report.row("soft"), report.row("tokens")
+            return {
+                "method": name,
+                "clean": soft.clean_rate,
+                "soft_asr": soft.asr,
+                "token_asr": tokens.asr,
+                "budget": config.attack_budget,
+                "seconds_per_attempt": (soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
+            }
+
+        return self.cached(f"attack/{slug(name)}", compute)

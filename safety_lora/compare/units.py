@@ -1,5 +1,6 @@
-"""The units of a compare run: training one adapter (in chunks, with its erasure curve), and
-measuring one method's per-step cost; plus the rank each family gets for a parameter budget.
+"""The units of a compare run: training one adapter (with its erasure curve), solving the
+closed-form edit, the kohya file of a PEFT adapter; the families' tuned settings, and the
+rank each family gets for a parameter budget.
 
 Trained adapters are kept as safetensors under ``out/adapters/``; an adapter trained with
 seed ``s`` is evaluated with sampling seed index ``s``.
@@ -8,37 +9,95 @@ seed ``s`` is evaluated with sampling seed index ``s``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from safety_lora.adapters.loading import (
-    add_trainable_adapter,
-    set_adapter_strength,
-    set_fused,
-    unload_adapters,
-)
+from safety_lora.adapters.loading import add_trainable_adapter, unload_adapters
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.compare.config import CompareConfig
-from safety_lora.compare.methods import AdapterMethod, Method, SLDMethod
+from safety_lora.compare.methods import AdapterMethod
 from safety_lora.compare.metrics import BAR
 from safety_lora.compare.state import Run
 
-__all__ = ["LEARNING_RATES", "VARIANTS", "budget_ranks", "cost_unit", "train_unit"]
+__all__ = [
+    "FAMILY_SETTINGS",
+    "VARIANTS",
+    "FamilySettings",
+    "Training",
+    "budget_ranks",
+    "closed_form_unit",
+    "kohya_unit",
+    "train_unit",
+]
 
-#: Learning rate per family (LoKr's Kronecker factors need a larger step).
-LEARNING_RATES: dict[str, float] = {"lora": 2e-3, "loha": 2e-3, "lokr": 4e-3}
-#: Regularity variants: (preservation regularisation, early stopping).
+
+@dataclass(frozen=True)
+class FamilySettings:
+    """A family's tuned learning rate, step budget and retain weight (ESD-x, concept world)."""
+
+    lr: float
+    budget: int
+    preserve_weight: float = 1.0
+
+
+#: Per family. LoKr's Kronecker factors of these small layers (8x8 (x) 8x8) fit the objective
+#: more slowly, so a larger rate and budget; its factors are shared across the whole weight,
+#: so one step moves unrelated prompts more: twice the retain weight.
+FAMILY_SETTINGS: dict[str, FamilySettings] = {
+    "lora": FamilySettings(lr=2e-3, budget=150),
+    "loha": FamilySettings(lr=4e-3, budget=150),
+    "lokr": FamilySettings(lr=1e-2, budget=150, preserve_weight=2.0),
+}
+#: Regularity variants: (preservation regularisation, early stopping at the erasure bar).
+#: "none" is the original kohya/A1111 recipe: the concept's loss only, a fixed step count.
 VARIANTS: dict[str, tuple[bool, bool]] = {
     "reg": (True, True),
     "no-preserve": (False, True),
     "no-early-stop": (True, False),
     "none": (False, False),
 }
-_PATIENCE = 4
+#: Steps between two erasure probes (the early-stopping criterion's checks).
+CHUNK = 25
+#: Probes without a lower concept rate before an early-stopping run gives up short of the bar.
+_PATIENCE = 3
 _PROBE = "compare_probe"
+#: Sampling-seed offset of the probes: noise the evaluation never sees.
+PROBE_OFFSET = 900_000
+
+
+@dataclass(frozen=True)
+class Training:
+    """One adapter a run trains: family, rank, seed, variant and learning-rate scale."""
+
+    kind: str
+    rank: int
+    budget_rank: int
+    seed: int
+    variant: str = "reg"
+    lr_scale: float = 1.0
+    multi_budget: bool = False
+
+    @property
+    def method(self) -> str:
+        """The row name: ``lora r4``, ``lora r4 none``, ``lokr r4 lr 2x`` ..."""
+        name = f"{self.kind} r{self.rank}"
+        name += f" (budget r{self.budget_rank})" if self.multi_budget else ""
+        name += "" if self.variant == "reg" else f" {self.variant}"
+        return name + ("" if self.lr_scale == 1.0 else f" lr {self.lr_scale:g}x")
+
+    @property
+    def role(self) -> str:
+        """``adapter`` (the main rows), ``variant`` (regularity) or ``stability`` (lr scale)."""
+        if self.lr_scale != 1.0:
+            return "stability"
+        return "adapter" if self.variant == "reg" else "variant"
+
+    def path(self, out: Path) -> Path:
+        stem = f"{self.kind}-r{self.rank}-b{self.budget_rank}-s{self.seed}-{self.variant}"
+        return out / "adapters" / f"{stem}-lr{self.lr_scale:g}.safetensors"
 
 
 def budget_ranks(unet: Any, families: list[str], rank: int) -> dict[str, tuple[int, int]]:
@@ -93,108 +152,153 @@ def _erasure(config: CompareConfig) -> tuple[Any, list[str], dict[str, Any]]:
     task = erasure_task(concept)
     anchor = task.anchor if config.anchor is None else config.anchor
     erasure = Erasure(concept=concept, anchor=anchor, templates=list(task.templates))
-    return erasure, list(task.preserve), {"ddim_steps": 20, "guidance_scale": 4.0}
+    # x_t drawn on the schedule the concept world samples with (12 steps)
+    return erasure, list(task.preserve), {"ddim_steps": 12, "guidance_scale": 4.0}
 
 
-def train_unit(
-    state: Run, kind: str, rank: int, seed: int, variant: str, path: Path
-) -> dict[str, Any]:
-    """Train one adapter in chunks; after each, the concept rate of the adapter so far."""
-    from safety_lora.training import TrainConfig, train_adapter
+def train_unit(state: Run, job: Training) -> dict[str, Any]:
+    """Train one adapter, probing its concept rate every :data:`CHUNK` steps.
+
+    Early stopping watches erasure itself: a run with early stopping ends at the first probe
+    at or under the bar (:data:`BAR`), or after :data:`_PATIENCE` probes without a lower
+    rate, and keeps the adapter of its best probe; without, it trains the whole budget. The
+    probes sample the target prompts on seeds the evaluation never uses.
+    """
+    from safety_lora.training import TrainConfig
+    from safety_lora.training.esd import EsdTrainer
 
     config = state.config
+    settings = FAMILY_SETTINGS[job.kind]
+    budget = config.steps or settings.budget
     erasure, keep, extra = _erasure(config)
-    preserve, early = VARIANTS[variant]
-    probe = AdapterMethod(state.sampler, path, name="probe", adapter_name=_PROBE)
-    seconds, curve, began = 0.0, [], time.perf_counter()
-    result = None
-    target = 0
-    while result is None or (result.steps < config.steps and not result.stopped_early):
-        target = min(target + config.chunk, config.steps)
-        train_config = TrainConfig(
-            base=config.base,
-            erase=[erasure],
-            preserve=keep if preserve else [],
-            method="esd-x",
-            adapter=kind,  # type: ignore[arg-type]
-            rank=rank,
-            steps=target,
-            lr=LEARNING_RATES[kind],
-            batch=4,
-            seed=seed,
-            eval_every=25 if early else None,
-            patience=_PATIENCE if early else None,
-            checkpoint_every=config.chunk,
-            resume=True,
-            out=path,
-            device=config.device,
-            progress=False,
-            **extra,
-        )
-        result = train_adapter(train_config, pipe=state.pipe)
-        seconds += result.seconds
-        probe.load()
-        try:
-            rate = state.concept_rate(probe, seed)
-        finally:
-            probe.unload()
-        curve.append({"step": result.steps, "seconds": seconds, "concept_rate": rate})
-    train_config.checkpoint_path.unlink(missing_ok=True)
+    preserve, early = VARIANTS[job.variant]
+    path = job.path(config.out)
+    train_config = TrainConfig(
+        base=config.base,
+        erase=[erasure],
+        preserve=keep if preserve else [],
+        preserve_weight=settings.preserve_weight,
+        method="esd-x",
+        adapter=job.kind,  # type: ignore[arg-type]
+        rank=job.rank,
+        steps=budget,
+        lr=settings.lr * job.lr_scale,
+        batch=4,
+        seed=job.seed,
+        eval_every=None,
+        out=path,
+        device=config.device,
+        progress=False,
+        **extra,
+    )
+    trainer = EsdTrainer(state.pipe, train_config)
+    curve: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    seconds = 0.0
+    try:
+        while trainer.step < budget:
+            began = time.perf_counter()
+            for _ in range(min(CHUNK, budget - trainer.step)):
+                trainer.train_step()
+            seconds += time.perf_counter() - began
+            rate = state.probe_rate(job.seed)  # the trainer's adapter is live at strength 1
+            curve.append({"step": trainer.step, "seconds": seconds, "concept_rate": rate})
+            if best is None or rate < best[0]:
+                best = (
+                    rate,
+                    trainer.step,
+                    {k: v.detach().clone() for k, v in trainer.params.items()},
+                )
+            if early and (rate <= BAR or len(curve) - _index(curve, best[1]) > _PATIENCE):
+                break
+        assert best is not None
+        if early:  # keep the best probe's adapter
+            with torch.no_grad():
+                for name, param in trainer.params.items():
+                    param.copy_(best[2][name])
+        trainer.save_adapter(path)
+        parameters = sum(p.numel() for p in trainer.params.values())
+    finally:
+        trainer.close()
     reached = next((c for c in curve if c["concept_rate"] <= BAR), None)
     return {
-        "family": kind,
-        "rank": rank,
-        "seed": seed,
-        "variant": variant,
+        "method": job.method,
+        "role": job.role,
+        "family": job.kind,
+        "rank": job.rank,
+        "budget": job.budget_rank,
+        "seed": job.seed,
+        "variant": job.variant,
+        "lr": train_config.lr,
+        "lr_scale": job.lr_scale,
+        "step_budget": budget,
         "path": str(path),
-        "trainable_parameters": result.trainable_parameters,
+        "trainable_parameters": parameters,
         "file_bytes": path.stat().st_size,
-        "seconds_per_step": seconds / result.steps,
+        "seconds_per_step": seconds / trainer.step,
         "training_seconds": seconds,
-        "wall_seconds": time.perf_counter() - began,
-        "steps": result.steps,
-        "best_step": result.best_step,
-        "stopped_early": result.stopped_early,
+        "steps": trainer.step,
+        "kept_step": best[1] if early else trainer.step,
+        "stopped_early": trainer.step < budget,
         "curve": curve,
+        "reached_bar": reached is not None,
         "steps_to_bar": None if reached is None else reached["step"],
         "seconds_to_bar": None if reached is None else reached["seconds"],
     }
 
 
-# -- costs --------------------------------------------------------------------------------
+def _index(curve: list[dict[str, Any]], step: int) -> int:
+    """The position of ``step``'s probe in ``curve`` (counted from 1)."""
+    return next(i for i, c in enumerate(curve, 1) if c["step"] == step)
 
 
-def _per_step(state: Run, call: Callable[[], object], repeats: int = 3) -> float:
-    """Best-of-``repeats`` wall seconds per denoising step of ``call`` (after one warm-up)."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - began)
-    return best / state.sampler.num_inference_steps
+def closed_form_unit(state: Run, path: Path) -> dict[str, Any]:
+    """Solve the closed-form erasure (UCE's edit pushed past the anchor, ``push`` 1) to ``path``."""
+    from safety_lora.closed_form import ClosedFormConfig, erase
+
+    config = state.config
+    erasure, keep, _ = _erasure(config)
+    anchors = {} if erasure.anchor is None else {config.erase: erasure.anchor}
+    solved = ClosedFormConfig(
+        erase=[config.erase],
+        templates=list(erasure.templates),
+        anchors=anchors,
+        preserve=keep,
+        push=1.0,
+    )
+    began = time.perf_counter()
+    erase(solved, out=path, pipe=state.pipe, base=config.base)
+    return {"path": str(path), "seconds": time.perf_counter() - began}
 
 
-def cost_unit(state: Run, method: Method, fused: bool = False) -> dict[str, Any]:
-    """Seconds per step for a batch of target prompts; SLD's extra UNet calls and time."""
-    n = min(8, len(state.prompts.target))
-    prompts, seeds = list(state.prompts.target[:n]), list(range(n))
-    unet = getattr(state.pipe, denoiser_part(state.pipe))
-    if fused:
-        assert isinstance(method, AdapterMethod), "only an adapter can be fused"
-        set_adapter_strength(unet, method.adapter_name, 1.0)
-        set_fused(unet, method.adapter_name)
-    try:
-        per_step = _per_step(state, lambda: method.generate(prompts, seeds, 1.0))
-    finally:
-        if fused:
-            set_fused(unet, None)
-    out: dict[str, Any] = {"method": method.name, "fused": fused, "seconds_per_step": per_step}
-    out["batch"] = n
-    if isinstance(method, SLDMethod):
-        method.extra_calls, method.extra_seconds = 0, 0.0
-        method.generate(prompts, seeds, 1.0)
-        steps = state.sampler.num_inference_steps
-        out["extra_unet_calls_per_step"] = method.extra_calls / steps
-        out["extra_seconds_per_step"] = method.extra_seconds / steps
-    return out
+# -- the kohya file of a PEFT adapter -------------------------------------------------------
+
+
+def kohya_unit(state: Run, job: Training) -> dict[str, Any]:
+    """``job``'s PEFT adapter rewritten as a kohya file, evaluated at strength 1.0, and whether
+    the two give the same images on the target prompts (same math, other file layout)."""
+    import numpy as np
+
+    from safety_lora.adapters.convert import convert
+
+    source = job.path(state.config.out)
+    path = source.with_name(source.stem + "-kohya.safetensors")
+    denoiser = getattr(state.pipe, denoiser_part(state.pipe))
+    convert(source, path, to="kohya", unet=denoiser)
+    p = state.prompts
+    seeds = state.seeds(job.seed, len(p.target), 0)
+    images = {}
+    for name, file in (("peft", source), ("kohya", path)):
+        method = AdapterMethod(state.sampler, file, f"{job.method} ({name} file)", kind="kohya")
+        method.load()
+        try:
+            images[name] = method.generate(p.target, seeds, 1.0)
+            if name == "kohya":
+                scores = state.evaluate(method, 1.0, job.seed)
+        finally:
+            method.unload()
+    diff = max(
+        float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+        for a, b in zip(images["peft"], images["kohya"], strict=True)
+    )
+    return {"seed": job.seed, "max_pixel_difference": diff, "identical": diff == 0, **scores}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from safety_lora.cli import compare
+from safety_lora.compare import CompareConfig
+from safety_lora.compare.config import QUICK
 
 
 def _app() -> typer.Typer:
@@ -42,3 +46,28 @@ def test_classifier_option_parses_kind_or_json() -> None:
         "kind": "nudenet",
         "min_score": 0.3,
     }
+
+
+def test_quick_sets_its_fields_and_explicit_options_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[CompareConfig] = []
+
+    def fake_run(config: CompareConfig) -> dict[str, str]:
+        seen.append(config)
+        return {"reading": "ok"}
+
+    monkeypatch.setattr("safety_lora.compare.run", fake_run)
+    args = ["compare", "--erase", "red", "--out", str(tmp_path), "--quick", "--seeds", "3"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.seeds == 3  # given: wins over --quick's 2
+    assert {k: getattr(config, k) for k in QUICK if k != "seeds"} == {
+        k: v for k, v in QUICK.items() if k != "seeds"
+    }
+    result = CliRunner().invoke(_app(), ["compare", "--erase", "red", "--out", str(tmp_path)])
+    assert result.exit_code == 0
+    default = seen[-1]
+    assert (default.seeds, default.lr_scales, default.steps) == (5, [0.5, 2.0], None)
+    assert default.workers == (2 if (os.cpu_count() or 1) > 1 else 1)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from PIL import Image
 
 from safety_lora.compare.metrics import (
     ConceptWorldJudge,
+    bootstrap,
     concept_world_prompts,
+    mean_interval,
     mean_std,
+    overlap,
     pareto_front,
     score,
 )
@@ -48,3 +53,39 @@ def test_pareto_front_and_mean_std() -> None:
     assert pareto_front(points) == [0, 1, 3, 4]
     assert mean_std([1.0]) == (1.0, 0.0)
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+
+
+def _unit(
+    shown: list[float], other: list[float], kept: list[float] | None = None
+) -> dict[str, Any]:
+    return {"each": {"shown": shown, "other": other, "kept": kept}}
+
+
+def test_bootstrap_interval_over_seeds_and_prompts() -> None:
+    same = [_unit([1.0, 0.0], [1.0, 1.0]), _unit([1.0, 0.0], [1.0, 1.0])]
+    lo, hi = bootstrap(same, "concept_rate")
+    assert lo < 0.5 < hi  # images resampled within seeds: 0/2, 1/2 and 2/2 all drawn
+    assert bootstrap(same, "other") == (1.0, 1.0)  # no spread, no width
+    assert bootstrap(same, "erasure") == pytest.approx((1 - hi, 1 - lo))
+    assert bootstrap(same, "concept_rate") == (lo, hi)  # a fixed generator: reproducible
+    apart = [_unit([0.0] * 8, [1.0] * 8), _unit([1.0] * 8, [0.0] * 8)]
+    lo2, hi2 = bootstrap(apart, "concept_rate")
+    assert lo2 == 0.0 and hi2 == 1.0  # seeds that disagree: both extremes are drawn
+    narrow = [_unit([1.0] * 40 + [0.0] * 40, [1.0]) for _ in range(5)]
+    assert bootstrap(narrow, "concept_rate")[1] - bootstrap(narrow, "concept_rate")[0] < hi - lo
+    kept = [_unit([0.0], [0.0, 0.0], kept=[1.0]), _unit([0.0], [0.0, 0.0], kept=[1.0])]
+    assert bootstrap(kept, "preservation") == (0.5, 0.5)
+    with pytest.raises(ValueError, match="'kept' was not measured"):
+        bootstrap(same, "kept")
+    with pytest.raises(ValueError, match="unknown measure"):
+        bootstrap(same, "speed")
+
+
+def test_mean_interval_and_overlap() -> None:
+    assert mean_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    assert mean_interval([1.0, 1.0], spread=True) == (0.0, 0.0)
+    assert mean_interval([5.0], spread=True) == (0.0, 0.0)
+    assert mean_interval([0.0, 1.0, 0.0, 1.0], spread=True)[1] > 0.5
+    assert overlap((0.0, 0.5), (0.5, 1.0)) and not overlap((0.0, 0.4), (0.5, 1.0))

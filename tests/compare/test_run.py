@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from safety_lora.compare import CompareConfig, run
-from safety_lora.compare.methods import Sampler
-from safety_lora.compare.metrics import ConceptWorldJudge
+from safety_lora.compare.methods import AdapterMethod, Sampler
+from safety_lora.compare.metrics import BAR, ConceptWorldJudge
+from safety_lora.compare.verdicts import compare
 from safety_lora.testing import tiny_pipeline
 
 RATES = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate")
@@ -21,13 +23,13 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
     fields: dict[str, Any] = {
         "erase": "red",
         "families": ["lora", "lokr"],
-        "seeds": 1,
-        "steps": 25,
-        "chunk": 25,
+        "seeds": 2,
+        "steps": 50,
         "prompts_per_concept": 2,
         "num_inference_steps": 3,
         "sld_presets": ["strong"],
-        "regularity": False,
+        "stability_seeds": 1,
+        "lr_scales": [2.0],
         "grid_images": 2,
         "attack_budget": 2,
         "attack_images": 2,
@@ -54,43 +56,109 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
     out = config.out
     assert json.loads((out / "report.json").read_text())["reading"] == data["reading"]
     markdown = (out / "report.md").read_text()
+    assert markdown.index("## Verdict") < markdown.index("## Erasure and preservation")
     assert "| lora r4 | 1 |" in markdown and "## Inference cost per denoising step" in markdown
-    pngs = [out / data["files"][k] for k in ("scatter", "curves", "costs")]
+    assert "## Stability" in markdown and "## Regularity (seed 0)" in markdown
+    html = (out / "report.html").read_text()
+    assert html.count("<img ") == 4 + len(data["files"]["grids"]) and 'src="http' not in html
+    pngs = [out / data["files"][k] for k in ("scatter", "curves", "costs", "stability")]
     pngs += [out / g for g in data["files"]["grids"].values()]
-    assert len(data["files"]["grids"]) == 6  # base, negative prompt, SLD, classifier, 2 adapters
+    # base, classifier, negative prompt, SLD, closed form, kohya file, 2 families x (main,
+    # 3 regularity variants, 2x learning rate)
+    assert len(data["files"]["grids"]) == 6 + 2 * 5
     for png in pngs:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.width > 0 and image.height > 0
-    assert sorted(p.name for p in (out / "adapters").iterdir()) == [
-        "lokr-r4-b4-s0-reg.safetensors",
-        "lora-r4-b4-s0-reg.safetensors",
-    ]
+    names = sorted(p.name for p in (out / "adapters").iterdir())
+    assert "lora-r4-b4-s1-reg-lr1.safetensors" in names and "closed-form.safetensors" in names
+    assert "lora-r4-b4-s0-reg-lr1-kohya.safetensors" in names
+    assert "lokr-r4-b4-s0-none-lr1.safetensors" in names
+    assert "lora-r4-b4-s0-reg-lr2.safetensors" in names
 
 
 def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     _, _, data = compared
-    methods = {r["method"] for r in data["rows"]}
+    methods = {r["method"] for r in data["rows"] if r["kind"] not in ("variant", "stability")}
     assert methods == {"base", "negative prompt", "SLD strong", "classifier only", "lora r4",
-                       "lokr r4"}  # fmt: skip
+                       "lokr r4", "closed form", "lora r4 (kohya file)"}  # fmt: skip
     for row in data["rows"]:
         for key in RATES:
             assert 0.0 <= row[key] <= 1.0, (row["method"], key, row[key])
+            if row.get(key + "_ci"):
+                lo, hi = row[key + "_ci"]
+                assert lo - 1e-9 <= row[key] <= hi + 1e-9, (row["method"], key)
         assert row["erasure"] == pytest.approx(1.0 - row["concept_rate"])
     for t in data["training"]:
-        assert t["trainable_parameters"] > 0 and t["file_bytes"] > 0
-        assert t["seconds_per_step"][0] > 0 and t["steps"][0] == 25
-    budgets = data["budgets"]["4"]
-    assert budgets["lora"] == [4, 4096] and budgets["lokr"][1] <= 4096
+        assert t["trainable_parameters"] > 0 and t["file_bytes"] > 0 and t["runs"] == 2
+        assert t["seconds_per_step"] > 0 and t["step_budget"] == 50
     sld = next(c for c in data["costs"] if c["method"] == "SLD strong")
     assert sld["extra_unet_calls_per_step"] == 1.0
-    assert {c["method"] for c in data["costs"] if c["fused"]} == {"lora r4", "lokr r4"}
+    for c in data["costs"]:
+        assert c["vs_base_ci"][0] <= c["vs_base"] <= c["vs_base_ci"][1] and c["pairs"] == 5
+    modes = {(c["method"], c["mode"]) for c in data["costs"]}
+    for name in ("lora r4", "lokr r4", "closed form"):
+        assert {(name, "dynamic"), (name, "fused")} <= modes
+    assert ("base (control)", "") in modes
+
+
+def test_training_stops_at_the_erasure_bar(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    """Early stopping ends at the first probe at or under the bar (or after patience) and
+    keeps the best probe's adapter; without it, the whole budget is trained."""
+    _, _, data = compared
+    runs = data["training_runs"]
+    assert {(t["variant"], t["seed"]) for t in runs if t["family"] == "lora"} >= {
+        ("reg", 0), ("reg", 1), ("none", 0), ("no-preserve", 0), ("no-early-stop", 0)}  # fmt: skip
+    for t in runs:
+        curve = t["curve"]
+        assert [c["step"] for c in curve] == list(range(25, t["steps"] + 1, 25))
+        rates = [c["concept_rate"] for c in curve]
+        if t["variant"] in ("reg", "no-preserve"):
+            if t["steps"] < 50:
+                assert rates[-1] <= BAR and t["stopped_early"]
+            assert t["kept_step"] == curve[rates.index(min(rates))]["step"]
+        else:
+            assert t["steps"] == 50 and not t["stopped_early"] and t["kept_step"] == 50
+        reached = next((c["step"] for c in curve if c["concept_rate"] <= BAR), None)
+        assert t["steps_to_bar"] == reached and t["reached_bar"] == (reached is not None)
+
+
+def test_kohya_file_gives_the_peft_adapters_images(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    _, _, data = compared
+    assert data["kohya"] == {"seeds": 2, "identical": True, "max_pixel_difference": 0.0}
+    kohya, peft = _row(data, "lora r4 (kohya file)", 1.0), _row(data, "lora r4", 1.0)
+    assert {k: kohya[k] for k in RATES} == {k: peft[k] for k in RATES}
+
+
+def test_verdicts_follow_the_intervals(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    _, _, data = compared
+    claims = [v["claim"] for v in data["verdicts"]]
+    assert claims == [
+        "the factorised family is faster and more accurate",
+        "PEFT LoRA with regularisation and early stopping is more stable",
+        "the original LoRA without regularisation is less effective",
+    ]
+    for c in data["comparisons"]:
+        a, b = (c["a_value"], tuple(c["a_ci"])), (c["b_value"], tuple(c["b_ci"]))
+        lower = "concept" in c["measure"] or "seconds" in c["measure"] or "spread" in c["measure"]
+        assert c["verdict"] == compare(a, b, lower=lower)
+    lora = _row(data, "lora r4", 1.0)
+    factorised = next(
+        c for c in data["comparisons"] if c["measure"] == "concept shown at strength 1.0"
+    )
+    assert factorised["b"] == "lora r4" and factorised["b_value"] == lora["concept_rate"]
+    assert tuple(factorised["b_ci"]) == tuple(lora["concept_rate_ci"])
 
 
 def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     config, _, data = compared
     attacked = [a["method"] for a in data["attacks"]]
-    trained = [t["method"] for t in data["training_runs"]]
-    assert attacked == [*dict.fromkeys(trained), "SLD strong"]
+    assert attacked == ["SLD strong", "lora r4", "lokr r4", "closed form"]  # seed 0, at 1.0
     for row in data["attacks"]:
         assert row["budget"] == 2 and row["seconds_per_attempt"] > 0
         assert all(0.0 <= row[k] <= 1.0 for k in ("clean", "soft_asr", "token_asr"))
@@ -110,14 +178,25 @@ def test_base_rate_is_the_separately_computed_rate(
     assert _row(data, "base", 0.0)["concept_rate"] == expected
 
 
-def test_strength_zero_rows_equal_the_base_row(
+def test_adapter_at_strength_zero_is_the_base_model(
     compared: tuple[CompareConfig, Any, dict[str, Any]],
 ) -> None:
-    _, _, data = compared
-    base = _row(data, "base", 0.0)
-    for method in ("lora r4", "lokr r4"):
-        zero = _row(data, method, 0.0)
-        assert {k: zero[k] for k in RATES} == {k: base[k] for k in RATES}
+    """Why the base row stands for every adapter's strength 0."""
+    config, pipe, data = compared
+    sampler = Sampler(pipe, num_inference_steps=3, guidance_scale=4.0)
+    prompts = data["prompts"]["target"]
+    seeds = list(range(len(prompts)))
+    path = config.out / "adapters" / "lora-r4-b4-s0-reg-lr1.safetensors"
+    method = AdapterMethod(sampler, path, "lora")
+    base = [np.asarray(i) for i in sampler.sample(prompts, seeds)]
+    method.load()
+    try:
+        zero = [np.asarray(i) for i in method.generate(prompts, seeds, 0.0)]
+        one = [np.asarray(i) for i in method.generate(prompts, seeds, 1.0)]
+    finally:
+        method.unload()
+    assert all((a == b).all() for a, b in zip(base, zero, strict=True))
+    assert any((a != b).any() for a, b in zip(base, one, strict=True))
 
 
 def test_resume_reuses_units(
@@ -127,11 +206,11 @@ def test_resume_reuses_units(
     with pytest.raises(FileExistsError, match="--resume"):
         run(config, pipe=pipe)
     with pytest.raises(ValueError, match="other settings"):
-        run(_config(config.out, steps=50, resume=True), pipe=pipe)
+        run(_config(config.out, steps=25, resume=True), pipe=pipe)
 
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("resumed run trained again")
 
-    monkeypatch.setattr("safety_lora.training.train_adapter", no_training)
+    monkeypatch.setattr("safety_lora.training.esd.EsdTrainer.train_step", no_training)
     again = run(config.model_copy(update={"resume": True}), pipe=pipe)
     assert again["rows"] == data["rows"]

@@ -19,9 +19,10 @@ RATES = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate
 
 def _config(out: Path, **overrides: Any) -> CompareConfig:
     fields: dict[str, Any] = {
-        "erase": "red", "families": ["lora"], "seeds": 1, "steps": 25, "chunk": 25,
+        "erase": "red", "families": ["lora"], "seeds": 1, "steps": 25,
         "prompts_per_concept": 1, "num_inference_steps": 2, "sld_presets": [],
-        "regularity": False, "grid_images": 1, "attack_budget": 0, "out": out,
+        "regularity": False, "lr_scales": [], "stability_seeds": 1, "closed_form": False,
+        "strengths": (0.0, 1.0), "grid_images": 1, "attack_budget": 0, "out": out,
         "progress": False, **overrides,
     }  # fmt: skip
     return CompareConfig(**fields)
@@ -34,7 +35,7 @@ def test_compare_runs_on_an_sd3_pipeline(tmp_path: Path) -> None:
     base, zero, full = rows[("base", 0.0)], rows[("lora r4", 0.0)], rows[("lora r4", 1.0)]
     assert {k: zero[k] for k in RATES} == {k: base[k] for k in RATES}  # strength 0 is the base
     assert 0.0 <= full["concept_rate"] <= 1.0
-    state, _ = read_adapter(tmp_path / "cmp" / "adapters" / "lora-r4-b4-s0-reg.safetensors")
+    state, _ = read_adapter(tmp_path / "cmp" / "adapters" / "lora-r4-b4-s0-reg-lr1.safetensors")
     assert state.denoiser == "transformer" and state.modules
     assert all(m.endswith(("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"))
                for m in state.modules)  # fmt: skip
@@ -49,7 +50,7 @@ def test_compare_runs_on_a_pixart_pipeline(tmp_path: Path) -> None:
     rows = {(r["method"], r["strength"]): r for r in data["rows"]}
     base, zero = rows[("base", 0.0)], rows[("lora r4", 0.0)]
     assert {k: zero[k] for k in RATES} == {k: base[k] for k in RATES}
-    state, _ = read_adapter(tmp_path / "cmp" / "adapters" / "lora-r4-b4-s0-reg.safetensors",
+    state, _ = read_adapter(tmp_path / "cmp" / "adapters" / "lora-r4-b4-s0-reg-lr1.safetensors",
                             unet=pipe.transformer)  # fmt: skip
     assert state.modules and all(".attn2." in m for m in state.modules)
     assert not getattr(pipe.transformer, "peft_config", None)  # every adapter unloaded

@@ -1,0 +1,78 @@
+"""``safety-lora compare --quick`` on the bundled model, end to end with its worker process,
+and its report.html opened in a real headless Chromium (Debian's, driven by Selenium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("quick") / "cmp"
+    command = [str(Path(sys.executable).with_name("safety-lora")), "compare", "--erase", "red"]
+    command += ["--quick", "--workers", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (out / "logs" / "worker-2.log").is_file()  # the second worker ran
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_quick_run_answers_every_claim(quick: tuple[Path, dict[str, Any]]) -> None:
+    _, data = quick
+    assert [v["verdict"] for v in data["verdicts"]] and all(
+        v["verdict"] in ("supported", "refuted", "no measurable difference")
+        for v in data["verdicts"]
+    )
+    assert len(data["verdicts"]) == 3
+    families = {t["family"] for t in data["training"]}
+    assert families == {"lora", "loha", "lokr"}
+    base = next(r for r in data["rows"] if r["kind"] == "base")
+    assert base["concept_rate"] >= 0.9  # the bundled model draws red when asked
+    lora = next(r for r in data["rows"] if r["method"] == "lora r4" and r["strength"] == 1.0)
+    assert lora["concept_rate"] < base["concept_rate"]  # 50 steps already erase some red
+    assert data["kohya"]["identical"] is True
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+def test_report_html_renders_in_a_browser(quick: tuple[Path, dict[str, Any]]) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    out, data = quick
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"):  # fmt: skip
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={out.parent / 'chromium'}")
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    try:
+        driver.get((out / "report.html").as_uri())
+        first = driver.find_element(By.TAG_NAME, "table")
+        assert first.get_attribute("id") == "verdict"
+        rows = first.find_elements(By.CSS_SELECTOR, "tbody tr")
+        shown = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+        assert shown == [v["verdict"] for v in data["verdicts"]]
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) == 4 + len(data["files"]["grids"])
+        for image in images:  # decoded and laid out: a broken data URI has no natural width
+            width = driver.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth", image
+            )
+            assert width and width > 0, image.get_attribute("alt")
+    finally:
+        driver.quit()
