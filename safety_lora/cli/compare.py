@@ -220,7 +220,7 @@ def compare(
         raise typer.Exit(2) from e
     try:
         data = run(config)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         console.print(f"[red]compare:[/red] {e}")
         raise typer.Exit(1) from e
     console.print(data["reading"])

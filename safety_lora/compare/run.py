@@ -220,6 +220,10 @@ def run(config: CompareConfig, *, pipe: Any | None = None) -> dict[str, Any]:
         with ticker(config.progress, f"compare (worker 1/{workers})", plan.units(mine)) as tick:
             state.advance = tick
             plan.execute(mine, Results())
+    except BaseException:  # interrupted or failed here: the other workers stop too
+        for proc in procs:
+            proc.kill()
+        raise
     finally:
         failures = [_wait(p, config.out, k) for k, p in enumerate(procs, 1)]
     if any(failures):
