@@ -1,11 +1,14 @@
 """Quality and speed of the shipped concept-world model, measured by the analyser.
 
-    python benchmarks/concept_world_quality.py [--model DIR] [--seeds N] [--steps S] [--guidance G]
+    python benchmarks/concept_world_quality.py [--model DIR] [--world 1|2] [--seeds N]
+        [--steps S] [--guidance G]
 
 Prints: colour/shape correctness over >= 200 single-object generations at the shipped
-sampling settings (bars: colour >= 95%, shape >= 90%), per-colour and per-shape confusion
-tables, two-object prompt correctness, seconds per 32x32 image (batch 1), and the analyser's
-own accuracy on generated ground truth.
+sampling settings, per-colour and per-shape confusion tables, two-object prompt correctness
+(per object), seconds per 32x32 image (batch 1), and the analyser's own accuracy on
+generated ground truth. ``--world 2`` adds world 2's sets: colour synonyms, styles (fill
+textures) and styled two-object scenes, with world 2's bars (single colour >= 99%, shape
+>= 97%; two objects >= 90% per object and attribute; style >= 90%; synonyms >= 95%).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from rich.table import Table
 
 from safety_lora.concept_world.analyser import analyse
 from safety_lora.concept_world.evaluate import Generation, accuracy, confusion, evaluate
-from safety_lora.concept_world.world import COLOURS, SHAPES, generate
+from safety_lora.concept_world.world import COLOURS, SHAPES, STYLES, SYNONYMS, generate
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
 
 FULL = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
@@ -33,6 +36,13 @@ TWO = [
     "a green triangle and a yellow circle",
     "a blue square and a red triangle",
     "a yellow square and a green circle",
+]
+SYNONYM_PROMPTS = [f"a {w} {s}" for ws in SYNONYMS.values() for w in ws for s in SHAPES]
+STYLED = [f"a {st} {c} {s}" for st in STYLES for c in ("red", "blue") for s in SHAPES]
+STYLED_TWO = [
+    "a striped red circle and a dotted blue square",
+    "a dotted green triangle and a yellow circle",
+    "a crimson square and a striped azure triangle",
 ]
 
 
@@ -47,14 +57,22 @@ def _confusion_table(results: list[Generation], attribute: str, names: list[str]
     return table
 
 
-def _analyser_accuracy(n: int) -> float:
+def _analyser_accuracy(n: int, world: int) -> float:
     correct = 0
-    for sample in generate(n, seed=2024):
+    for sample in generate(n, seed=2024, version=world):
         seen = sorted(analyse(sample.image).objects, key=lambda o: o.box[0])
-        correct += [(o.colour, o.shape) for o in seen] == [
-            (o.colour, o.shape) for o in sample.scene.objects
+        correct += [(o.colour, o.shape, o.style) for o in seen] == [
+            (o.colour, o.shape, o.style) for o in sample.scene.objects
         ]
     return correct / n
+
+
+def _per_object(results: list[Generation], attribute: str) -> str:
+    """Share of requested objects (not whole images) drawn right in ``attribute``."""
+    counts = confusion(results, attribute)
+    total = sum(counts.values())
+    right = sum(n for (asked, seen), n in counts.items() if asked == seen)
+    return f"{right / total:.1%}" if total else "-"
 
 
 def main() -> None:
@@ -68,6 +86,7 @@ def main() -> None:
         "--guidance", type=float, default=float(CONCEPT_WORLD_DEFAULTS["guidance_scale"])
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--world", type=int, choices=(1, 2), default=1, help="sets to measure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
@@ -82,20 +101,24 @@ def main() -> None:
     single += evaluate(
         pipe, PARTIAL + VARIANTS, seeds=seeds[: max(1, args.seeds * 2 // 3)], **settings
     )
-    two = evaluate(pipe, TWO, seeds=seeds, **settings)
+    sets = {"single object": single, "two objects": evaluate(pipe, TWO, seeds=seeds, **settings)}
+    if args.world == 2:
+        sets["synonyms"] = evaluate(pipe, SYNONYM_PROMPTS, seeds=seeds[:4], **settings)
+        sets["styles"] = evaluate(pipe, STYLED, seeds=seeds[:6], **settings)
+        sets["styled two objects"] = evaluate(pipe, STYLED_TWO, seeds=seeds, **settings)
 
     summary = Table(title=f"concept world quality ({args.model.name}, {settings})")
     summary.add_column("set")
     summary.add_column("generations", justify="right")
-    summary.add_column("colour correct", justify="right")
-    summary.add_column("shape correct", justify="right")
-    for name, results in (("single object", single), ("two objects", two)):
-        summary.add_row(
-            name,
-            str(len(results)),
-            f"{accuracy(results, 'colour'):.1%}",
-            f"{accuracy(results, 'shape'):.1%}",
-        )
+    for attribute in ("colour", "shape", "style"):
+        summary.add_column(f"{attribute} correct", justify="right")
+        summary.add_column("per object", justify="right")
+    for name, results in sets.items():
+        cells = []
+        for attribute in ("colour", "shape", "style"):
+            value = accuracy(results, attribute)
+            cells += [f"{value:.1%}" if value == value else "-", _per_object(results, attribute)]
+        summary.add_row(name, str(len(results)), *cells)
     console.print(summary)
     console.print(_confusion_table(single, "colour", list(COLOURS)))
     console.print(_confusion_table(single, "shape", list(SHAPES)))
@@ -115,7 +138,8 @@ def main() -> None:
         f"median {timings[len(timings) // 2]:.3f}, min {timings[0]:.3f}"
     )
     console.print(
-        f"analyser accuracy on 1000 generated ground-truth images: {_analyser_accuracy(1000):.2%}"
+        f"analyser accuracy on 1000 generated world-{args.world} ground-truth images "
+        f"(every object's colour, shape and style): {_analyser_accuracy(1000, args.world):.2%}"
     )
 
 

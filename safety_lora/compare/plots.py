@@ -61,13 +61,8 @@ def series(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {m: sorted(ps, key=lambda p: p.get("strength", 0.0)) for m, ps in out.items()}
 
 
-def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> None:
-    """Erasure vs preservation: one colour and marker per method, an adapter's strengths
-    joined in order and marked by their value, the Pareto front circled (and joined when it
-    has two points or more)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 6))
-    colours = plt.get_cmap("tab10" if len(series(points)) <= 10 else "tab20")
+def _draw_methods(ax: Any, points: Sequence[dict[str, Any]], colours: Any) -> None:
+    """Every method's points on ``ax``: error bars, an adapter's strengths joined and labelled."""
     for k, (method, mine) in enumerate(series(points).items()):
         xs, ys = [p["erasure"] for p in mine], [p["preservation"] for p in mine]
         style = {"color": colours(k % colours.N), "marker": "osD^v<>ph*"[k % 10]}
@@ -80,10 +75,12 @@ def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) 
             for p in mine:  # the strength next to its point, small, offset from the marker
                 ax.annotate(f"{p['strength']:g}", (p["erasure"], p["preservation"]),
                             xytext=(3, 3), textcoords="offset points", fontsize=6,
-                            color=style["color"])  # fmt: skip
+                            color=style["color"], annotation_clip=True)  # fmt: skip
         else:
             ax.scatter(xs, ys, s=36, alpha=0.9, **style, label=method)
-    best = sorted((points[i] for i in front), key=lambda p: p["erasure"])
+
+
+def _draw_front(ax: Any, best: Sequence[dict[str, Any]]) -> None:
     if best:
         ax.scatter([p["erasure"] for p in best], [p["preservation"] for p in best], s=140,
                    facecolors="none", edgecolors="black", linewidths=1.0,
@@ -92,8 +89,31 @@ def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) 
             ax.plot([p["erasure"] for p in best], [p["preservation"] for p in best], "k--",
                     linewidth=0.8)  # fmt: skip
     ax.axvline(0.95, color="grey", linestyle=":", linewidth=1, label="erasure bar (95%)")
-    ax.set(xlabel="erasure (share of concept prompts without the concept)", ylabel="preservation")
+
+
+#: The zoomed panel shows erasure from here up, where the methods that pass the bar crowd.
+ZOOM_FROM = 0.85
+
+
+def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> None:
+    """Erasure vs preservation: one colour and marker per method, an adapter's strengths
+    joined in order and marked by their value, the Pareto front circled (and joined when it
+    has two points or more). A second panel zooms into erasure >= ``ZOOM_FROM``, where the
+    methods that pass the bar sit close together, so their labels do not overlap."""
+    plt = _pyplot()
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 6), width_ratios=(1, 1))
+    colours = plt.get_cmap("tab10" if len(series(points)) <= 10 else "tab20")
+    best = sorted((points[i] for i in front), key=lambda p: p["erasure"])
+    for axes in (ax, zoom):
+        _draw_methods(axes, points, colours)
+        _draw_front(axes, best)
+        axes.set(xlabel="erasure (share of concept prompts without the concept)",
+                 ylabel="preservation")  # fmt: skip
     ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="Erasure vs preservation")
+    near = [p["preservation"] for p in points if p["erasure"] >= ZOOM_FROM]
+    low = min([v for v in near if v >= 0.6] or [0.6])
+    zoom.set(xlim=(ZOOM_FROM - 0.005, 1.01), ylim=(low - 0.04, 1.01),
+             title=f"Zoom: erasure >= {ZOOM_FROM:g}")  # fmt: skip
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

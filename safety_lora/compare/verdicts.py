@@ -140,6 +140,7 @@ def claims(
         seeds = list(range(stability_seeds))
         reg, none = _units(evaluations, lora, seeds), _units(evaluations, original, seeds)
         if len(reg) == len(none) == len(seeds):
+            on = f"({len(seeds)} seeds, the runs without regularisation have)"
             claim = "PEFT LoRA with regularisation and early stopping is more stable"
             for measure, label in (
                 ("preservation", "preservation"),
@@ -147,7 +148,7 @@ def claims(
             ):
                 add(
                     claim,
-                    f"spread over seeds of {label} at 1.0 (std)",
+                    f"spread over seeds of {label} at 1.0 (std) {on}",
                     lora,
                     original,
                     _spread(reg, measure),
@@ -160,7 +161,7 @@ def claims(
             }
             add(
                 claim,
-                "share of seeds at or under the bar at 1.0",
+                f"share of seeds at or under the bar at 1.0 {on}",
                 lora,
                 original,
                 _share(passed[lora]),
@@ -171,7 +172,7 @@ def claims(
             claim = "the original LoRA without regularisation is less effective"
             add(
                 claim,
-                "concept shown at strength 1.0",
+                f"concept shown at strength 1.0 {on}",
                 lora,
                 original,
                 _scored(reg, "concept_rate"),

@@ -4,6 +4,10 @@ Objects are the saturated pixels (backgrounds are near-grey); colour is the near
 hue of an object's mean colour, shape the best intersection-over-union among a circle, a
 square and an upright triangle fitted to the object's bounding box. Works on blurry model
 outputs too, because the mask threshold adapts to the image's peak saturation.
+
+World 2's attributes: an object's style is read from the brightness pattern inside it (rows
+that alternate: striped; rows and columns: dotted; flat: plain), the background's tint from
+the red-blue balance of the pixels away from every object.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from safety_lora.concept_world.world import COLOURS, SHAPES
 MIN_CHROMA = 40.0
 #: Components smaller than this many pixels are noise, not objects.
 MIN_AREA = 6
+#: Brightness spread (std of value / the object's bright level) above which a fill is textured.
+TEXTURE_CONTRAST = 0.08
+#: How much more of a textured fill's brightness variance lies between rows than between
+#: columns for it to be striped (stripes: about 1 vs 0; dots: about 1/3 each).
+STRIPE_SHARE_GAP = 0.4
+#: Red minus blue (0..255) of the background beyond which it is warm (or, negative, cool).
+TINT_BALANCE = 14.0
 
 _HUES = {
     name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rgb in COLOURS.items()
@@ -36,13 +47,18 @@ class DetectedObject:
     area: int
     box: tuple[int, int, int, int]
     shape_scores: dict[str, float]
+    style: str
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Every object found (largest first); ``colour``/``shape`` are the main object's or None."""
+    """Every object found (largest first); ``colour``/``shape`` are the main object's or None.
+
+    ``background`` is the tint of the pixels away from every object (a key of ``world.TINTS``).
+    """
 
     objects: tuple[DetectedObject, ...]
+    background: str
 
     @property
     def colour(self) -> str | None:
@@ -79,31 +95,72 @@ def _shape_scores(mask: np.ndarray) -> dict[str, float]:
     return {name: scores[name] for name in SHAPES}
 
 
+def _solid(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with a texture's gaps (up to 2 pixels) closed and its holes filled."""
+    padded = np.pad(mask, 2)
+    closed = ndimage.binary_closing(padded, structure=np.ones((3, 3), dtype=bool))
+    return np.asarray(ndimage.binary_fill_holes(closed[2:-2, 2:-2]), dtype=bool)
+
+
+def _style(value: np.ndarray, solid: np.ndarray) -> str:
+    """Plain, striped or dotted, from the brightness ``value`` inside the object's interior."""
+    interior = ndimage.binary_erosion(solid, structure=np.ones((3, 3), dtype=bool))
+    if interior.sum() < MIN_AREA:
+        return "plain"
+    bright = float(np.percentile(value[interior], 90))
+    v = np.where(interior, value / max(bright, 1.0), 0.0)
+    n, mean = float(interior.sum()), float(v[interior].mean())
+    total = float(((v[interior] - mean) ** 2).sum())
+    if np.sqrt(total / n) < TEXTURE_CONTRAST:
+        return "plain"
+
+    def between(axis: int) -> float:
+        counts = interior.sum(axis=axis)
+        lines = counts > 0
+        means = v.sum(axis=axis)[lines] / counts[lines]
+        return float((counts[lines] * (means - mean) ** 2).sum()) / total
+
+    return "striped" if between(1) - between(0) > STRIPE_SHARE_GAP else "dotted"
+
+
+def _tint(rgb: np.ndarray, objects: np.ndarray) -> str:
+    """Warm, cool or grey: the red-blue balance of the pixels 2+ pixels away from objects."""
+    away = ~ndimage.binary_dilation(objects, iterations=2)
+    pixels = rgb[away] if away.any() else rgb.reshape(-1, 3)
+    balance = float(pixels[:, 0].mean() - pixels[:, 2].mean())
+    if balance > TINT_BALANCE:
+        return "warm"
+    return "cool" if balance < -TINT_BALANCE else "grey"
+
+
 def analyse(image: Image.Image) -> Analysis:
     """Find the objects of ``image`` (any size, RGB or convertible) and name their concepts."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
     chroma = rgb.max(axis=2) - rgb.min(axis=2)
+    value = rgb.max(axis=2)
     peak = float(np.percentile(chroma, 99.5))
     if peak < MIN_CHROMA:
-        return Analysis(objects=())
+        return Analysis(objects=(), background=_tint(rgb, np.zeros(chroma.shape, dtype=bool)))
     labels, _ = ndimage.label(chroma >= max(MIN_CHROMA, 0.25 * peak))
     found = []
     for index, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         region = np.where(labels[sl] == index, chroma[sl], 0.0)
-        component = region >= max(MIN_CHROMA, 0.5 * float(region.max()))
-        area = int(component.sum())
+        strong = region >= max(MIN_CHROMA, 0.5 * float(region.max()))
+        area = int(strong.sum())
         if area < MIN_AREA:
             continue
-        rows, cols = np.nonzero(component)
-        component = component[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        solid = _solid(strong)
+        rows, cols = np.nonzero(solid)
+        crop = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        component = solid[crop]
         y0, x0 = sl[0].start + int(rows.min()), sl[1].start + int(cols.min())
-        pixels = rgb[sl][region >= max(MIN_CHROMA, 0.5 * float(region.max()))]
-        colour = _nearest_colour(pixels.mean(axis=0))
+        colour = _nearest_colour(rgb[sl][strong].mean(axis=0))
         scores = _shape_scores(component)
         shape = max(scores, key=lambda k: scores[k])
         box = (x0, y0, x0 + component.shape[1], y0 + component.shape[0])
-        found.append(DetectedObject(colour, shape, area, box, scores))
+        style = _style(value[sl][crop], component)
+        found.append(DetectedObject(colour, shape, area, box, scores, style))
     found.sort(key=lambda o: (-o.area, o.box))
-    return Analysis(objects=tuple(found))
+    return Analysis(objects=tuple(found), background=_tint(rgb, labels > 0))

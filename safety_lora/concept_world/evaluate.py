@@ -25,26 +25,33 @@ if TYPE_CHECKING:
 class Generation:
     """One generated image, what its prompt asked for and what the analyser saw.
 
-    ``colour_correct``/``shape_correct`` are None where the prompt names no colour/shape.
-    For several objects, the largest detected objects are matched left to right.
+    ``seen`` holds (colour, shape, style) per object; ``colour_correct``, ``shape_correct``
+    and ``style_correct`` are None where the prompt names no colour/shape/style. For several
+    objects, the largest detected objects are matched left to right.
     """
 
     prompt: str
     seed: int
     image: Image
     wanted: tuple[ObjectSpec, ...]
-    seen: tuple[tuple[str | None, str | None], ...]
+    seen: tuple[tuple[str | None, str | None, str | None], ...]
     analysis: Analysis
     colour_correct: bool | None
     shape_correct: bool | None
     seconds: float
+    style_correct: bool | None = None
 
 
-def _seen(analysis: Analysis, n: int) -> tuple[tuple[str | None, str | None], ...]:
-    """Colour and shape of the ``n`` largest objects, left to right, padded with None."""
+ATTRIBUTES = ("colour", "shape", "style")
+
+
+def _seen(analysis: Analysis, n: int) -> tuple[tuple[str | None, str | None, str | None], ...]:
+    """Colour, shape and style of the ``n`` largest objects, left to right, padded with None."""
     objects = sorted(analysis.objects[:n], key=lambda o: o.box[0])
-    pairs: list[tuple[str | None, str | None]] = [(o.colour, o.shape) for o in objects]
-    return tuple(pairs + [(None, None)] * (n - len(pairs)))
+    seen: list[tuple[str | None, str | None, str | None]] = [
+        (o.colour, o.shape, o.style) for o in objects
+    ]
+    return tuple(seen + [(None, None, None)] * (n - len(seen)))
 
 
 def _correct(wanted: Sequence[str | None], seen: Sequence[str | None]) -> bool | None:
@@ -59,7 +66,8 @@ def judge(prompt: str, image: Image, *, seed: int = -1, seconds: float = 0.0) ->
     seen = _seen(analysis, max(1, len(wanted)))
     colour = _correct([w.colour for w in wanted], [s[0] for s in seen])
     shape = _correct([w.shape for w in wanted], [s[1] for s in seen])
-    return Generation(prompt, seed, image, wanted, seen, analysis, colour, shape, seconds)
+    style = _correct([w.style for w in wanted], [s[2] for s in seen])
+    return Generation(prompt, seed, image, wanted, seen, analysis, colour, shape, seconds, style)
 
 
 def evaluate(
@@ -98,9 +106,9 @@ def evaluate(
 
 
 def accuracy(results: Sequence[Generation], attribute: str) -> float:
-    """Share of results correct in ``attribute`` ("colour" or "shape") among those that ask."""
-    if attribute not in ("colour", "shape"):
-        raise ValueError(f"accuracy: `attribute` must be 'colour' or 'shape', got {attribute!r}")
+    """Share of results correct in ``attribute`` (one of ``ATTRIBUTES``) among those that ask."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"accuracy: `attribute` must be one of {ATTRIBUTES}, got {attribute!r}")
     verdicts = [getattr(r, f"{attribute}_correct") for r in results]
     judged = [v for v in verdicts if v is not None]
     return sum(judged) / len(judged) if judged else float("nan")
@@ -108,9 +116,9 @@ def accuracy(results: Sequence[Generation], attribute: str) -> float:
 
 def confusion(results: Sequence[Generation], attribute: str) -> Counter[tuple[str, str]]:
     """Counts of (asked, seen) for ``attribute`` over every requested object ("none": no object)."""
-    if attribute not in ("colour", "shape"):
-        raise ValueError(f"confusion: `attribute` must be 'colour' or 'shape', got {attribute!r}")
-    index = 0 if attribute == "colour" else 1
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"confusion: `attribute` must be one of {ATTRIBUTES}, got {attribute!r}")
+    index = ATTRIBUTES.index(attribute)
     counts: Counter[tuple[str, str]] = Counter()
     for r in results:
         for spec, seen in zip(r.wanted, r.seen, strict=False):

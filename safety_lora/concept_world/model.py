@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import string
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from safety_lora.concept_world.world import IMAGE_SIZE, WORDS
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     )
     from transformers import CLIPTextModel, CLIPTokenizer
 
-#: Text positions: longest world caption is 9 tokens with start/end; room for variations.
+#: Text positions: the longest caption is 9 tokens with start/end in world 1, 15 in world 2.
 MAX_TOKENS = 16
 TEXT_DIM = 64
 LATENT_CHANNELS = 4
@@ -43,15 +44,17 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
-def tokenizer_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """BPE vocabulary and merges: every letter (so any text tokenizes) plus each world word.
+def tokenizer_vocab(
+    words: Sequence[str] = WORDS,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """BPE vocabulary and merges: every letter (so any text tokenizes) plus each of ``words``.
 
     Merges are appended word by word, each completing its word given the earlier ones, so
     later merges never split an earlier word: every world word is one token.
     """
     tokens = [BOS, EOS, *string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase)]
     ranks: dict[tuple[str, str], int] = {}
-    for word in WORDS:
+    for word in words:
         symbols = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
         while len(symbols) > 1:
             ranks[(symbols[0], symbols[1])] = len(ranks)
@@ -60,11 +63,11 @@ def tokenizer_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}, list(ranks)
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """The world's CLIP tokenizer (each world word is one token)."""
+def build_tokenizer(words: Sequence[str] = WORDS) -> CLIPTokenizer:
+    """The world's CLIP tokenizer (each of ``words``, world 1's by default, is one token)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = tokenizer_vocab()
+    vocab, merges = tokenizer_vocab(words)
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,

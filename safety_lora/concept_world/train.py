@@ -1,6 +1,7 @@
 """Train the concept-world model on CPU: the VAE first, then UNet + text encoder.
 
-``python -m safety_lora.concept_world.train --out DIR [--steps N] [--seed S] [--resume]``
+``python -m safety_lora.concept_world.train --out DIR [--steps N] [--seed S] [--world V]
+[--resume]``
 
 Fixed seed, rich progress bars, resumable safetensors checkpoints (weights, EMA weights and
 optimizer state; no pickle). Every step draws its batch and noise from a generator seeded by
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from safety_lora.concept_world import model as cw_model
-from safety_lora.concept_world.world import generate
+from safety_lora.concept_world.world import VERSIONS, WORDS, WORDS_2, generate
 
 if TYPE_CHECKING:
     import torch
+    from diffusers import DDPMScheduler
     from rich.progress import Progress
 
 CFG_DROPOUT = 0.1
@@ -123,8 +125,8 @@ def _progress() -> Iterator[Progress]:
         yield progress
 
 
-def _dataset(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    samples = generate(n, seed=seed)
+def _dataset(n: int, seed: int, version: int) -> tuple[np.ndarray, list[str]]:
+    samples = generate(n, seed=seed, version=version)
     images = np.stack([np.asarray(s.image) for s in samples]).transpose(0, 3, 1, 2)
     return images, [s.caption for s in samples]
 
@@ -182,6 +184,39 @@ def encode_latents(vae: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
     return latents * scale
 
 
+def _noise_schedule() -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        **{
+            k: v
+            for k, v in cw_model.build_scheduler().config.items()
+            if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+        }
+    )
+
+
+def denoising_loss(
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    latents: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    schedule: DDPMScheduler | None = None,
+) -> torch.Tensor:
+    """The denoiser's objective on one batch: min-SNR-weighted epsilon MSE at timesteps ``t``."""
+    schedule = schedule or _noise_schedule()
+    alphas = schedule.alphas_cumprod
+    zt = schedule.add_noise(latents, noise, t)
+    pred = unet(zt, t, text_encoder(ids)[0]).sample  # type: ignore[operator]
+    snr = alphas[t] / (1 - alphas[t])
+    weight = snr.clamp(max=MIN_SNR_GAMMA) / snr
+    loss: torch.Tensor = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    return loss
+
+
 def train_denoiser(
     *,
     unet: torch.nn.Module,
@@ -198,15 +233,8 @@ def train_denoiser(
     import copy
 
     import torch
-    from diffusers import DDPMScheduler
 
-    noise_schedule = DDPMScheduler(
-        **{
-            k: v
-            for k, v in cw_model.build_scheduler().config.items()
-            if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
-        }
-    )
+    noise_schedule = _noise_schedule()
     alphas = noise_schedule.alphas_cumprod
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -234,15 +262,13 @@ def train_denoiser(
             cond[torch.rand(64, generator=g) < CFG_DROPOUT] = empty_ids
             noise = torch.randn(z0.shape, generator=g)
             t = torch.randint(0, len(alphas), (64,), generator=g)
-            zt = noise_schedule.add_noise(z0, noise, t)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, None, 1e-3)
-            pred = unet(zt, t, text_encoder(cond)[0]).sample  # type: ignore[operator]
-            snr = alphas[t] / (1 - alphas[t])
-            weight = snr.clamp(max=MIN_SNR_GAMMA) / snr
-            loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+            loss = denoising_loss(
+                unet, text_encoder, z0, cond, noise=noise, t=t, schedule=noise_schedule
+            )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             decay = min(EMA_DECAY, (1 + step) / (10 + step))
@@ -264,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=700)
     parser.add_argument("--samples", type=int, default=30000, help="world samples to train on")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--world", type=int, choices=VERSIONS, default=1, help="concept-world version to draw"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints")
     parser.add_argument("--keep-checkpoints", action="store_true")
@@ -279,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     ckpt_dir = args.out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    images, captions = _dataset(args.samples, args.seed)
+    images, captions = _dataset(args.samples, args.seed, args.world)
 
     vae = cw_model.build_vae()
     train_vae(
@@ -292,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     latents = encode_latents(vae, images)
 
-    tokenizer = cw_model.build_tokenizer()
+    tokenizer = cw_model.build_tokenizer(WORDS if args.world == 1 else WORDS_2)
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         ids: torch.Tensor = tokenizer(

@@ -40,3 +40,24 @@ def test_plain_background_has_no_object() -> None:
         analysis = analyse(Image.new("RGB", (32, 32), (grey, grey, grey)))
         assert analysis.objects == ()
         assert (analysis.colour, analysis.shape) == (None, None)
+
+
+def test_world_2_attributes_on_generated_ground_truth() -> None:
+    """Per attribute >= 99%: colour, shape and style of every object (two-object scenes
+    object by object) and the background's tint."""
+    samples = generate(600, seed=321, version=2)
+    hits = dict.fromkeys(("colour", "shape", "style"), 0)
+    objects = tints = 0
+    for sample in samples:
+        analysis = analyse(sample.image)
+        seen = sorted(analysis.objects, key=lambda o: o.box[0])
+        assert len(seen) == len(sample.scene.objects), sample.caption
+        for got, drawn in zip(seen, sample.scene.objects, strict=True):
+            objects += 1
+            for attribute in hits:
+                hits[attribute] += getattr(got, attribute) == getattr(drawn, attribute)
+        tints += analysis.background == sample.scene.tint
+    assert {k: v / objects >= 0.99 for k, v in hits.items()} == dict.fromkeys(hits, True), hits
+    assert tints / len(samples) >= 0.99
+    styles = {o.style for s in samples for o in s.scene.objects}
+    assert styles == {"plain", "striped", "dotted"}
