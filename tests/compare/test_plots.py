@@ -34,5 +34,6 @@ def test_each_method_has_its_own_colour(tmp_path: Path) -> None:
     tab10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's first three
     assert all(_has(image, colour) for colour in tab10)
     # the full range beside a zoom into erasure >= 0.85, where methods at the bar crowd
-    width, height = Image.open(path).size
+    with Image.open(path) as png:
+        width, height = png.size
     assert width > 1.8 * height

@@ -118,3 +118,20 @@ def test_textures_darken_the_fill_in_its_own_hue() -> None:
 def test_unknown_version_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"`version` must be one of \(1, 2\), got 3"):
         generate(1, seed=0, version=3)
+
+
+def test_judge_checks_the_style_a_prompt_names() -> None:
+    from safety_lora.concept_world.evaluate import accuracy, judge
+
+    def square(style: str) -> object:
+        obj = WorldObject("square", "red", "large", 16.0, 16.0, 9.0, COLOURS["red"], style)
+        return render(Scene((obj,), (120, 120, 120), 0.0))
+
+    striped, plain = square("striped"), square("plain")
+    assert judge("a striped crimson square", striped).style_correct is True
+    assert judge("a striped red square", plain).style_correct is False
+    assert judge("a plain red square", plain).style_correct is True
+    results = [judge("a red square", striped), judge("a dotted red square", striped)]
+    assert results[0].style_correct is None and results[0].colour_correct is True
+    assert accuracy(results, "style") == 0.0
+    assert results[1].seen == (("red", "square", "striped"),)
