@@ -46,6 +46,7 @@ class PromptDecision:
     prompt_sha256: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     unjudged: tuple[Category, ...] = ()
+    policy_sha256: str = ""
 
     @property
     def refused(self) -> bool:
@@ -64,6 +65,7 @@ class PromptDecision:
             "errors": list(self.errors),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "prompt_sha256": self.prompt_sha256,
+            "policy_sha256": self.policy_sha256,
         }
 
 
@@ -74,7 +76,8 @@ class Decision:
     ``unjudged`` lists the categories no image classifier of the policy scores (a verdict
     says nothing about them); ``adapters`` the sha256 of each steering adapter file loaded
     for the generation, ``closed_form`` the cache key of each adapter solved at start-up.
-    ``frame`` is the frame whose verdict is the image's (the worst; 0 for a still).
+    ``frame`` is the frame whose verdict is the image's (the worst; 0 for a still), and
+    ``policy_sha256`` identifies the policy that decided (:meth:`Policy.sha256`).
     """
 
     action: Action
@@ -93,6 +96,7 @@ class Decision:
     adapters: dict[str, str] = field(default_factory=dict)
     closed_form: dict[str, str] = field(default_factory=dict)
     frame: int = 0
+    policy_sha256: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -120,6 +124,7 @@ class Decision:
             "adapters": dict(self.adapters),
             "closed_form": dict(self.closed_form),
             "frame": self.frame,
+            "policy_sha256": self.policy_sha256,
             "prompt": None if self.prompt_decision is None else self.prompt_decision.to_dict(),
         }
 
@@ -127,12 +132,27 @@ class Decision:
 class PolicyEngine:
     """Builds a policy's classifiers once and turns their scores into decisions."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        image_classifiers: Sequence[ImageClassifier] | None = None,
+        prompt_classifiers: Sequence[PromptClassifier] | None = None,
+    ) -> None:
+        """``image_classifiers``/``prompt_classifiers`` replace the ones the policy would build
+        (the same classifiers served elsewhere, e.g. by Ray Serve deployments)."""
         self.policy = policy
-        self.image_classifiers: list[ImageClassifier] = [c.build() for c in policy.classifiers]
-        self.prompt_classifiers: list[PromptClassifier] = [
-            c.build() for c in policy.prompt.classifiers
-        ]
+        self.policy_sha256 = policy.sha256()
+        self.image_classifiers: list[ImageClassifier] = (
+            [c.build() for c in policy.classifiers]
+            if image_classifiers is None
+            else list(image_classifiers)
+        )
+        self.prompt_classifiers: list[PromptClassifier] = (
+            [c.build() for c in policy.prompt.classifiers]
+            if prompt_classifiers is None
+            else list(prompt_classifiers)
+        )
         self.audit_log = AuditLog(policy.audit.path) if policy.audit.path is not None else None
         self.unjudged_images = policy.unjudged_images()
         self.unjudged_prompts = policy.unjudged_prompts()
@@ -181,6 +201,7 @@ class PolicyEngine:
                 prompt_sha256=prompt_sha,
                 timings_ms=timings,
                 unjudged=self.unjudged_prompts,
+                policy_sha256=self.policy_sha256,
             )
 
         if errors:
@@ -247,6 +268,7 @@ class PolicyEngine:
                 unjudged=self.unjudged_images,
                 adapters=dict(adapters or {}),
                 closed_form=dict(closed_form or {}),
+                policy_sha256=self.policy_sha256,
             )
             for _ in range(n)
         ]
@@ -286,6 +308,7 @@ class PolicyEngine:
             "unjudged": self.unjudged_images,
             "adapters": dict(adapters or {}),
             "closed_form": dict(closed_form or {}),
+            "policy_sha256": self.policy_sha256,
         }
         judging: dict[str, Any] = {
             "attempt": attempt,

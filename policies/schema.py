@@ -7,6 +7,7 @@ Load one with :meth:`Policy.from_file` or :meth:`Policy.preset`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 from pathlib import Path
@@ -388,6 +389,12 @@ class Policy(_Strict):
         """Every category no prompt classifier of this policy scores."""
         scored = self.prompt.scored()
         return tuple(c for c in Category if c not in scored)
+
+    def sha256(self) -> str:
+        """The policy's identity: sha256 of its canonical JSON, the audit path left out (where
+        lines are written is not what is decided; replicas write files of their own)."""
+        data = self.model_dump_json(exclude={"audit": {"path"}})
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
     def rule_for(self, category: Category) -> CategoryRule | None:
         """The image rule for ``category``, or None when the policy does not act on it."""

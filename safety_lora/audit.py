@@ -23,7 +23,15 @@ from filelock import FileLock
 if TYPE_CHECKING:
     from safety_lora.policies.engine import Decision, PromptDecision
 
-__all__ = ["AuditLog", "image_records", "prompt_record", "prompt_sha256", "read_audit_log"]
+__all__ = [
+    "AuditLog",
+    "image_records",
+    "merge_audit_logs",
+    "prompt_record",
+    "prompt_sha256",
+    "read_audit_log",
+    "replica_audit_path",
+]
 
 
 class AuditLog:
@@ -107,3 +115,27 @@ def read_audit_log(path: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not a JSON line: {e}") from e
     return records
+
+
+def replica_audit_path(path: Path, replica: str) -> Path:
+    """``audit.jsonl`` -> ``audit.<replica>.jsonl``: one file per replica or worker, so no
+    lock is shared across machines (:func:`merge_audit_logs` joins them)."""
+    return path.with_name(f"{path.stem}.{replica}{path.suffix}")
+
+
+def merge_audit_logs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every line of ``paths`` (one file per replica) in time order; equal times keep their
+    files' order. A line without a parseable ``time`` raises ``ValueError`` naming it."""
+    keyed = []
+    for index, path in enumerate(paths):
+        for number, record in enumerate(read_audit_log(path), start=1):
+            text = record.get("time") if isinstance(record, dict) else None
+            try:
+                when = datetime.fromisoformat(str(text))
+            except ValueError as e:
+                raise ValueError(f"{path}:{number}: no ISO 8601 'time' (got {text!r})") from e
+            if when.tzinfo is None:
+                raise ValueError(f"{path}:{number}: time {record['time']!r} has no time zone")
+            keyed.append((when, index, number, record))
+    keyed.sort(key=lambda k: k[:3])
+    return [record for *_, record in keyed]

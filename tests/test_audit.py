@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 
 from PIL import Image
+from typer.testing import CliRunner
 
 from safety_lora.audit import AuditLog, read_audit_log
+from safety_lora.cli import app
 from safety_lora.policies import Policy, PolicyEngine
 
 WRITER = """
@@ -91,3 +93,24 @@ def test_prompt_text_only_when_the_policy_opts_in(tmp_path: Path) -> None:
     engine = PolicyEngine(policy)
     engine.record(engine.judge([Image.new("RGB", (8, 8))]), prompt="a red kite")
     assert read_audit_log(tmp_path / "a.jsonl")[0]["prompt_text"] == "a red kite"
+
+
+def test_replicas_files_merge_in_time_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "audit.ingress-1.jsonl", tmp_path / "audit.generator-2.jsonl"
+    a.write_text(
+        '{"time": "2026-01-01T10:00:00+00:00", "n": 1}\n'
+        '{"time": "2026-01-01T10:00:02+00:00", "n": 3}\n',
+        encoding="utf-8",
+    )
+    # another replica, another zone: 10:00:01 UTC sorts between the two
+    b.write_text('{"time": "2026-01-01T11:00:01+01:00", "n": 2}\n', encoding="utf-8")
+    out = tmp_path / "merged" / "audit.jsonl"
+    result = CliRunner().invoke(app, ["audit", "merge", str(a), str(b), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [r["n"] for r in read_audit_log(out)] == [1, 2, 3]
+    assert "3 lines from 2 files" in result.output
+    b.write_text('{"n": 4}\n', encoding="utf-8")
+    bad = CliRunner().invoke(app, ["audit", "merge", str(a), str(b), "--out", str(out)])
+    assert bad.exit_code == 2 and "audit.generator-2.jsonl:1: no ISO 8601 'time'" in bad.output
+    same = CliRunner().invoke(app, ["audit", "merge", str(a), "--out", str(a)])
+    assert same.exit_code == 2 and "is one of the inputs" in same.output

@@ -9,6 +9,7 @@ import typer
 from safety_lora.cli import (
     adapters,
     attack,
+    audit,
     compare,
     demo,
     erase,
@@ -27,7 +28,19 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-for module in (adapters, attack, compare, demo, erase, generate, moderate, policy, serve, train):
+for module in (
+    adapters,
+    attack,
+    audit,
+    compare,
+    demo,
+    erase,
+    generate,
+    moderate,
+    policy,
+    serve,
+    train,
+):
     module.register(app)
 
 

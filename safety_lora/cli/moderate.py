@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,11 +86,32 @@ def moderate(
         Path | None, typer.Option("--prompts", help="CSV file with a 'prompt' column.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Batch job on Ray Data (the ray extra): PATH is a folder of images or a "
+            ".parquet/.csv of prompts; results go to --out; resumable.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With --ray: the results (.parquet).")
+    ] = None,
+    actors: Annotated[
+        int, typer.Option(min=1, help="With --ray: judge actors (each holds the classifiers).")
+    ] = 2,
+    address: Annotated[
+        str | None, typer.Option(help="With --ray: a running cluster to join (auto, ray://...).")
+    ] = None,
 ) -> None:
     """Judge images and prompts; exit status 1 when anything is not allowed (or unreadable)."""
     console = Console(stderr=as_json)
     try:
-        guard = SafetyGuard(Policy.load(policy))
+        loaded = Policy.load(policy)
+        if ray:
+            _moderate_on_ray(list(paths or []), loaded, out, actors=actors, address=address)
+            return
+        guard = SafetyGuard(loaded)
     except (PolicyError, ImportError, ValueError) as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
@@ -156,6 +178,50 @@ def moderate(
             )
         console.print(table)
     if bad:
+        raise typer.Exit(code=1)
+
+
+def _moderate_on_ray(
+    paths: list[Path], policy: Policy, out: Path | None, *, actors: int, address: str | None
+) -> None:
+    """``moderate --ray``: one source to a Parquet table; exit 1 when anything is flagged."""
+    if len(paths) != 1 or out is None:
+        raise typer.BadParameter("--ray takes one PATH (folder, .parquet or .csv) and --out FILE")
+    if out.suffix.lower() != ".parquet":
+        raise typer.BadParameter(f"--out {out}: write a .parquet file", param_hint="--out")
+    try:
+        import ray
+
+        from safety_lora.ray_moderation import moderate_dataset
+    except ModuleNotFoundError as e:
+        raise ImportError(
+            f'--ray needs the ray extra: pip install "safety-lora[ray]" ({e.name} is missing)'
+        ) from e
+    console = Console(stderr=True)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar, not Ray's plan lines
+    ray.init(
+        address=address,
+        include_dashboard=False if address is None else None,
+        logging_level=logging.WARNING,
+    )
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("moderating", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            counts = moderate_dataset(paths[0], out, policy, actors=actors, on_progress=advance)
+    finally:
+        ray.shutdown()
+    console.print(f"policy {policy.name!r}: {sum(counts.values())} rows -> {out}")
+    table = Table()
+    table.add_column("action")
+    table.add_column("rows", justify="right")
+    for action, n in sorted(counts.items()):
+        table.add_row(action, str(n))
+    console.print(table)
+    if set(counts) - {"allow"}:
         raise typer.Exit(code=1)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -45,6 +45,14 @@ def serve(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Settings file (YAML/JSON).")
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Serve on Ray Serve (the ray extra): same routes, scaled out."),
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --ray: a running cluster to join (auto, ray://HOST:10001)."),
+    ] = None,
 ) -> None:
     """Serve generation and moderation over HTTP; without API keys only on loopback."""
     if ctx.invoked_subcommand is not None:
@@ -58,19 +66,58 @@ def serve(
         "audit_path": audit_log,
         "generation": False if no_generation else None,
     }
+    if address is not None and not ray:
+        _fail("--address joins a Ray cluster: give --ray too")
     try:
-        if config is not None:
-            settings = ServiceSettings.from_file(config, **overrides)
+        settings = _settings(config, overrides)
+        if ray:
+            try:
+                from safety_lora.service.ray_app import serve_on_ray
+            except ModuleNotFoundError as e:
+                hint = 'pip install "safety-lora[ray]"'
+                raise ImportError(f"--ray needs the ray extra: {hint} ({e.name} is missing)") from e
+            serve_on_ray(settings, address=address)
         else:
-            settings = ServiceSettings.from_dict(
-                {k: v for k, v in overrides.items() if v is not None}
-            )
-        from safety_lora.service import serve as run
+            from safety_lora.service import serve as run
 
-        run(settings)
+            run(settings)
     except (ValueError, PolicyError, ImportError, RuntimeError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(code=2) from e
+        _fail(str(e))
+
+
+def _settings(config: Path | None, overrides: dict[str, Any]) -> ServiceSettings:
+    if config is not None:
+        return ServiceSettings.from_file(config, **overrides)
+    return ServiceSettings.from_dict({k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@serve_app.command("ray-config")
+def ray_config(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Serve config file to write (YAML).")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Settings file (YAML/JSON).")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", "-p", help="Policy file or preset name.")
+    ] = None,
+) -> None:
+    """Write the Ray Serve config a cluster deploys (serve deploy FILE)."""
+    import yaml
+
+    try:
+        settings = _settings(config, {"policy": policy})
+        from safety_lora.service.ray_settings import serve_config
+
+        text = yaml.safe_dump(serve_config(settings), sort_keys=False)
+    except (ValueError, PolicyError) as e:
+        _fail(str(e))
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}: deploy it with `serve deploy {out}`")
 
 
 @serve_app.command("hash-key")
@@ -88,8 +135,7 @@ def hash_key(
     try:
         typer.echo(f"hash: {hash_api_key(key)}" if new else hash_api_key(key))
     except ValueError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(code=2) from e
+        _fail(str(e))
 
 
 def register(app: typer.Typer) -> None:

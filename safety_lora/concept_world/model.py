@@ -116,8 +116,11 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet() -> UNet2DConditionModel:
-    """A two-level UNet: convolutions at 16x16, cross-attention at 8x8 (down, mid, up)."""
+def build_unet(world: int = 1) -> UNet2DConditionModel:
+    """A two-level UNet: convolutions at 16x16, cross-attention at 8x8 (down, mid, up).
+
+    World 2 (two objects bound to their words, styles, synonyms) gets two layers per block.
+    """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -127,7 +130,7 @@ def build_unet() -> UNet2DConditionModel:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64),
-        layers_per_block=1,
+        layers_per_block=1 if world == 1 else 2,
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=8,
         norm_num_groups=16,

@@ -37,6 +37,12 @@ CFG_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.998
 CHECKPOINT_EVERY = 100
+#: Step and sample budgets per world version (the shipped models were trained with these).
+WORLD_DEFAULTS = {
+    "steps": {1: 2500, 2: 4000},
+    "vae_steps": {1: 700, 2: 1500},
+    "samples": {1: 30000, 2: 60000},
+}
 
 
 def _generator(seed: int, stage: int, step: int) -> torch.Generator:
@@ -286,9 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     """Parse arguments, train both stages, save the pipeline folder to ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m safety_lora.concept_world.train")
     parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
-    parser.add_argument("--steps", type=int, default=2500, help="UNet + text encoder steps")
-    parser.add_argument("--vae-steps", type=int, default=700)
-    parser.add_argument("--samples", type=int, default=30000, help="world samples to train on")
+    parser.add_argument(
+        "--steps", type=int, help="UNet + text encoder steps (default: world 1 2500, world 2 4000)"
+    )
+    parser.add_argument("--vae-steps", type=int, help="default: world 1 700, world 2 1500")
+    parser.add_argument(
+        "--samples", type=int, help="world samples to train on (default: 30000, world 2 60000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--world", type=int, choices=VERSIONS, default=1, help="concept-world version to draw"
@@ -297,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints")
     parser.add_argument("--keep-checkpoints", action="store_true")
     args = parser.parse_args(argv)
+    for name, defaults in WORLD_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[args.world])
     for name in ("steps", "vae_steps", "samples", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -333,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         ).input_ids
         return ids
 
-    unet = cw_model.build_unet()
+    unet = cw_model.build_unet(args.world)
     text_encoder = cw_model.build_text_encoder(vocab_size=len(tokenizer))
     ema_unet, ema_text = train_denoiser(
         unet=unet,

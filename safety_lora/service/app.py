@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -27,11 +26,17 @@ from safety_lora.image_codec import (
     decode_image,
     encode_image,
 )
-from safety_lora.policies.engine import Decision, PromptDecision
+from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision
 from safety_lora.policies.schema import Policy
 from safety_lora.service.cancel import Cancellation, Cancelled
-from safety_lora.service.fifo import FifoLock
 from safety_lora.service.gate import Admission, Gate
+from safety_lora.service.generator import (
+    Generated,
+    GenerationCall,
+    Generator,
+    Limits,
+    LocalGenerator,
+)
 from safety_lora.service.metrics import ServiceMetrics
 from safety_lora.service.openai_moderation import (
     ImagePart,
@@ -125,42 +130,43 @@ class ModerationResponse(BaseModel):
 
 
 class _Service:
-    """What every request shares: the guard, the one loaded model and its lock, metrics."""
+    """What every request shares: the guard, the generator, admission, metrics, drain state."""
 
-    def __init__(self, settings: ServiceSettings, pipeline: Any | None) -> None:
-        policy = Policy.load(settings.policy)
-        if settings.audit_path is not None:
-            audit = policy.audit.model_copy(update={"path": settings.audit_path.resolve()})
-            policy = policy.model_copy(update={"audit": audit})
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        pipeline: Any | None,
+        *,
+        engine: PolicyEngine | None = None,
+        generator: Generator | None = None,
+    ) -> None:
+        if engine is None:
+            policy = Policy.load(settings.policy)
+            if settings.audit_path is not None:
+                audit = policy.audit.model_copy(update={"path": settings.audit_path.resolve()})
+                policy = policy.model_copy(update={"audit": audit})
+            engine = PolicyEngine(policy)
         self.settings = settings
-        self.guard = SafetyGuard(policy)
+        self.guard = SafetyGuard(engine.policy, engine=engine)
+        self.generator = generator or LocalGenerator(settings, engine, pipeline)
         self.metrics = ServiceMetrics()
         self.admission = Admission(settings.max_concurrency, settings.queue_size)
-        self._pipeline = pipeline
-        self.safe: Any = None  # SafePipeline once loaded
-        self.defaults: dict[str, Any] = {}  # the model's own sampling defaults
-        self.native: tuple[int, int] = (0, 0)  # the model's own image size
-        self.max_steps = settings.max_steps
-        self.lock = FifoLock()  # one model, handed to waiting requests in arrival order
+        self.limits: Limits | None = None  # once the model is loaded
         self.draining = False
         self._jobs: set[Cancellation] = set()
         self._jobs_lock = threading.Lock()
 
     def load(self) -> None:
-        """Load the model once (at startup) and wrap it in a SafePipeline sharing our engine."""
-        from safety_lora.pipeline import SafePipeline
+        """Load the model once (at startup)."""
+        self.limits = self.generator.load()
 
-        if self._pipeline is not None:
-            pipe = self._pipeline
-        else:
-            pipe, self.defaults = _load_model(self.settings)
-        side = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
-        self.native = (side, side)
-        # Schedulers index their training timesteps: past half of them some (DDIM with an
-        # offset) run off the end, so the model's own limit is half its schedule.
-        train = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000) or 1000)
-        self.max_steps = min(self.settings.max_steps, max(1, train // 2))
-        self.safe = SafePipeline(pipe, self.guard.policy, engine=self.guard.engine)
+    @property
+    def native(self) -> tuple[int, int]:
+        return self.limits.native if self.limits is not None else (0, 0)
+
+    @property
+    def max_steps(self) -> int:
+        return self.limits.max_steps if self.limits is not None else self.settings.max_steps
 
     @property
     def max_pixels(self) -> int:
@@ -176,8 +182,7 @@ class _Service:
                 job.shorten(grace, "shutdown", "the server is shutting down")
 
     def close(self) -> None:
-        if self.safe is not None:
-            self.safe.close()
+        self.generator.close()
 
     def generate(
         self,
@@ -186,35 +191,14 @@ class _Service:
         pd: PromptDecision,
         request_id: str,
         job: Cancellation,
-    ) -> Any:
+    ) -> Generated:
         """One generation of an admitted prompt (``pd``: its decision, made once), stopped at
         its next step once ``job`` is cancelled or late."""
-        kwargs: dict[str, Any] = {
-            **self.defaults,
-            "num_images_per_prompt": body.n,
-            "output_type": "pil",
-            "callback_on_step_end": job,
-        }
-        if size is not None:
-            kwargs["width"], kwargs["height"] = size
-        if body.seed is not None:
-            kwargs["generator"] = torch.Generator().manual_seed(body.seed)
-        if body.num_inference_steps is not None:
-            kwargs["num_inference_steps"] = body.num_inference_steps
+        call = GenerationCall(n=body.n, size=size, steps=body.num_inference_steps, seed=body.seed)
         with self._jobs_lock:
             self._jobs.add(job)
         try:
-            # One model, one generation at a time; waiting for it counts toward the deadline.
-            if not self.lock.acquire(timeout=job.remaining()):
-                job.check()
-                raise Cancelled("deadline", "the model stayed busy past the request's deadline")
-            try:
-                job.check()
-                return self.safe(
-                    body.prompt, safety_request_id=request_id, safety_prompt_checks=[pd], **kwargs
-                )
-            finally:
-                self.lock.release()
+            return self.generator.generate(body.prompt, call, pd, request_id, job)
         finally:
             with self._jobs_lock:
                 self._jobs.discard(job)
@@ -224,29 +208,24 @@ class _Service:
             self.metrics.decisions.labels(kind=kind, action=action).inc()
 
 
-def _load_model(settings: ServiceSettings) -> tuple[Any, dict[str, Any]]:
-    """The diffusers pipeline to serve and its default call arguments."""
-    if settings.model is not None:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(settings.model)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe, {}
-    from safety_lora.models import embedded_default
-
-    try:
-        return embedded_default()
-    except FileNotFoundError as e:
-        raise RuntimeError(f"{e}; pass --model PATH (a diffusers pipeline folder)") from e
-
-
 # -- the app ----------------------------------------------------------------------------------
 
 
-def create_app(settings: ServiceSettings, *, pipeline: Any | None = None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings,
+    *,
+    pipeline: Any | None = None,
+    engine: PolicyEngine | None = None,
+    generator: Generator | None = None,
+) -> FastAPI:
     """The service for ``settings``; ``pipeline`` serves a ready diffusers pipeline instead of
-    loading ``settings.model`` (embedding, tests). The model loads once, at startup."""
-    service = _Service(settings, pipeline)
+    loading ``settings.model`` (embedding, tests). The model loads once, at startup.
+
+    ``engine`` and ``generator`` replace the policy engine and the in-process model (the Ray
+    Serve ingress: remote classifiers, a generator deployment); routes, auth, limits and
+    metrics stay the same.
+    """
+    service = _Service(settings, pipeline, engine=engine, generator=generator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -328,7 +307,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
             try:
                 out = await run_in_threadpool(service.generate, body, size, pd, request_id, job)
             except Cancelled as e:
-                status = 503 if e.reason == "shutdown" else 504
+                status = 503 if e.reason in ("shutdown", "reload") else 504
                 raise ServiceError(status, f"generation_{e.reason}", str(e)) from e
             finally:
                 watcher.cancel()
@@ -451,7 +430,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness and load: model state, requests in flight and queued."""
-        model = "loaded" if service.safe is not None else "disabled"
+        model = "loaded" if service.limits is not None else "disabled"
         return {
             "status": "ok",
             "policy": guard.policy.name,

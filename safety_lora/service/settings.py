@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from safety_lora.image_codec import DEFAULT_MAX_PIXELS
 from safety_lora.policies.schema import PRESETS, format_validation_error
+from safety_lora.service.ray_settings import RaySettings
 from safety_lora.textfiles import load_mapping, read_text
 
 __all__ = ["ServiceSettings", "hash_api_key", "is_loopback"]
@@ -76,6 +77,10 @@ class ServiceSettings(BaseModel):
         default=30,
         ge=1,
         description="on SIGTERM: in-flight work may finish this long, then stops at its next step",
+    )
+
+    ray: RaySettings = Field(
+        default_factory=RaySettings, description="the layout on Ray Serve (serve --ray)"
     )
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ def test_a_short_run_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -> None
 
     def fresh() -> tuple[torch.nn.Module, torch.nn.Module]:
         torch.manual_seed(0)
-        return cw_model.build_unet(), cw_model.build_text_encoder(vocab_size=len(tokenizer))
+        return cw_model.build_unet(2), cw_model.build_text_encoder(vocab_size=len(tokenizer))
 
     g = torch.Generator().manual_seed(99)
     noise = torch.randn(latents.shape, generator=g)
