@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 from pathlib import Path
 
 from PIL import Image
@@ -41,3 +42,10 @@ def b64(data: bytes) -> str:
 
 def unb64_image(text: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _service_helpers import policy_yaml
+from _service_helpers import free_port, policy_yaml
 
 from safety_lora.service import BackgroundServer, ServiceSettings, create_app
 from safety_lora.testing import tiny_pipeline
@@ -130,14 +129,8 @@ def test_new_work_is_refused_while_draining(tmp_path: Path) -> None:
     assert answer.json()["error"]["code"] == "generation_shutdown"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sigterm_drains_a_real_server_and_exits_in_bounded_time(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "serve.yaml"
     policy = policy_yaml(tmp_path / "policy.yaml", sexual=0.0)
     config.write_text(

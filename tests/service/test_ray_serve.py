@@ -5,7 +5,6 @@ files per replica merged in time order."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 import ray
 import yaml
-from _service_helpers import REFUSED_WORD, b64, png, policy_yaml
+from _service_helpers import REFUSED_WORD, b64, free_port, png, policy_yaml
 from ray import serve
 from typer.testing import CliRunner
 
@@ -32,12 +31,6 @@ KEY = "ray-test-key"
 APP = "safety-lora"
 #: What differs between two runs or servers: ids, times, and the audit file (one per replica).
 VOLATILE = {"request_id", "timings_ms", "id", "created", "time", "path"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settings(root: Path, *, sexual: float, name: str) -> ServiceSettings:
@@ -67,7 +60,7 @@ def ray_url(root: Path) -> Iterator[str]:
         include_dashboard=False,
         log_to_driver=False,
     )
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # deployed the way a cluster deploys it: the Serve config's application builder and args
     (app,) = serve_config(_settings(root, sexual=0.9, name="first"))["applications"]
