@@ -9,6 +9,7 @@ import base64
 import binascii
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,6 +22,7 @@ __all__ = [
     "decode_b64_image",
     "decode_image",
     "encode_image",
+    "open_image_file",
 ]
 
 #: 4096 x 4096: far above any generation size, far below a decompression bomb.
@@ -96,3 +98,11 @@ def encode_image(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     to_rgb(image)[0].save(buffer, format=fmt)  # any mode converted right (16-bit, alpha...)
     return buffer.getvalue()
+
+
+def open_image_file(path: Path) -> Image.Image:
+    """The image in ``path``, known by content, its first frame decoded (later ones on
+    judging); PIL's errors propagate for the caller to report per file."""
+    image = Image.open(io.BytesIO(path.read_bytes()))
+    image.load()
+    return image

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from safety_lora.audit import replica_audit_path
+from safety_lora.image_codec import open_image_file
 from safety_lora.policies.schema import Policy
 
 __all__ = ["COLUMNS", "list_inputs", "moderate_dataset"]
@@ -95,7 +96,7 @@ class _Judge:
                 decision, scores = pd.to_dict(), pd.to_dict()["risk"]
                 action, flagged = pd.action.value, pd.refused
             else:
-                (judged,) = self.guard.review([_open_image(Path(item))])
+                (judged,) = self.guard.review([open_image_file(Path(item))])
                 decision, scores = judged.to_dict(), judged.to_dict()["scores"]
                 action, flagged = judged.action.value, judged.flagged
         except Exception as e:  # a bad input is a row, never a crashed job
@@ -111,14 +112,6 @@ class _Judge:
             "decision": json.dumps(decision, sort_keys=True),
             "error": "",
         }
-
-
-def _open_image(path: Path) -> Any:
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(path.read_bytes()))
-    image.load()
-    return image
 
 
 def _parts_dir(out: Path) -> Path:

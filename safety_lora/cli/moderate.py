@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from safety_lora.guard import SafetyGuard
+from safety_lora.image_codec import open_image_file
 from safety_lora.policies.schema import Policy, PolicyError
 from safety_lora.taxonomy import Action, PromptAction
 from safety_lora.textfiles import TextFileError, read_text
@@ -58,13 +59,6 @@ def read_prompts_csv(path: Path) -> list[str]:
         return prompts
     except csv.Error as e:
         raise typer.BadParameter(f"{path}: line {line}: {e}", param_hint="--prompts") from e
-
-
-def _open_image(path: Path) -> Image.Image:
-    """The image in ``path``, by content, its first frame decoded (later ones on judging)."""
-    image = Image.open(io.BytesIO(path.read_bytes()))
-    image.load()
-    return image
 
 
 def _top(scores: dict[str, float], k: int = 3) -> str:
@@ -131,7 +125,7 @@ def moderate(
             batch_paths, images = [], []
             for path in files[start : start + BATCH]:
                 try:
-                    images.append(_open_image(path))
+                    images.append(open_image_file(path))
                     batch_paths.append(path)
                 except (
                     UnidentifiedImageError,

@@ -27,7 +27,6 @@ from safety_lora.image_codec import (
     encode_image,
 )
 from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision
-from safety_lora.policies.schema import Policy
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.gate import Admission, Gate
 from safety_lora.service.generator import (
@@ -141,11 +140,7 @@ class _Service:
         generator: Generator | None = None,
     ) -> None:
         if engine is None:
-            policy = Policy.load(settings.policy)
-            if settings.audit_path is not None:
-                audit = policy.audit.model_copy(update={"path": settings.audit_path.resolve()})
-                policy = policy.model_copy(update={"audit": audit})
-            engine = PolicyEngine(policy)
+            engine = PolicyEngine(settings.load_policy())
         self.settings = settings
         self.guard = SafetyGuard(engine.policy, engine=engine)
         self.generator = generator or LocalGenerator(settings, engine, pipeline)

@@ -331,16 +331,6 @@ Ingress: Any = serve.deployment(name="Ingress")(serve.ingress()(IngressReplica))
 # -- building the application ------------------------------------------------------------------
 
 
-def _policy_data(settings: ServiceSettings) -> dict[str, Any]:
-    """The policy, validated here and sent as JSON (the audit path: the settings' if set)."""
-    policy = Policy.load(settings.policy)
-    if settings.audit_path is not None:
-        audit = policy.audit.model_copy(update={"path": settings.audit_path.resolve()})
-        policy = policy.model_copy(update={"audit": audit})
-    data: dict[str, Any] = policy.model_dump(mode="json")
-    return data
-
-
 def build_app(settings: ServiceSettings, *, cluster_gpus: float | None = None) -> Any:
     """The Serve application for ``settings`` (``serve.run`` it, or deploy its config).
 
@@ -352,7 +342,7 @@ def build_app(settings: ServiceSettings, *, cluster_gpus: float | None = None) -
         resources = ray.cluster_resources() if ray.is_initialized() else {}  # type: ignore[no-untyped-call]
         cluster_gpus = float(resources.get("GPU", 0))
     ray_settings = settings.ray
-    policy = _policy_data(settings)
+    policy: dict[str, Any] = settings.load_policy().model_dump(mode="json")
     data = settings.model_dump(mode="json")
     judge = Judge.options(**ray_settings.judge.options(cluster_gpus)).bind(
         policy, ray_settings.judge.max_batch_size, ray_settings.judge.batch_wait_timeout_s

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safety_lora.image_codec import DEFAULT_MAX_PIXELS
-from safety_lora.policies.schema import PRESETS, format_validation_error
+from safety_lora.policies.schema import PRESETS, Policy, format_validation_error
 from safety_lora.service.ray_settings import RaySettings
 from safety_lora.textfiles import load_mapping, read_text
 
@@ -92,6 +92,15 @@ class ServiceSettings(BaseModel):
                 f"(safety-lora serve hash-key) or bind 127.0.0.1"
             )
         return self
+
+    def load_policy(self) -> Policy:
+        """The policy to enforce: ``policy`` loaded, its audit path replaced by
+        ``audit_path`` when set."""
+        policy = Policy.load(self.policy)
+        if self.audit_path is None:
+            return policy
+        audit = policy.audit.model_copy(update={"path": self.audit_path.resolve()})
+        return policy.model_copy(update={"audit": audit})
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> ServiceSettings:
