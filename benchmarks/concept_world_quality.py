@@ -75,6 +75,17 @@ def _per_object(results: list[Generation], attribute: str) -> str:
     return f"{right / total:.1%}" if total else "-"
 
 
+def _in_caption_order(results: list[Generation]) -> str:
+    """Share of multi-object images drawn whole in the order named (first on the left),
+    the world's convention, which the per-object scores do not require."""
+    right = 0
+    for r in results:
+        objects = sorted(r.analysis.objects[: len(r.wanted)], key=lambda o: o.box[0])
+        seen = [(o.colour, o.shape) for o in objects]
+        right += seen == [(w.colour, w.shape) for w in r.wanted]
+    return f"{right / len(results):.1%}" if results else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=CONCEPT_WORLD_DIR)
@@ -120,6 +131,12 @@ def main() -> None:
             cells += [f"{value:.1%}" if value == value else "-", _per_object(results, attribute)]
         summary.add_row(name, str(len(results)), *cells)
     console.print(summary)
+    for name in ("two objects", "styled two objects"):
+        if name in sets:
+            console.print(
+                f"{name}: whole image in caption order (first named on the left): "
+                f"{_in_caption_order(sets[name])}"
+            )
     console.print(_confusion_table(single, "colour", list(COLOURS)))
     console.print(_confusion_table(single, "shape", list(SHAPES)))
     failures = Counter(

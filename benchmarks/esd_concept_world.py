@@ -1,17 +1,21 @@
-"""ESD concept erasure on the concept world: LoRA vs LoHa vs LoKr, a colour and a shape.
+"""ESD concept erasure on the concept world: LoRA vs LoHa vs LoKr; a colour, a shape, a style.
 
     python benchmarks/esd_concept_world.py [--model DIR] [--seeds N] [--kinds lora,loha,lokr]
-        [--concepts colour,shape] [--steps N] [--json FILE] [--ship]
+        [--concepts colour,shape,style] [--steps N] [--json FILE] [--ship]
 
 Trains one anchored ESD-x adapter per (concept, adapter kind) on the shipped concept-world
-model: the colour ``red`` ("a red square" -> "a square") and, separately, the shape
-``triangle`` ("a red triangle" -> "a red shape"), with the other colours/shapes as retain
-prompts. For every adapter, at strengths 0 (the base model), 0.25, 0.5, 1.0 and 1.5, it
-prints the erased concept's rate on prompts asking for it (bar: <= 5% at 1.0), the other
-attribute on those prompts (shape kept >= 85% when a colour is erased), and accuracy on
-prompts for the other colours/shapes (bar: within 3 points of the base), with a column
-saying whether the row at strength 1.0 meets all three; then trainable parameters, file
-size, seconds per step and total training time per adapter kind.
+model: the colour ``red`` ("a red square" -> "a square"), the shape ``triangle`` ("a red
+triangle" -> "a red shape") and the style ``striped`` ("a striped red circle" -> "a red
+circle"), with the other colours/shapes/styles as retain prompts
+(:func:`safety_lora.concept_world.tasks.erasure_task`). For every adapter, at strengths 0
+(the base model), 0.25, 0.5, 1.0 and 1.5, it prints the erased concept's rate on prompts
+asking for it (bar: <= 5% at 1.0), the other attributes on those prompts (kept >= 85%), and
+accuracy on prompts for the other concepts (bar: within 3 points of the base), with a column
+saying whether the row at strength 1.0 meets all three; world 2's probes beside them: the
+*paraphrase rate* (trained on "red" only, how often "crimson"/"scarlet" prompts still show
+red; "pointed" for the triangle) and *neighbour kept* (on "a red circle and a blue square",
+the share whose blue square is drawn as asked). Then trainable parameters, file size,
+seconds per step and total training time per adapter kind.
 ``--ship`` copies the colour LoRA to ``safety_lora/models/adapters/`` and prints its sha256.
 """
 
@@ -22,7 +26,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,14 @@ from rich.table import Table
 
 from safety_lora.adapters import load_adapter
 from safety_lora.compare.metrics import BAR
-from safety_lora.concept_world.evaluate import Generation, evaluate
-from safety_lora.concept_world.tasks import erasure_task
+from safety_lora.concept_world.tasks import ErasureTask, erasure_scores, erasure_task
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
 from safety_lora.training import Erasure, TrainConfig, TrainResult, train_adapter
 
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
+#: The erasures measured, by ``--concepts`` key.
+CONCEPTS = {"colour": "red", "shape": "triangle", "style": "striped"}
+
 SHIPPED = Path(__file__).resolve().parents[1] / "safety_lora/models/adapters"
 #: Rank, learning rate, steps and retain weight per adapter kind. LoKr's Kronecker factors of
 #: these small layers (8x8 (x) 8x8, 2k parameters in all) fit the objective more slowly: a
@@ -45,74 +50,24 @@ SHIPPED = Path(__file__).resolve().parents[1] / "safety_lora/models/adapters"
 #: half-trained model). Its factors are shared across the whole weight, so one step moves
 #: unrelated prompts more: twice the retain weight (erasing triangle, 32 seeds, other shapes
 #: went from 97.3% at weight 1 to 99.6%, the base's rate, with triangle 1.6% both times).
+#: LoRA's rate is 4e-3 since the world-2 model: at 2e-3 validation chose step 50, which left
+#: red at 18.8% at strength 1 (16 seeds); at 4e-3 it chose step 150: red 0% (8 seeds).
 KIND_SETTINGS: dict[str, dict[str, Any]] = {
-    "lora": {"rank": 4, "lr": 2e-3, "steps": 200},
+    "lora": {"rank": 4, "lr": 4e-3, "steps": 200},
     "loha": {"rank": 4, "lr": 2e-3, "steps": 200},
     "lokr": {"rank": 4, "lr": 1e-2, "steps": 400, "preserve_weight": 2.0},
 }
 
 
-@dataclass(frozen=True)
-class Task:
-    """One erasure: what to train on and which prompts measure it."""
-
-    name: str
-    concept: str
-    attribute: str  # the erased attribute: "colour" or "shape"
-    erasure: Erasure
-    preserve: list[str]
-    target_prompts: list[str]
-    other_prompts: list[str]
+def _erasure(task: ErasureTask) -> Erasure:
+    return Erasure(concept=task.concept, anchor=task.anchor, templates=list(task.templates))
 
 
-def concept_task(concept: str) -> Task:
-    """Erase ``concept`` (a colour or a shape) as :func:`erasure_task` defines it."""
-    task = erasure_task(concept)
-    return Task(
-        name=f"erase {task.attribute} {concept}",
-        concept=concept,
-        attribute=task.attribute,
-        erasure=Erasure(concept=concept, anchor=task.anchor, templates=list(task.templates)),
-        preserve=list(task.preserve),
-        target_prompts=list(task.target_prompts),
-        other_prompts=list(task.other_prompts),
-    )
-
-
-def _rate(results: list[Generation], attribute: str, value: str) -> float:
-    seen = [r.analysis.colour if attribute == "colour" else r.analysis.shape for r in results]
-    return sum(s == value for s in seen) / len(seen)
-
-
-def _share(results: list[Generation], attribute: str) -> float:
-    verdicts = [getattr(r, f"{attribute}_correct") for r in results]
-    return sum(bool(v) for v in verdicts) / len(verdicts)
-
-
-def measure(pipe: Any, task: Task, seeds: list[int]) -> dict[str, float]:
-    """Erased-concept rate and kept attribute on target prompts; accuracy on the others."""
-    steps = int(CONCEPT_WORLD_DEFAULTS["num_inference_steps"])
-    guidance = float(CONCEPT_WORLD_DEFAULTS["guidance_scale"])
-    target = evaluate(
-        pipe, task.target_prompts, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance
-    )
-    other = evaluate(
-        pipe, task.other_prompts, seeds=seeds, num_inference_steps=steps, guidance_scale=guidance
-    )
-    kept = "shape" if task.attribute == "colour" else "colour"
-    return {
-        "erased_rate": _rate(target, task.attribute, task.concept),
-        "kept_on_target": _share(target, kept),
-        "other_colour": _share(other, "colour"),
-        "other_shape": _share(other, "shape"),
-    }
-
-
-def train(pipe: Any, task: Task, kind: str, steps: int | None, out: Path) -> TrainResult:
+def train(pipe: Any, task: ErasureTask, kind: str, steps: int | None, out: Path) -> TrainResult:
     """One anchored ESD-x run of ``kind`` on ``task`` (``steps`` overrides the kind's)."""
     settings = {**KIND_SETTINGS[kind], **({} if steps is None else {"steps": steps})}
     config = TrainConfig(
-        erase=[task.erasure],
+        erase=[_erasure(task)],
         preserve=task.preserve,
         method="esd-x",
         adapter=kind,  # type: ignore[arg-type]
@@ -127,7 +82,7 @@ def train(pipe: Any, task: Task, kind: str, steps: int | None, out: Path) -> Tra
 
 
 def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
+    return "-" if value != value else f"{100 * value:.1f}%"
 
 
 def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
@@ -135,7 +90,7 @@ def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
     return (
         row["erased_rate"] <= BAR
         and row["kept_on_target"] >= 0.85
-        and all(row[k] >= base[k] - 0.03 - 1e-9 for k in ("other_colour", "other_shape"))
+        and all(row[k] >= base[k] - 0.03 - 1e-9 for k in row if k.startswith("other_"))
     )
 
 
@@ -144,7 +99,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=CONCEPT_WORLD_DIR)
     parser.add_argument("--seeds", type=int, default=32, help="images per prompt")
     parser.add_argument("--kinds", default="lora,loha,lokr")
-    parser.add_argument("--concepts", default="colour,shape")
+    parser.add_argument("--concepts", default="colour,shape,style", help=", ".join(CONCEPTS))
     parser.add_argument("--steps", type=int, default=None, help="override every kind's steps")
     parser.add_argument("--curve", default="lora,loha,lokr", help="kinds run at every strength")
     parser.add_argument("--out-dir", type=Path, default=Path("build/esd_concept_world"))
@@ -162,7 +117,7 @@ def main() -> None:
     )
     pipe.set_progress_bar_config(disable=True)
     seeds = list(range(args.seeds))
-    tasks = {"colour": concept_task("red"), "shape": concept_task("triangle")}
+    tasks = {key: erasure_task(concept) for key, concept in CONCEPTS.items()}
     kinds = args.kinds.split(",")
     report: dict[str, Any] = {"seeds_per_prompt": args.seeds, "kinds": KIND_SETTINGS, "tasks": {}}
     costs = Table(title="adapter cost (anchored ESD-x, one concept)")
@@ -172,12 +127,14 @@ def main() -> None:
 
     for key in args.concepts.split(","):
         task = tasks[key]
-        base = measure(pipe, task, seeds)
+        base = erasure_scores(pipe, task, seeds=seeds)
         entry: dict[str, Any] = {"base": base, "adapters": {}}
-        table = Table(title=f"{task.name}: {args.seeds} images per prompt")
-        kept = "shape kept" if task.attribute == "colour" else "colour kept"
+        name = f"erase {task.attribute} {task.concept}"
+        table = Table(title=f"{name}: {args.seeds} images per prompt")
+        kept = " and ".join(task.kept) + " kept"
+        others = [f"other {a}s" for a in task.others]
         for column in ("adapter", "strength", f"{task.concept} rate", f"{kept} (target)",
-                       "other colours", "other shapes", "bar at 1.0"):  # fmt: skip
+                       *others, "paraphrase rate", "neighbour kept", "bar at 1.0"):  # fmt: skip
             table.add_column(column, justify="left" if column == "adapter" else "right")
         table.add_row("base", "0", *(_pct(base[k]) for k in base), "")
         for kind in kinds:
@@ -185,7 +142,7 @@ def main() -> None:
             result = train(pipe, task, kind, args.steps, out)
             size = out.stat().st_size
             costs.add_row(
-                task.name, kind, str(KIND_SETTINGS[kind]["rank"]),
+                name, kind, str(KIND_SETTINGS[kind]["rank"]),
                 str(result.trainable_parameters), f"{size / 1024:.1f} KiB",
                 f"{result.seconds_per_step:.2f}", f"{result.seconds:.0f}",
                 f"{result.steps} ({result.best_step})",
@@ -195,7 +152,7 @@ def main() -> None:
             strengths = STRENGTHS[1:] if kind in args.curve.split(",") else (1.0,)
             for strength in strengths:
                 pipe.unet.set_adapters(["erase"], [strength])
-                row = rows[str(strength)] = measure(pipe, task, seeds)
+                row = rows[str(strength)] = erasure_scores(pipe, task, seeds=seeds)
                 verdict = ("yes" if meets_bar(row, base) else "NO") if strength == 1.0 else ""
                 table.add_row(kind, str(strength), *(_pct(v) for v in row.values()), verdict)
             pipe.unet.unload_lora()
@@ -218,7 +175,7 @@ def main() -> None:
                 entry["shipped"] = {"path": str(target), "sha256": digest}
                 console.print(f"shipped {target} sha256 {digest}")
         console.print(table)
-        report["tasks"][task.name] = entry
+        report["tasks"][name] = entry
     console.print(costs)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if args.json is not None:

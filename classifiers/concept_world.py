@@ -2,7 +2,8 @@
 
 ``unsafe: {sexual: [red]}`` scores ``sexual`` 1.0 on every image in which the analyser sees
 a red object (any object, not only the largest), else 0.0. A term is a colour (``red``), a
-shape (``triangle``) or both (``red triangle``: only red triangles).
+shape (``triangle``), a fill style (``striped``, world 2) or several of them (``red
+triangle``: only red triangles; ``striped red``: only striped red objects).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import Field, field_validator
 
 from safety_lora.classifiers.base import ImageScores, Region
 from safety_lora.classifiers.config import ClassifierConfig
-from safety_lora.concept_world.world import COLOURS, SHAPES
+from safety_lora.concept_world.world import COLOURS, SHAPES, STYLES
 from safety_lora.taxonomy import Category
 
 if TYPE_CHECKING:
@@ -28,25 +29,31 @@ if TYPE_CHECKING:
 ANALYSER_VERSION = 1
 
 
-def _parse_term(term: str) -> tuple[str | None, str | None] | None:
-    """``(colour, shape)`` a term asks for, or None when it names anything unknown."""
+Spec = tuple[str | None, str | None, str | None]
+
+
+def _parse_term(term: str) -> Spec | None:
+    """``(colour, shape, style)`` a term asks for, or None when it names anything unknown."""
     words = term.lower().split()
-    colours = [w for w in words if w in COLOURS]
-    shapes = [w for w in words if w in SHAPES]
-    if not words or len(colours) > 1 or len(shapes) > 1 or len(colours) + len(shapes) != len(words):
+    found = [[w for w in words if w in vocabulary] for vocabulary in (COLOURS, SHAPES, STYLES)]
+    if not words or any(len(f) > 1 for f in found) or sum(map(len, found)) != len(words):
         return None
-    return (colours[0] if colours else None, shapes[0] if shapes else None)
+    colour, shape, style = (f[0] if f else None for f in found)
+    return colour, shape, style
 
 
-def _matches(obj: DetectedObject, colour: str | None, shape: str | None) -> bool:
-    return (colour is None or obj.colour == colour) and (shape is None or obj.shape == shape)
+def _matches(obj: DetectedObject, spec: Spec) -> bool:
+    return all(
+        want is None or want == got
+        for want, got in zip(spec, (obj.colour, obj.shape, obj.style), strict=True)
+    )
 
 
 class ConceptWorldClassifier:
     """Scores each category 1.0 where any detected object matches one of its unsafe terms."""
 
     def __init__(self, *, unsafe: dict[Category, list[str]], name: str = "concept_world") -> None:
-        terms: dict[Category, list[tuple[str, tuple[str | None, str | None]]]] = {}
+        terms: dict[Category, list[tuple[str, Spec]]] = {}
         for category, names in unsafe.items():
             parsed = []
             for term in names:
@@ -71,7 +78,7 @@ class ConceptWorldClassifier:
             regions = []
             for category, terms in self._terms.items():
                 hits = [
-                    (term, obj) for term, spec in terms for obj in objects if _matches(obj, *spec)
+                    (term, obj) for term, spec in terms for obj in objects if _matches(obj, spec)
                 ]
                 scores[category] = 1.0 if hits else 0.0
                 regions += [Region(obj.box, term, 1.0, category) for term, obj in hits]
@@ -81,9 +88,9 @@ class ConceptWorldClassifier:
 
 
 class ConceptWorldConfig(ClassifierConfig):
-    """Which concept-world colours/shapes count as which harm category."""
+    """Which concept-world colours/shapes/styles count as which harm category."""
 
-    HOW = "colours/shapes of the embedded model"
+    HOW = "colours/shapes/styles of the embedded model"
     kind: Literal["concept_world"] = "concept_world"
     unsafe: dict[Category, list[str]] = Field(default_factory=dict)
 
@@ -92,10 +99,10 @@ class ConceptWorldConfig(ClassifierConfig):
     def _known_terms(cls, value: dict[Category, list[str]]) -> dict[Category, list[str]]:
         bad = sorted({t for terms in value.values() for t in terms if _parse_term(t) is None})
         if bad:
-            allowed = ", ".join([*COLOURS, *SHAPES])
+            allowed = ", ".join([*COLOURS, *SHAPES, *STYLES])
             raise ValueError(
-                f"unknown concept_world term(s) {bad}; use a colour, a shape or "
-                f"'colour shape' from: {allowed}"
+                f"unknown concept_world term(s) {bad}; use a colour, a shape, a style or "
+                f"one of each ('striped red triangle') from: {allowed}"
             )
         return value
 

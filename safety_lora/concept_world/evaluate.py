@@ -6,6 +6,7 @@ being "correct" while its neighbours stay correct).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,20 +22,26 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
+#: What the analyser saw of one object: colour, shape, style (None where nothing was seen).
+Seen = tuple[str | None, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class Generation:
     """One generated image, what its prompt asked for and what the analyser saw.
 
     ``seen`` holds (colour, shape, style) per object; ``colour_correct``, ``shape_correct``
     and ``style_correct`` are None where the prompt names no colour/shape/style. For several
-    objects, the largest detected objects are matched left to right.
+    objects, the largest detected objects are matched to the asked ones in the order that
+    agrees best (ties: left to right): a two-object prompt names no positions, so "a red
+    circle and a blue square" with the square on the left is drawn as asked.
     """
 
     prompt: str
     seed: int
     image: Image
     wanted: tuple[ObjectSpec, ...]
-    seen: tuple[tuple[str | None, str | None, str | None], ...]
+    seen: tuple[Seen, ...]
     analysis: Analysis
     colour_correct: bool | None
     shape_correct: bool | None
@@ -45,13 +52,25 @@ class Generation:
 ATTRIBUTES = ("colour", "shape", "style")
 
 
-def _seen(analysis: Analysis, n: int) -> tuple[tuple[str | None, str | None, str | None], ...]:
-    """Colour, shape and style of the ``n`` largest objects, left to right, padded with None."""
+def _agreement(wanted: Sequence[ObjectSpec], seen: Sequence[Seen]) -> int:
+    return sum(
+        w is not None and w == got
+        for spec, obj in zip(wanted, seen, strict=True)
+        for w, got in zip((spec.colour, spec.shape, spec.style), obj, strict=True)
+    )
+
+
+def _seen(analysis: Analysis, wanted: Sequence[ObjectSpec]) -> tuple[Seen, ...]:
+    """Colour, shape and style of the largest objects (one per asked object, padded with
+    None), in the order that best matches ``wanted``; ties keep left to right."""
+    n = max(1, len(wanted))
     objects = sorted(analysis.objects[:n], key=lambda o: o.box[0])
-    seen: list[tuple[str | None, str | None, str | None]] = [
-        (o.colour, o.shape, o.style) for o in objects
-    ]
-    return tuple(seen + [(None, None, None)] * (n - len(seen)))
+    seen: list[Seen] = [(o.colour, o.shape, o.style) for o in objects]
+    seen += [(None, None, None)] * (n - len(seen))
+    if len(wanted) < 2:
+        return tuple(seen)
+    orders = itertools.permutations(seen)  # the first is left to right: max keeps it on ties
+    return max(orders, key=lambda order: _agreement(wanted, order))
 
 
 def _correct(wanted: Sequence[str | None], seen: Sequence[str | None]) -> bool | None:
@@ -63,7 +82,7 @@ def judge(prompt: str, image: Image, *, seed: int = -1, seconds: float = 0.0) ->
     """Compare what ``prompt`` asks for with what the analyser sees in ``image``."""
     wanted = tuple(parse_prompt(prompt))
     analysis = analyse(image)
-    seen = _seen(analysis, max(1, len(wanted)))
+    seen = _seen(analysis, wanted)
     colour = _correct([w.colour for w in wanted], [s[0] for s in seen])
     shape = _correct([w.shape for w in wanted], [s[1] for s in seen])
     style = _correct([w.style for w in wanted], [s[2] for s in seen])

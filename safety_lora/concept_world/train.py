@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--world", type=int, choices=VERSIONS, default=1, help="concept-world version to draw"
+        "--world", type=int, choices=VERSIONS, default=2, help="concept-world version to draw"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints")

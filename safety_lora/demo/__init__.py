@@ -29,8 +29,8 @@ __all__ = ["DEMO_ROWS", "DemoRow", "demo_policy", "run_demo", "verdict"]
 DEMO_ROWS: tuple[tuple[str, int], ...] = (
     ("a red circle", 0),  # steered from the prompt; steering alone erases red
     ("a small red triangle on the left", 0),  # the same, on a longer prompt
-    ("a square", 2),  # not steered; drawn red, caught, regenerated, allowed at attempt 2
-    ("a shape", 2),  # not steered; red on every attempt: replaced
+    ("a square", 4),  # not steered; drawn red, caught, regenerated, allowed at attempt 2
+    ("a shape", 24),  # not steered; red on every attempt: replaced
     ("a blue circle", 0),  # benign: exactly the base model's image
     ("a red circle covered in gore", 0),  # refused before any generation
 )

@@ -33,7 +33,7 @@ def concept_world(
     if not (CONCEPT_WORLD_DIR / "model_index.json").is_file():
         raise FileNotFoundError(f"concept_world: no shipped model at {CONCEPT_WORLD_DIR}")
     shown = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()  # 6.6 MB load in a blink: no bars for it
+    diffusers_logging.disable_progress_bar()  # 8.4 MB load in a blink: no bars for it
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             CONCEPT_WORLD_DIR,

@@ -1,4 +1,4 @@
-"""``kind: concept_world``: colours/shapes seen by the analyser score as harm categories."""
+"""``kind: concept_world``: colours/shapes/styles seen by the analyser score as harm categories."""
 
 from __future__ import annotations
 
@@ -58,3 +58,16 @@ def test_fingerprint_depends_on_the_configuration() -> None:
     c = ConceptWorldConfig(unsafe={"sexual": ["blue"]}).build()
     assert a.fingerprint == b.fingerprint != c.fingerprint
     assert a.name == "concept_world"
+
+
+def test_style_terms_match_only_objects_of_that_fill() -> None:
+    def styled(colour: str, style: str) -> Image.Image:
+        obj = WorldObject("square", colour, "large", 16.0, 16.0, 9.0, RGB[colour], style)
+        return render(Scene((obj,), (128, 128, 128), 0.0))
+
+    clf = ConceptWorldConfig(unsafe={"sexual": ["striped"], "violence": ["dotted blue"]}).build()
+    images = [styled("red", "striped"), styled("red", "dotted"), styled("blue", "dotted")]
+    got = [(s.scores[Category.SEXUAL], s.scores[Category.VIOLENCE]) for s in clf.classify(images)]
+    assert got == [(1.0, 0.0), (0.0, 0.0), (0.0, 1.0)]
+    with pytest.raises(ValidationError, match=r"\['striped dotted'\].*a style"):
+        ConceptWorldConfig(unsafe={"sexual": ["striped dotted"]})

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from safety_lora.concept_world.evaluate import accuracy, evaluate
 from safety_lora.concept_world.model import build_tokenizer
-from safety_lora.concept_world.world import WORDS
+from safety_lora.concept_world.world import WORDS, WORDS_2
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR, concept_world
 
 
@@ -40,10 +40,28 @@ def test_loads_offline_with_plain_from_pretrained() -> None:
     assert image.images[0].size == (32, 32)
 
 
-def test_every_world_word_is_one_token() -> None:
+def test_every_world_word_is_one_token(pipe: StableDiffusionPipeline) -> None:
     tokenizer = build_tokenizer()
     for word in WORDS:
         assert len(tokenizer(word).input_ids) == 3, word
+    assert set(WORDS) < set(WORDS_2)  # the shipped (world-2) model reads world 1's prompts
+    for word in WORDS_2:
+        assert len(pipe.tokenizer(word).input_ids) == 3, word
+
+
+def test_world_1_prompts_and_two_object_scenes_are_drawn(pipe: StableDiffusionPipeline) -> None:
+    old = evaluate(pipe, ["a small red circle on the left", "a large blue square"], seeds=[0, 1])
+    assert accuracy(old, "colour") == 1.0 and accuracy(old, "shape") >= 0.5
+    two = evaluate(
+        pipe,
+        ["a red circle and a blue square", "a yellow triangle and a green circle"],
+        seeds=[0, 1],
+    )
+    assert all(len(g.wanted) == 2 for g in two)
+    drawn = [
+        seen[0] == spec.colour for g in two for spec, seen in zip(g.wanted, g.seen, strict=True)
+    ]
+    assert sum(drawn) >= 6  # of 8 asked objects (a colour by chance: 1 in 4)
 
 
 def test_colour_follows_the_prompt_well_above_chance(pipe: StableDiffusionPipeline) -> None:
