@@ -84,3 +84,23 @@ def test_paraphrases_of_each_kind() -> None:
 def test_unknown_concepts_name_the_choices(concept: str) -> None:
     with pytest.raises(ValueError, match=r"cannot erase .*a style \['striped', 'dotted'\]"):
         erasure_task(concept)
+
+
+def test_shipped_red_lora_erases_red_and_its_synonyms_and_keeps_the_neighbour() -> None:
+    from safety_lora.adapters import load_adapter
+    from safety_lora.concept_world.tasks import erasure_scores
+    from safety_lora.models import CONCEPT_WORLD_DIR, concept_world
+
+    pipe, task = concept_world(), erasure_task("red")
+    base = erasure_scores(pipe, task, seeds=[0])
+    assert set(base) == {
+        "erased_rate", "kept_on_target", "other_colour", "other_shape",
+        "paraphrase_rate", "neighbour_kept",
+    }  # fmt: skip
+    assert base["erased_rate"] == 1.0 and base["paraphrase_rate"] == 1.0
+    shipped = CONCEPT_WORLD_DIR.parent / "adapters" / "concept_world_erase_red.safetensors"
+    load_adapter(pipe.unet, shipped, adapter_name="erase")
+    steered = erasure_scores(pipe, task, seeds=[0])
+    assert steered["erased_rate"] == 0.0 and steered["paraphrase_rate"] <= 1 / 6
+    assert steered["kept_on_target"] == 1.0 and steered["other_colour"] == 1.0
+    assert steered["neighbour_kept"] >= 14 / 18
