@@ -36,13 +36,13 @@ from safety_lora.concept_world.evaluate import evaluate
 from safety_lora.concept_world.model import SAMPLING_DEFAULTS
 from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.models import concept_world
-from safety_lora.training import AdversarialTraining, Erasure, TrainConfig, train_adapter
+from safety_lora.training import AdversarialTraining, TrainConfig, train_adapter
 
 
 def train(pipe: Any, kind: str, adversarial: bool, out: Path) -> tuple[Path, float]:
     task = erasure_task("red")
     config = TrainConfig(
-        erase=[Erasure(concept="red", anchor=task.anchor, templates=list(task.templates))],
+        erase=[task.erasure()],
         preserve=list(task.preserve),
         adapter=kind,  # type: ignore[arg-type]
         batch=4,

@@ -4,7 +4,9 @@
 
 1. Erase ``red`` on the shipped concept-world model, per method: UCE's paper form (the concept
    takes the anchor prompt's values, "a red circle" -> "a circle"), the ESD-style push past
-   the anchor (eta 1), the push with 2 RECE rounds, and the shipped ESD LoRA for reference.
+   the anchor (eta 1), the push solved on two-object contexts too ("a red circle and a green
+   triangle" -> "a circle and a green triangle", paired otherwise than the neighbour probes),
+   the push with 2 RECE rounds, and the shipped ESD LoRA for reference.
    At strengths 0.5 / 1 / 1.5: red shown on red prompts, the shape kept on them, colour and
    shape accuracy on the other colours' prompts, how often "crimson"/"scarlet" prompts still
    show red (paraphrase erasure: solved on "red" only) and the share of "a red circle and a
@@ -48,6 +50,8 @@ SHIPPED_ESD = (
     / "safety_lora/models/adapters/concept_world_erase_red.safetensors"
 )
 STRENGTHS = (0.5, 1.0, 1.5)
+#: The rows the bar is checked on (the push form, as the demo policy and compare solve it).
+BAR_ROWS = ("push eta=1", "push eta=1 + two-object contexts")
 
 
 def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
@@ -59,9 +63,11 @@ def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
 def configs() -> dict[str, ClosedFormConfig]:
     task = erasure_task("red")
     common = {"erase": ["red"], "templates": list(task.templates), "preserve": list(task.preserve)}
+    contexts = {**common, "templates": [*task.templates, *task.contexts]}
     return {
         "UCE paper form": ClosedFormConfig(**common),
         "push eta=1": ClosedFormConfig(**common, push=1.0),
+        "push eta=1 + two-object contexts": ClosedFormConfig(**contexts, push=1.0),
         "push eta=1 + RECE x2": ClosedFormConfig(**common, push=1.0, rounds=2),
     }
 
@@ -110,7 +116,7 @@ def concept_world_table(seeds: list[int], repeats: int, console: Console) -> dic
                 pipe.unet.set_adapters(["erase"], [strength])
                 row = rows[str(strength)] = measure(pipe, seeds)
                 verdict = ""
-                if strength == 1.0 and name == "push eta=1":
+                if strength == 1.0 and name in BAR_ROWS:
                     verdict = "yes" if meets_bar(row, base, seconds or 0.0) else "NO"
                 shown = "" if seconds is None or strength != 1.0 else f"{seconds:.3f}"
                 table.add_row(name, str(strength), *(_pct(v) for v in row.values()), shown,

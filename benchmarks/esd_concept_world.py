@@ -37,7 +37,7 @@ from safety_lora.adapters import load_adapter
 from safety_lora.compare.metrics import BAR
 from safety_lora.concept_world.tasks import ErasureTask, erasure_scores, erasure_task
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
-from safety_lora.training import Erasure, TrainConfig, TrainResult, train_adapter
+from safety_lora.training import TrainConfig, TrainResult, train_adapter
 
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
 #: The erasures measured, by ``--concepts`` key.
@@ -50,24 +50,21 @@ SHIPPED = Path(__file__).resolve().parents[1] / "safety_lora/models/adapters"
 #: half-trained model). Its factors are shared across the whole weight, so one step moves
 #: unrelated prompts more: twice the retain weight (erasing triangle, 32 seeds, other shapes
 #: went from 97.3% at weight 1 to 99.6%, the base's rate, with triangle 1.6% both times).
-#: LoRA's rate is 4e-3 since the world-2 model: at 2e-3 validation chose step 50, which left
-#: red at 18.8% at strength 1 (16 seeds); at 4e-3 it chose step 150: red 0% (8 seeds).
+#: LoRA's and LoHa's rates are 4e-3 since the world-2 model: at 2e-3 LoRA's validation chose
+#: step 50, which left red at 18.8% at strength 1 (16 seeds; at 4e-3 it chose step 150: red
+#: 0%, 8 seeds), and LoHa left red at 25.0% (8 seeds).
 KIND_SETTINGS: dict[str, dict[str, Any]] = {
     "lora": {"rank": 4, "lr": 4e-3, "steps": 200},
-    "loha": {"rank": 4, "lr": 2e-3, "steps": 200},
+    "loha": {"rank": 4, "lr": 4e-3, "steps": 200},
     "lokr": {"rank": 4, "lr": 1e-2, "steps": 400, "preserve_weight": 2.0},
 }
-
-
-def _erasure(task: ErasureTask) -> Erasure:
-    return Erasure(concept=task.concept, anchor=task.anchor, templates=list(task.templates))
 
 
 def train(pipe: Any, task: ErasureTask, kind: str, steps: int | None, out: Path) -> TrainResult:
     """One anchored ESD-x run of ``kind`` on ``task`` (``steps`` overrides the kind's)."""
     settings = {**KIND_SETTINGS[kind], **({} if steps is None else {"steps": steps})}
     config = TrainConfig(
-        erase=[_erasure(task)],
+        erase=[task.erasure()],
         preserve=task.preserve,
         method="esd-x",
         adapter=kind,  # type: ignore[arg-type]
@@ -83,6 +80,17 @@ def train(pipe: Any, task: ErasureTask, kind: str, steps: int | None, out: Path)
 
 def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}%"
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN (a probe the task has not, e.g. a style's synonyms) as null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
@@ -179,7 +187,9 @@ def main() -> None:
     console.print(costs)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(_strict(report), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

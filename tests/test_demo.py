@@ -34,7 +34,7 @@ def test_demo_policy_steers_with_a_closed_form_edit() -> None:
     assert isinstance(entry, ClosedFormSpec) and entry.closed_form.erase == ["red"]
     assert entry.closed_form.push == 1.0
     task = erasure_task("red")  # the benchmarked task: the demo steers as measured
-    assert entry.closed_form.templates == list(task.templates)
+    assert entry.closed_form.templates == [*task.templates, *task.contexts]
     assert sorted(entry.closed_form.preserve) == sorted(task.preserve)
 
 

@@ -66,7 +66,8 @@ def _classifier(value: str | None) -> dict[str, Any] | None:
 
 def compare(
     erase: Annotated[
-        str, typer.Option("--erase", help="Concept to erase (concept world: a colour or shape).")
+        str,
+        typer.Option("--erase", help="Concept to erase (concept world: a colour, shape or style)."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, report.json, plots.")],
     base: Annotated[

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["aggregate", "sections", "write_report"]
 
-_KEYS = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate")
-_CI = ("concept_rate", "erasure", "kept", "other", "preservation")
+_PROBES = ("paraphrase_rate", "neighbour_kept")
+_CI = ("concept_rate", "erasure", "kept", "other", "preservation", *_PROBES)
+_KEYS = (*_CI, "block_rate")
 #: Row kinds in the main table (variants and learning-rate runs have their own tables).
 _MAIN = ("base", "adapter", "kohya", "closed_form", "file", "negative_prompt", "sld", "classifier")
 
@@ -46,7 +47,7 @@ def aggregate(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": len(units),
         }
         for key in _KEYS:
-            values = [u[key] for u in units if u[key] is not None]
+            values = [u[key] for u in units if u.get(key) is not None]
             mean, std = mean_std(values) if values else (None, None)
             row[key], row[key + "_std"] = mean, std
             if key in _CI:
@@ -205,7 +206,12 @@ def write_report(
     kohya = results["kohya"]
     data: dict[str, Any] = {
         "config": config.model_dump(mode="json"),
-        "prompts": {"target": list(prompts.target), "other": list(prompts.other)},
+        "prompts": {
+            "target": list(prompts.target),
+            "other": list(prompts.other),
+            "paraphrase": list(prompts.paraphrase),
+            "neighbour": list(prompts.neighbour),
+        },
         "bar": BAR,
         "verdicts": summary(comparisons),
         "comparisons": [c.to_json() for c in comparisons],
@@ -371,6 +377,28 @@ def sections(config: CompareConfig, data: dict[str, Any]) -> list[dict[str, Any]
             for r in main
         ],
     )
+    probed = [
+        r for r in main if r["paraphrase_rate"] is not None or r["neighbour_kept"] is not None
+    ]
+    if probed:
+        said, near = data["prompts"]["paraphrase"], data["prompts"]["neighbour"]
+        add(
+            "Where erasure fails in practice (strength 1.0)",
+            "Paraphrases: prompts naming the concept by other words (" + _examples(said) + "), "
+            "the share of images that still show it (no method was told these words). "
+            "Neighbour kept: two-object prompts (" + _examples(near) + "), the share whose "
+            "object without the concept is drawn as asked.",
+            ["method", "concept shown", "paraphrases shown", "neighbour kept"],
+            [
+                [
+                    r["method"],
+                    _pct(r["concept_rate"], r["concept_rate_ci"]),
+                    _pct(r["paraphrase_rate"], r["paraphrase_rate_ci"]),
+                    _pct(r["neighbour_kept"], r["neighbour_kept_ci"]),
+                ]
+                for r in probed
+            ],
+        )
     add(
         "Training to the bar",
         f"Each family at its own learning rate until a probe (every 25 steps, on noise the "
@@ -505,6 +533,12 @@ def sections(config: CompareConfig, data: dict[str, Any]) -> list[dict[str, Any]
     return out
 
 
+def _examples(prompts: Sequence[str]) -> str:
+    """The first two distinct prompts, quoted ("none" for none)."""
+    shown = list(dict.fromkeys(prompts))[:2]
+    return ", ".join(f"\u201c{p}\u201d" for p in shown) or "none"
+
+
 def _label(row: dict[str, Any]) -> str:
     return f"{row['method']} {row['strength']:g}" if row["kind"] in _ADAPTERS else row["method"]
 
@@ -520,7 +554,9 @@ def _markdown(config: CompareConfig, data: dict[str, Any]) -> str:
     lines = [f"# Compare: erasing `{config.erase}` on {model}", "", data["reading"], ""]
     lines.append(
         f"{len(data['prompts']['target'])} prompts ask for the concept, "
-        f"{len(data['prompts']['other'])} for other concepts; {config.seeds} seed(s) "
+        f"{len(data['prompts']['other'])} for other concepts, "
+        f"{len(data['prompts']['paraphrase'])} name it by other words and "
+        f"{len(data['prompts']['neighbour'])} set it beside another object; {config.seeds} seed(s) "
         "(training seed for adapters, sampling seed for all)."
     )
     for s in sections(config, data):

@@ -71,14 +71,24 @@ class Run:
         return self._references[index]
 
     def evaluate(self, method: Method, strength: float, index: int) -> dict[str, Any]:
-        """Scores of ``method`` at ``strength`` on seed index ``index``; a strip for the grid."""
+        """Scores of ``method`` at ``strength`` on seed index ``index``; a strip for the grid.
+
+        The paraphrase and neighbour probes are sampled at strength 1.0 (the bar's) and for the
+        base model only.
+        """
         p = self.prompts
         began = time.perf_counter()
         target = method.generate(p.target, self.seeds(index, len(p.target), 0), strength)
         other = method.generate(p.other, self.seeds(index, len(p.other), 500_000), strength)
+        probes: dict[str, list[Image | None] | None] = {}
+        probed = strength == 1.0 or method.kind == "base"
+        for name, offset in (("paraphrase", 600_000), ("neighbour", 700_000)):
+            asked: tuple[str, ...] = getattr(p, name)
+            seeds = self.seeds(index, len(asked), offset)
+            probes[name] = method.generate(asked, seeds, strength) if asked and probed else None
         seconds = time.perf_counter() - began
         refs = self.references(index) if self.judge.needs_references else None
-        result = score(self.judge, p, target, other, refs).to_json()
+        result = score(self.judge, p, target, other, refs, **probes).to_json()
         result.update(method=method.name, kind=method.kind, strength=strength, seed=index)
         result["seconds"] = seconds
         if index == 0:

@@ -151,10 +151,12 @@ def _erasure(config: CompareConfig) -> tuple[Any, list[str], dict[str, Any]]:
         keep = [t.replace("{}", o) for o in config.preserve for t in templates]
         return Erasure(concept=concept, anchor=config.anchor, templates=templates), keep, {}
     task = erasure_task(concept)
-    anchor = task.anchor if config.anchor is None else config.anchor
-    erasure = Erasure(concept=concept, anchor=anchor, templates=list(task.templates))
     # x_t drawn on the schedule the concept world samples with (12 steps)
-    return erasure, list(task.preserve), {"ddim_steps": 12, "guidance_scale": 4.0}
+    return (
+        task.erasure(config.anchor),
+        list(task.preserve),
+        {"ddim_steps": 12, "guidance_scale": 4.0},
+    )
 
 
 def train_unit(state: Run, job: Training) -> dict[str, Any]:
@@ -254,15 +256,20 @@ def _index(curve: list[dict[str, Any]], step: int) -> int:
 
 
 def closed_form_unit(state: Run, path: Path) -> dict[str, Any]:
-    """Solve the closed-form erasure (UCE's edit pushed past the anchor, ``push`` 1) to ``path``."""
+    """Solve the closed-form erasure (UCE's edit pushed past the anchor, ``push`` 1) to ``path``;
+    on the concept world, also on the task's two-object contexts (they keep the neighbour)."""
     from safety_lora.closed_form import ClosedFormConfig, erase
+    from safety_lora.concept_world.tasks import erasure_task
 
     config = state.config
     erasure, keep, _ = _erasure(config)
     anchors = {} if erasure.anchor is None else {config.erase: erasure.anchor}
+    templates = list(erasure.templates)
+    if config.base is None:  # the concept world: the concept beside another object too
+        templates += erasure_task(config.erase).contexts
     solved = ClosedFormConfig(
         erase=[config.erase],
-        templates=list(erasure.templates),
+        templates=templates,
         anchors=anchors,
         preserve=keep,
         push=1.0,

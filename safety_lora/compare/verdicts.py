@@ -79,6 +79,18 @@ def _share(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
     return sum(values) / len(values), mean_interval(values)
 
 
+#: The probes a claim also compares where measured: (measure, label, lower is better).
+_PROBES = (
+    ("paraphrase_rate", "paraphrases shown", True),
+    ("neighbour_kept", "neighbour kept", False),
+)
+
+
+def _measured(units: Sequence[dict[str, Any]], measure: str) -> bool:
+    """Whether every unit measured ``measure`` (the probes: concept world, strength 1.0)."""
+    return bool(units) and all(u.get(measure) is not None for u in units)
+
+
 def claims(
     evaluations: Sequence[dict[str, Any]],
     training: Sequence[dict[str, Any]],
@@ -136,6 +148,10 @@ def claims(
                 _scored(lora_units, "preservation"),
                 False,
             )
+            for measure, label, lower in _PROBES:
+                if _measured([*f_units, *lora_units], measure):
+                    args = (_scored(f_units, measure), _scored(lora_units, measure))
+                    add(claim, f"{label} at strength 1.0", f, lora, *args, lower)
     if lora is not None and original is not None:
         seeds = list(range(stability_seeds))
         reg, none = _units(evaluations, lora, seeds), _units(evaluations, original, seeds)
@@ -179,6 +195,9 @@ def claims(
                 _scored(none, "concept_rate"),
                 lower=True,
             )
+            if _measured([*reg, *none], "paraphrase_rate"):
+                args = (_scored(reg, "paraphrase_rate"), _scored(none, "paraphrase_rate"))
+                add(claim, f"paraphrases shown at strength 1.0 {on}", lora, original, *args, True)
     return out
 
 

@@ -23,6 +23,8 @@ from safety_lora.concept_world.world import COLOURS, SHAPE_ADJECTIVES, SHAPES, S
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+    from safety_lora.training.config import Erasure
+
 __all__ = ["ErasureTask", "erasure_scores", "erasure_task"]
 
 Attribute = Literal["colour", "shape", "style"]
@@ -30,7 +32,13 @@ Attribute = Literal["colour", "shape", "style"]
 
 @dataclass(frozen=True)
 class ErasureTask:
-    """One concept to erase: its prompt templates and anchor word, preservation, and probes."""
+    """One concept to erase: its prompt templates and anchor word, preservation, and probes.
+
+    ``contexts`` are two-object templates, the concept beside an object without it (paired
+    otherwise than in ``neighbour_prompts``): a closed-form edit solved on single objects
+    alone also moves the neighbour's tokens, which the causal text encoder has read after
+    the concept; solved on these too, it keeps them.
+    """
 
     concept: str
     attribute: Attribute
@@ -41,6 +49,7 @@ class ErasureTask:
     other_prompts: tuple[str, ...]
     paraphrase_prompts: tuple[str, ...] = ()
     neighbour_prompts: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()
 
     @property
     def others(self) -> tuple[Attribute, ...]:
@@ -52,6 +61,13 @@ class ErasureTask:
         """The attributes that must survive on the target prompts."""
         both: tuple[Attribute, ...] = ("colour", "shape")
         return tuple(a for a in both if a != self.attribute)
+
+    def erasure(self, anchor: str | None = None) -> Erasure:
+        """The trainer's erasure of this task (``anchor`` in place of the task's, if given)."""
+        from safety_lora.training.config import Erasure
+
+        anchor = self.anchor if anchor is None else anchor
+        return Erasure(concept=self.concept, anchor=anchor, templates=list(self.templates))
 
     def shown(self, result: Generation) -> bool:
         """Whether any object of the image shows the concept."""
@@ -71,7 +87,7 @@ class ErasureTask:
 
 
 def _neighbours(pairs: list[tuple[str, str]]) -> tuple[str, ...]:
-    """Two-object prompts with the concept's object first, then second."""
+    """Two-object prompts (or templates) with the concept's object first, then second."""
     return tuple(f"a {a} and a {b}" for a, b in pairs) + tuple(f"a {b} and a {a}" for a, b in pairs)
 
 
@@ -97,6 +113,13 @@ def _colour_task(concept: str) -> ErasureTask:
         other_prompts=tuple(f"a {c} {s}" for c in others for s in SHAPES),
         paraphrase_prompts=tuple(f"a {w} {s}" for w in SYNONYMS[concept] for s in SHAPES),
         neighbour_prompts=_neighbours(pairs),
+        contexts=_neighbours(
+            [
+                (f"{{}} {s}", f"{c} {shapes[(i + j + 2) % 3]}")
+                for i, s in enumerate(shapes)
+                for j, c in enumerate(others)
+            ]
+        ),
     )
 
 
@@ -118,6 +141,12 @@ def _shape_task(concept: str) -> ErasureTask:
         other_prompts=tuple(f"a {c} {s}" for c in COLOURS for s in others),
         paraphrase_prompts=tuple(f"a {SHAPE_ADJECTIVES[concept]} {c} shape" for c in COLOURS),
         neighbour_prompts=_neighbours(pairs),
+        contexts=_neighbours(
+            [
+                (f"{c} {{}}", f"{colours[(i + 2) % 4]} {others[(i + 1) % 2]}")
+                for i, c in enumerate(colours)
+            ]
+        ),
     )
 
 
@@ -137,6 +166,9 @@ def _style_task(concept: str) -> ErasureTask:
         target_prompts=tuple(f"a {concept} {o}" for o in objects),
         other_prompts=tuple(f"a {st} {o}" for st in others for o in objects) + tuple(plain),
         neighbour_prompts=_neighbours(pairs),
+        contexts=_neighbours(
+            [(f"{{}} {objects[i]}", objects[(i + 7) % 12]) for i in range(1, 12, 3)]
+        ),
     )
 
 

@@ -17,12 +17,28 @@ from safety_lora.compare.metrics import (
     pareto_front,
     score,
 )
-from safety_lora.concept_world.world import COLOURS, ObjectSpec, Scene, WorldObject, render
+from safety_lora.concept_world.world import (
+    COLOURS,
+    ObjectSpec,
+    Scene,
+    WorldObject,
+    parse_prompt,
+    render,
+)
 
 
-def _drawn(colour: str, shape: str) -> Image.Image:
-    obj = WorldObject(shape, colour, "large", 16.0, 16.0, 10.0, COLOURS[colour])
+def _drawn(colour: str, shape: str, style: str = "plain") -> Image.Image:
+    obj = WorldObject(shape, colour, "large", 16.0, 16.0, 10.0, COLOURS[colour], style)
     return render(Scene((obj,), (128, 128, 128), 0.0))
+
+
+def _pair(left: tuple[str, str], right: tuple[str, str]) -> Image.Image:
+    """Two small plain objects (colour, shape), left and right."""
+    objects = tuple(
+        WorldObject(shape, colour, "small", x, 16.0, 5.5, COLOURS[colour])
+        for (colour, shape), x in ((left, 8.0), (right, 24.0))
+    )
+    return render(Scene(objects, (128, 128, 128), 0.0))
 
 
 def test_prompt_sets() -> None:
@@ -34,6 +50,56 @@ def test_prompt_sets() -> None:
     with pytest.raises(ValueError, match="'purple'"):
         concept_world_prompts("purple", 3)
     assert ObjectSpec("red", None).colour == "red"
+
+
+def test_prompt_sets_probe_paraphrases_neighbours_and_styles() -> None:
+    prompts = concept_world_prompts("red", 4)
+    said = ("a crimson circle", "a crimson square", "a crimson triangle", "a scarlet circle")
+    assert prompts.paraphrase == said
+    assert all(parse_prompt(p)[0].colour == "red" for p in said)
+    specs = [parse_prompt(p) for p in prompts.neighbour]  # red object first, then second
+    assert [s[0].colour == "red" for s in specs] == [True, False, True, False]
+    assert all(len(s) == 2 and sum(o.colour == "red" for o in s) == 1 for s in specs)
+    striped = concept_world_prompts("striped", 3)
+    assert all(parse_prompt(p)[0].style == "striped" for p in striped.target)
+    assert {parse_prompt(p)[0].style for p in striped.other} == {"dotted", None}  # None: plain
+    assert len(striped.other) == 6 and striped.paraphrase == ()
+    assert all(parse_prompt(p)[0].style == "striped" for p in striped.neighbour[::2])
+    with pytest.raises(ValueError, match="or a style"):
+        concept_world_prompts("plain", 3)
+
+
+def test_style_judge_reads_the_texture_and_keeps_colour_and_shape() -> None:
+    judge = ConceptWorldJudge("striped")
+    images = [_drawn("red", "circle", "striped"), _drawn("red", "circle"), _drawn("red", "square")]
+    assert judge.shows(images) == [True, False, False]
+    asked = ["a striped red circle"] * 3
+    assert judge.kept(asked, images) == [True, True, False]  # colour and shape both kept
+    other = ["a dotted red circle", "a red circle", "a red circle"]
+    assert judge.correct(other, images, [None] * 3) == [0.0, 1.0, 0.0]
+
+
+def test_score_reads_the_probes_at_one_strength() -> None:
+    prompts = concept_world_prompts("red", 2)
+    assert prompts.neighbour == (
+        "a red circle and a green square",
+        "a green square and a red circle",
+    )
+    judge = ConceptWorldJudge("red")
+    target, other = [_drawn("green", "circle")] * 2, [_drawn("green", "circle")] * 6
+    paraphrase = [_drawn("red", "circle"), None]  # still red; withheld shows nothing
+    neighbour = [_pair(("red", "circle"), ("green", "square")), None]  # kept; withheld: not
+    scores = score(judge, prompts, target, other, paraphrase=paraphrase, neighbour=neighbour)
+    assert scores.paraphrase_rate == 0.5 and scores.neighbour_kept == 0.5
+    assert scores.each["paraphrase"] == [1.0, 0.0] and scores.each["neighbour"] == [1.0, 0.0]
+    damaged = [_pair(("green", "circle"), ("green", "triangle"))] * 2
+    assert score(judge, prompts, target, other, neighbour=damaged).neighbour_kept == 0.0
+    plain = score(judge, prompts, target, other)  # not sampled: not measured
+    assert plain.paraphrase_rate is None and plain.each["neighbour"] is None
+    units = [scores.to_json(), scores.to_json()]
+    assert bootstrap(units, "paraphrase_rate")[0] < 0.5 < bootstrap(units, "paraphrase_rate")[1]
+    with pytest.raises(ValueError, match="'neighbour_kept' was not measured"):
+        bootstrap([plain.to_json()], "neighbour_kept")
 
 
 def test_score_counts_withheld_images_as_nothing() -> None:

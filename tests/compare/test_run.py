@@ -59,6 +59,8 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
     assert markdown.index("## Verdict") < markdown.index("## Erasure and preservation")
     assert "| lora r4 | 1 |" in markdown and "## Inference cost per denoising step" in markdown
     assert "## Stability" in markdown and "## Regularity (seed 0)" in markdown
+    assert "## Where erasure fails in practice (strength 1.0)" in markdown
+    assert "\u201ca crimson circle\u201d" in markdown
     html = (out / "report.html").read_text()
     assert html.count("<img ") == 4 + len(data["files"]["grids"]) and 'src="http' not in html
     pngs = [out / data["files"][k] for k in ("scatter", "curves", "costs", "stability")]
@@ -88,6 +90,16 @@ def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) ->
                 lo, hi = row[key + "_ci"]
                 assert lo - 1e-9 <= row[key] <= hi + 1e-9, (row["method"], key)
         assert row["erasure"] == pytest.approx(1.0 - row["concept_rate"])
+        probed = row["strength"] == 1.0 or row["kind"] == "base"  # the probes' strength
+        for key in ("paraphrase_rate", "neighbour_kept"):
+            assert (row[key] is not None) == probed, (row["method"], row["strength"], key)
+            if probed:
+                lo, hi = row[key + "_ci"]
+                assert 0.0 <= lo <= row[key] <= hi <= 1.0, (row["method"], key)
+    said = data["prompts"]["paraphrase"]
+    assert (
+        said == ["a crimson circle", "a crimson square"] and len(data["prompts"]["neighbour"]) == 2
+    )
     for t in data["training"]:
         assert t["trainable_parameters"] > 0 and t["file_bytes"] > 0 and t["runs"] == 2
         assert t["seconds_per_step"] > 0 and t["step_budget"] == 50
@@ -145,7 +157,7 @@ def test_verdicts_follow_the_intervals(
     ]
     for c in data["comparisons"]:
         a, b = (c["a_value"], tuple(c["a_ci"])), (c["b_value"], tuple(c["b_ci"]))
-        lower = "concept" in c["measure"] or "seconds" in c["measure"] or "spread" in c["measure"]
+        lower = any(w in c["measure"] for w in ("concept", "seconds", "spread", "paraphrase"))
         assert c["verdict"] == compare(a, b, lower=lower)
     lora = _row(data, "lora r4", 1.0)
     factorised = next(
@@ -214,3 +226,19 @@ def test_resume_reuses_units(
     monkeypatch.setattr("safety_lora.training.esd.EsdTrainer.train_step", no_training)
     again = run(config.model_copy(update={"resume": True}), pipe=pipe)
     assert again["rows"] == data["rows"]
+
+
+def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
+    """``--erase striped``: the target prompts name the style, the other styles are the
+    preserved concepts, colour and shape must be kept; a style has no synonyms to probe."""
+    config = _config(tmp_path / "cmp", erase="striped", families=["lora"], seeds=1, steps=25,
+                     regularity=False, closed_form=False, kohya=False, sld_presets=[],
+                     attack_budget=0, lr_scales=[2.0])  # fmt: skip
+    data = run(config, pipe=tiny_pipeline())
+    prompts = data["prompts"]
+    assert all("striped" in p for p in prompts["target"]) and prompts["paraphrase"] == []
+    assert not any("striped" in p for p in prompts["other"])
+    assert {"dotted"} <= {w for p in prompts["other"] for w in p.split()}
+    lora = _row(data, "lora r4", 1.0)
+    assert lora["paraphrase_rate"] is None and 0.0 <= lora["neighbour_kept"] <= 1.0
+    assert "| lora r4 | " in (config.out / "report.md").read_text()

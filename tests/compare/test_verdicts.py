@@ -18,12 +18,19 @@ def test_compare_needs_separated_intervals() -> None:
     assert compare(fast, (13.0, (11.0, 15.0)), lower=True) == SAME
 
 
-def _eval(method: str, seed: int, shown: list[float], other: list[float]) -> dict[str, Any]:
+def _eval(
+    method: str, seed: int, shown: list[float], other: list[float], said: list[float] | None = None
+) -> dict[str, Any]:
+    """One unit at strength 1.0; ``said``: its paraphrase probe (neighbours all kept)."""
     rate = sum(shown) / len(shown)
     preservation = sum(other) / len(other)
+    each = {"shown": shown, "other": other, "kept": None, "paraphrase": said}
+    each["neighbour"] = None if said is None else [1.0] * len(said)
     return {
         "method": method, "strength": 1.0, "seed": seed, "concept_rate": rate,
-        "preservation": preservation, "each": {"shown": shown, "other": other, "kept": None},
+        "preservation": preservation, "each": each,
+        "paraphrase_rate": None if said is None else sum(said) / len(said),
+        "neighbour_kept": None if said is None else 1.0,
     }  # fmt: skip
 
 
@@ -55,6 +62,28 @@ def test_claims_from_a_run() -> None:
     assert verdicts["the original LoRA without regularisation is less effective"] == SUPPORTED
     parts = next(v for v in summary(found) if v["claim"].startswith("the factorised"))
     assert parts["decided_by"] == ["lokr r4 vs lora r4, training seconds to the bar: supported"]
+
+
+def test_paraphrases_and_neighbours_count_where_measured() -> None:
+    """LoKr erases the word it was trained on as well as LoRA but leaves its synonyms: the
+    factorised family is not more accurate."""
+    seeds = range(3)
+    evaluations = [_eval("lora r4", s, [0.0] * 8, [1.0] * 8, [0.0] * 8) for s in seeds]
+    evaluations += [_eval("lokr r4", s, [0.0] * 8, [1.0] * 8, [1.0] * 8) for s in seeds]
+    training = [_train("lora r4", "lora", s, 30.0) for s in seeds]
+    training += [_train("lokr r4", "lokr", s, 30.0) for s in seeds]
+    found = claims(evaluations, training, lora="lora r4", factorised=["lokr r4"],
+                   original=None, stability_seeds=3)  # fmt: skip
+    by = {c.measure: c.verdict for c in found}
+    assert by["paraphrases shown at strength 1.0"] == REFUTED
+    assert by["neighbour kept at strength 1.0"] == SAME
+    assert summary(found)[0]["verdict"] == REFUTED
+    unmeasured = [_eval(e["method"], e["seed"], e["each"]["shown"], e["each"]["other"])
+                  for e in evaluations]  # fmt: skip
+    measures = {c.measure for c in claims(unmeasured, training, lora="lora r4",
+                                          factorised=["lokr r4"], original=None,
+                                          stability_seeds=3)}  # fmt: skip
+    assert "paraphrases shown at strength 1.0" not in measures
 
 
 def test_plan_shares_are_balanced_and_cover_every_group() -> None:

@@ -72,6 +72,12 @@ def test_prompts_ask_for_what_they_claim(concept: str) -> None:
     for prompt in task.neighbour_prompts:  # two objects, one with the concept
         assert len(asked(prompt)) == 2 and asked(prompt).count(concept) == 1, prompt
     assert len(task.neighbour_prompts) >= 8
+    probes = set(task.neighbour_prompts)
+    for template in task.contexts:  # solver templates: two objects, the concept's slot once
+        prompt = template.format(concept)
+        assert asked(prompt).count(concept) == 1 and len(asked(prompt)) == 2, template
+        assert prompt not in probes  # paired otherwise than the probes
+    assert len(task.contexts) >= 8
 
 
 def test_paraphrases_of_each_kind() -> None:
