@@ -382,12 +382,16 @@ def sections(config: CompareConfig, data: dict[str, Any]) -> list[dict[str, Any]
     ]
     if probed:
         said, near = data["prompts"]["paraphrase"], data["prompts"]["neighbour"]
+        paraphrases = (
+            f"Paraphrases: prompts naming the concept by other words ({_examples(said)}), the "
+            "share of images that still show it (no method was told these words)."
+            if said
+            else "Paraphrases: this concept has no other words (n/a)."
+        )
         add(
             "Where erasure fails in practice (strength 1.0)",
-            "Paraphrases: prompts naming the concept by other words (" + _examples(said) + "), "
-            "the share of images that still show it (no method was told these words). "
-            "Neighbour kept: two-object prompts (" + _examples(near) + "), the share whose "
-            "object without the concept is drawn as asked.",
+            f"{paraphrases} Neighbour kept: two-object prompts ({_examples(near)}), the share "
+            "whose object without the concept is drawn as asked.",
             ["method", "concept shown", "paraphrases shown", "neighbour kept"],
             [
                 [
@@ -534,9 +538,8 @@ def sections(config: CompareConfig, data: dict[str, Any]) -> list[dict[str, Any]
 
 
 def _examples(prompts: Sequence[str]) -> str:
-    """The first two distinct prompts, quoted ("none" for none)."""
-    shown = list(dict.fromkeys(prompts))[:2]
-    return ", ".join(f"\u201c{p}\u201d" for p in shown) or "none"
+    """The first two distinct prompts, quoted."""
+    return ", ".join(f"\u201c{p}\u201d" for p in list(dict.fromkeys(prompts))[:2])
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -241,4 +241,6 @@ def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
     assert {"dotted"} <= {w for p in prompts["other"] for w in p.split()}
     lora = _row(data, "lora r4", 1.0)
     assert lora["paraphrase_rate"] is None and 0.0 <= lora["neighbour_kept"] <= 1.0
-    assert "| lora r4 | " in (config.out / "report.md").read_text()
+    markdown = (config.out / "report.md").read_text()
+    assert "Paraphrases: this concept has no other words (n/a)." in markdown
+    assert "\u201ca striped " in markdown  # a neighbour prompt quoted
