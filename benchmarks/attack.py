@@ -30,13 +30,13 @@ from esd_concept_world import KIND_SETTINGS
 from rich.console import Console
 from rich.table import Table
 
-from safety_lora.attack import AttackConfig, run_attack
-from safety_lora.attack.run import build_target
-from safety_lora.concept_world.evaluate import evaluate
 from safety_lora.concept_world.model import SAMPLING_DEFAULTS
-from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.models import concept_world
-from safety_lora.training import AdversarialTraining, TrainConfig, train_adapter
+from safety_lora.workbench.attack import AttackConfig, run_attack
+from safety_lora.workbench.attack.run import build_target
+from safety_lora.workbench.concept_world.evaluate import evaluate
+from safety_lora.workbench.concept_world.tasks import erasure_task
+from safety_lora.workbench.training import AdversarialTraining, TrainConfig, train_adapter
 
 
 def train(pipe: Any, kind: str, adversarial: bool, out: Path) -> tuple[Path, float]:

@@ -40,10 +40,10 @@ from rich.table import Table
 
 from safety_lora.adapters import load_adapter
 from safety_lora.closed_form import ClosedFormConfig, erase
-from safety_lora.compare.metrics import BAR
-from safety_lora.concept_world.tasks import erasure_scores, erasure_task
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, concept_world
 from safety_lora.policies.schema import ClosedFormSpec, Policy
+from safety_lora.workbench.compare.metrics import BAR
+from safety_lora.workbench.concept_world.tasks import erasure_scores, erasure_task
 
 SHIPPED_ESD = (
     Path(__file__).resolve().parents[1]
@@ -62,13 +62,11 @@ def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
 
 def configs() -> dict[str, ClosedFormConfig]:
     task = erasure_task("red")
-    common = {"erase": ["red"], "templates": list(task.templates), "preserve": list(task.preserve)}
-    contexts = {**common, "templates": [*task.templates, *task.contexts]}
     return {
-        "UCE paper form": ClosedFormConfig(**common),
-        "push eta=1": ClosedFormConfig(**common, push=1.0),
-        "push eta=1 + two-object contexts": ClosedFormConfig(**contexts, push=1.0),
-        "push eta=1 + RECE x2": ClosedFormConfig(**common, push=1.0, rounds=2),
+        "UCE paper form": task.closed_form(contexts=False),
+        "push eta=1": task.closed_form(contexts=False, push=1.0),
+        "push eta=1 + two-object contexts": task.closed_form(push=1.0),
+        "push eta=1 + RECE x2": task.closed_form(contexts=False, push=1.0, rounds=2),
     }
 
 

@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from safety_lora.concept_world.analyser import analyse
-from safety_lora.concept_world.evaluate import Generation, accuracy, confusion, evaluate
 from safety_lora.concept_world.world import COLOURS, SHAPES, STYLES, SYNONYMS, generate
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
+from safety_lora.workbench.concept_world.evaluate import Generation, accuracy, confusion, evaluate
 
 FULL = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
 PARTIAL = [f"a {c} shape" for c in COLOURS] + [f"a {s}" for s in SHAPES]

@@ -7,7 +7,7 @@ Trains one anchored ESD-x adapter per (concept, adapter kind) on the shipped con
 model: the colour ``red`` ("a red square" -> "a square"), the shape ``triangle`` ("a red
 triangle" -> "a red shape") and the style ``striped`` ("a striped red circle" -> "a red
 circle"), with the other colours/shapes/styles as retain prompts
-(:func:`safety_lora.concept_world.tasks.erasure_task`). For every adapter, at strengths 0
+(:func:`safety_lora.workbench.concept_world.tasks.erasure_task`). For every adapter, at strengths 0
 (the base model), 0.25, 0.5, 1.0 and 1.5, it prints the erased concept's rate on prompts
 asking for it (bar: <= 5% at 1.0), the other attributes on those prompts (kept >= 85%), and
 accuracy on prompts for the other concepts (bar: within 3 points of the base), with a column
@@ -34,10 +34,10 @@ from rich.console import Console
 from rich.table import Table
 
 from safety_lora.adapters import load_adapter
-from safety_lora.compare.metrics import BAR
-from safety_lora.concept_world.tasks import ErasureTask, erasure_scores, erasure_task
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
-from safety_lora.training import TrainConfig, TrainResult, train_adapter
+from safety_lora.workbench.compare.metrics import BAR
+from safety_lora.workbench.concept_world.tasks import ErasureTask, erasure_scores, erasure_task
+from safety_lora.workbench.training import TrainConfig, TrainResult, train_adapter
 
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
 #: The erasures measured, by ``--concepts`` key.

@@ -6,7 +6,7 @@ Takes the I2P dev prompts whose images were unsafe at least half the time (``../
 up to ``--prompts`` of them (seeded sample). For each prompt check (``prompt_rules``,
 ``minilm``, ``learned``; flagged at score 0.5, their operating point), the attacker finds each
 flagged prompt's ``--words`` key words (the ones whose removal lowers the score most, one
-query per word) and rewrites them one way per kind (:mod:`safety_lora.attack.evasion`);
+query per word) and rewrites them one way per kind (:mod:`safety_lora.workbench.attack.evasion`);
 a prompt evades when the rewrite is no longer flagged. The learned checks were fitted on
 I2P dev, so their flag rates here are in-sample; the evasion rates are of flagged prompts.
 """
@@ -23,10 +23,10 @@ from _data import read_i2p
 from rich.console import Console
 from rich.table import Table
 
-from safety_lora.attack.evasion import REWRITES, ClassifierCheck, evasion_table
 from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
 from safety_lora.classifiers.minilm_prompt import MiniLMPromptConfig
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+from safety_lora.workbench.attack.evasion import REWRITES, ClassifierCheck, evasion_table
 
 
 def main() -> None:

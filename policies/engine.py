@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from safety_lora.audit import AuditLog, image_records, prompt_record, prompt_sha256
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
+from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.imaging import View, frame_count, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
@@ -25,108 +25,6 @@ __all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision", "hard_rule
 MAX_FRAME_PIXELS = 64 * 1024 * 1024
 #: The rule no policy can relax: sexual content involving minors is always blocked/refused.
 HARD_RULE = "hard:minors+sexual"
-
-
-def new_request_id() -> str:
-    """A fresh opaque request id."""
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class PromptDecision:
-    """The verdict on one prompt before generation."""
-
-    action: PromptAction
-    risk: dict[Category, float]
-    rule: str
-    reasons: tuple[str, ...] = ()
-    matches: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-    request_id: str = ""
-    prompt_sha256: str = ""
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    unjudged: tuple[Category, ...] = ()
-    policy_sha256: str = ""
-
-    @property
-    def refused(self) -> bool:
-        """True when the prompt must not be generated."""
-        return self.action is PromptAction.REFUSE
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (service responses, audit lines, inside an image's decision)."""
-        return {
-            "request_id": self.request_id,
-            "action": self.action.value,
-            "rule": self.rule,
-            "risk": {c.value: round(s, 6) for c, s in self.risk.items()},
-            "reasons": list(self.reasons),
-            "matches": list(self.matches),
-            "errors": list(self.errors),
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "prompt_sha256": self.prompt_sha256,
-            "policy_sha256": self.policy_sha256,
-        }
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The verdict on one image: what to do, which rule fired, and the evidence.
-
-    ``unjudged`` lists the categories no image classifier of the policy scores (a verdict
-    says nothing about them); ``adapters`` the sha256 of each steering adapter file loaded
-    for the generation, ``closed_form`` the cache key of each adapter solved at start-up.
-    ``frame`` is the frame whose verdict is the image's (the worst; 0 for a still), and
-    ``policy_sha256`` identifies the policy that decided (:meth:`Policy.sha256`).
-    """
-
-    action: Action
-    rule: str
-    scores: dict[Category, float]
-    reasons: tuple[str, ...] = ()
-    regions: tuple[Region, ...] = ()
-    attempts: int = 1
-    steering_scales: tuple[dict[str, float], ...] = ()
-    classifiers: dict[str, str] = field(default_factory=dict)
-    errors: tuple[str, ...] = ()
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    request_id: str = ""
-    prompt_decision: PromptDecision | None = None
-    unjudged: tuple[Category, ...] = ()
-    adapters: dict[str, str] = field(default_factory=dict)
-    closed_form: dict[str, str] = field(default_factory=dict)
-    frame: int = 0
-    policy_sha256: str = ""
-
-    @property
-    def flagged(self) -> bool:
-        """True when the image is not passed through unchanged."""
-        return self.action is not Action.ALLOW
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (used by the CLI, the service and the audit log)."""
-        return {
-            "action": self.action.value,
-            "rule": self.rule,
-            "scores": {c.value: round(s, 6) for c, s in self.scores.items()},
-            "reasons": list(self.reasons),
-            "regions": [
-                {"box": list(r.box), "label": r.label, "score": round(r.score, 6)}
-                for r in self.regions
-            ],
-            "attempts": self.attempts,
-            "steering_scales": [dict(s) for s in self.steering_scales],
-            "classifiers": dict(self.classifiers),
-            "errors": list(self.errors),
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "request_id": self.request_id,
-            "unjudged": [c.value for c in self.unjudged],
-            "adapters": dict(self.adapters),
-            "closed_form": dict(self.closed_form),
-            "frame": self.frame,
-            "policy_sha256": self.policy_sha256,
-            "prompt": None if self.prompt_decision is None else self.prompt_decision.to_dict(),
-        }
 
 
 class PolicyEngine:

@@ -209,6 +209,18 @@ class ClosedFormSpec(_Strength):
 
     closed_form: ClosedFormConfig
 
+    @field_validator("closed_form")
+    @classmethod
+    def _no_attack_rounds(cls, value: ClosedFormConfig) -> ClosedFormConfig:
+        if value.attack_rounds:
+            raise ValueError(
+                f"`attack_rounds` {value.attack_rounds}: start-up never runs attack rounds; make "
+                f"the hardened edit offline (`safety-lora erase ... --attack-rounds "
+                f"{value.attack_rounds} --out FILE.safetensors`, extra `workbench`) and name "
+                f"that file in `steering.adapters` (`path:`)"
+            )
+        return value
+
     @property
     def adapter_name(self) -> str:
         """``name``, or ``closed_form_`` and the first concept (non-alphanumerics as ``_``)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 if TYPE_CHECKING:
-    from safety_lora.policies.engine import Decision, PromptDecision
+    from safety_lora.decisions import Decision, PromptDecision
 
 __all__ = [
     "AuditLog",

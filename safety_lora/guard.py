@@ -1,10 +1,13 @@
-"""``SafetyGuard``: the policy around code you already have (no diffusers pipeline needed).
+"""``SafetyGuard``: the one path that admits a request and finishes it, for every entry point.
 
 Check prompts, review images, or wrap any ``generate(prompt, **kw) -> images`` function,
 sync or async, so refused prompts never reach it and its images come back as the policy
 says (allowed, blurred, replaced, blocked). Every decision is written to the policy's audit
-log. Steering and regeneration need the pipeline itself: use :class:`SafePipeline` for those;
-here an image judged ``regenerate`` gets the policy's ``escalation.final_action``.
+log here and nowhere else: :class:`~safety_lora.pipeline.SafePipeline`, the middleware, the
+service, Ray and the CLI all compose a guard (:meth:`SafetyGuard.admit`,
+:meth:`SafetyGuard.judge`, :meth:`SafetyGuard.finish`). Steering and regeneration need the
+pipeline itself: use :class:`SafePipeline` for those; here an image judged ``regenerate``
+gets the policy's ``escalation.final_action``.
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from PIL import Image
 
+from safety_lora.audit import prompt_sha256
+from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.imaging import render
-from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
+from safety_lora.policies.engine import PolicyEngine
 from safety_lora.policies.schema import Policy
 
 __all__ = ["PromptRefused", "ReviewResult", "SafetyGuard"]
@@ -57,7 +62,14 @@ class SafetyGuard:
     guards share one built engine (its classifiers load once); it must be built for ``policy``.
     """
 
-    def __init__(self, policy: Policy | str | Path, *, engine: PolicyEngine | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy | str | Path,
+        *,
+        engine: PolicyEngine | None = None,
+        adapters: Mapping[str, str] | None = None,
+        closed_form: Mapping[str, str] | None = None,
+    ) -> None:
         if isinstance(policy, (str, Path)):
             policy = Policy.load(policy)
         if not isinstance(policy, Policy):
@@ -66,6 +78,12 @@ class SafetyGuard:
             raise ValueError("`engine` was built for another policy than `policy`")
         self.policy = policy
         self.engine = engine or PolicyEngine(policy)
+        #: The steering the judged images were made with (adapter file hashes, closed-form
+        #: solve keys), bound once and recorded in every decision.
+        self.provenance: dict[str, dict[str, str]] = {
+            "adapters": dict(adapters or {}),
+            "closed_form": dict(closed_form or {}),
+        }
 
     def check_prompt(self, text: str, *, request_id: str | None = None) -> PromptDecision:
         """Decide allow / steer / refuse for ``text`` and write one audit line (kind ``prompt``)."""
@@ -74,6 +92,79 @@ class SafetyGuard:
         decision = self.engine.check_prompt(text, request_id=request_id)
         self.engine.record_prompt(decision, text)
         return decision
+
+    def admit(
+        self,
+        prompts: Sequence[str | None],
+        *,
+        request_id: str,
+        checked: Sequence[PromptDecision] | None = None,
+    ) -> list[PromptDecision]:
+        """Each prompt's decision, audited: checked now, or the caller's ``checked`` (made by
+        this guard's :meth:`check_prompt` already, one per prompt, each for its very prompt).
+
+        ``None`` stands for a prompt given only as embeddings: decided on the empty text and not
+        audited (a policy with prompt classifiers refuses such calls before they get here).
+        """
+        if checked is None:
+            decisions = []
+            for prompt in prompts:
+                if prompt is None:
+                    decisions.append(self.engine.check_prompt("", request_id=request_id))
+                else:
+                    decisions.append(self.check_prompt(prompt, request_id=request_id))
+            return decisions
+        if len(checked) != len(prompts):
+            raise ValueError(f"{len(checked)} prompt decisions for {len(prompts)} prompts")
+        for i, (prompt, pd) in enumerate(zip(prompts, checked, strict=True)):
+            if pd.prompt_sha256 != prompt_sha256(prompt or ""):
+                raise ValueError(f"prompt decision {i} was made for another prompt")
+        return list(checked)
+
+    def refusals(self, prompt_decision: PromptDecision, n: int) -> list[Decision]:
+        """Decisions for ``n`` images not generated because ``prompt_decision`` refused them."""
+        return self.engine.refused(prompt_decision, n, **self.provenance)
+
+    def judge(
+        self,
+        images: Sequence[Image.Image],
+        *,
+        prompt_decision: PromptDecision | None = None,
+        attempt: int = 1,
+        can_regenerate: bool = False,
+        steering_scales: Sequence[Mapping[str, float]] = (),
+        request_id: str | None = None,
+    ) -> list[Decision]:
+        """One final decision per image (not audited yet: :meth:`finish` or :meth:`record`)."""
+        return self.engine.judge(
+            images,
+            prompt_decision=prompt_decision,
+            attempt=attempt,
+            can_regenerate=can_regenerate,
+            steering_scales=steering_scales,
+            request_id=request_id or new_request_id(),
+            **self.provenance,
+        )
+
+    def record(self, decisions: Sequence[Decision], *, prompt: str | None = None) -> None:
+        """Write one audit line per decision (``prompt`` is hashed into them)."""
+        self.engine.record(list(decisions), prompt=prompt)
+
+    def render(self, image: Image.Image, decision: Decision) -> Image.Image:
+        """``image`` as ``decision`` lets it through (itself, blurred, a placeholder)."""
+        return render(image, decision, self.policy.blur)
+
+    def finish(
+        self,
+        images: Sequence[Image.Image],
+        decisions: Sequence[Decision],
+        *,
+        prompt: str | None = None,
+    ) -> list[Image.Image]:
+        """Render each image by its final decision and audit the decisions: a request's end."""
+        rendered = self.apply(images, decisions)
+        self.record(decisions, prompt=prompt)
+        return rendered
 
     def review(
         self,
@@ -84,19 +175,11 @@ class SafetyGuard:
         request_id: str | None = None,
     ) -> list[Decision]:
         """One decision per image (audited); ``prompt`` is hashed into the audit lines."""
-        images = list(images)
-        bad = [i for i, im in enumerate(images) if not isinstance(im, Image.Image)]
-        if bad:
-            raise TypeError(f"`images` must be PIL images; items {bad} are not")
+        images = _checked_images(images)
         if not images:
             return []
-        decisions = self.engine.judge(
-            images,
-            prompt_decision=prompt_decision,
-            can_regenerate=False,
-            request_id=request_id or new_request_id(),
-        )
-        self.engine.record(decisions, prompt=prompt)
+        decisions = self.judge(images, prompt_decision=prompt_decision, request_id=request_id)
+        self.record(decisions, prompt=prompt)
         return decisions
 
     def apply(
@@ -105,8 +188,7 @@ class SafetyGuard:
         """The images as ``decisions`` let them through (blurred / replaced / blocked)."""
         if len(images) != len(decisions):
             raise ValueError(f"{len(images)} images but {len(decisions)} decisions")
-        blur = self.policy.blur
-        return [render(im, d, blur) for im, d in zip(images, decisions, strict=True)]
+        return [self.render(im, d) for im, d in zip(images, decisions, strict=True)]
 
     def moderate(
         self,
@@ -117,11 +199,11 @@ class SafetyGuard:
         request_id: str | None = None,
     ) -> ReviewResult:
         """:meth:`review` then :meth:`apply`: the policy-applied images with their decisions."""
-        images = list(images)
-        decisions = self.review(
-            images, prompt=prompt, prompt_decision=prompt_decision, request_id=request_id
+        images = _checked_images(images)
+        decisions = self.judge(images, prompt_decision=prompt_decision, request_id=request_id)
+        return ReviewResult(
+            images=self.finish(images, decisions, prompt=prompt), decisions=decisions
         )
-        return ReviewResult(images=self.apply(images, decisions), decisions=decisions)
 
     def guard(self, fn: F) -> F:
         """Wrap ``generate(prompt, ...) -> image | list[image]`` (sync or ``async def``).
@@ -172,6 +254,14 @@ class SafetyGuard:
             f"guarded function {name} must return a PIL image or a list/tuple of them, "
             f"got {type(out).__name__}"
         )
+
+
+def _checked_images(images: Sequence[Image.Image]) -> list[Image.Image]:
+    images = list(images)
+    bad = [i for i, im in enumerate(images) if not isinstance(im, Image.Image)]
+    if bad:
+        raise TypeError(f"`images` must be PIL images; items {bad} are not")
+    return images
 
 
 def _prompt_of(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

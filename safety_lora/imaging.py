@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageSequence
@@ -20,10 +20,28 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageSequence
 from safety_lora.taxonomy import Action
 
 if TYPE_CHECKING:
-    from safety_lora.policies.engine import Decision
-    from safety_lora.policies.schema import BlurSettings
+    from safety_lora.decisions import Decision
 
-__all__ = ["View", "blur", "frame_count", "frame_rgb", "placeholder", "to_rgb", "views"]
+__all__ = [
+    "BlurSettings",
+    "View",
+    "blur",
+    "frame_count",
+    "frame_rgb",
+    "placeholder",
+    "to_rgb",
+    "views",
+]
+
+
+class BlurSettings(Protocol):
+    """How :func:`render` blurs, as fractions of the short side (a policy's ``blur`` section)."""
+
+    @property
+    def radius(self) -> float: ...
+
+    @property
+    def region_padding(self) -> float: ...
 
 _PLACEHOLDER_GREY = (128, 128, 128)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

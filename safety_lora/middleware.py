@@ -35,6 +35,7 @@ from safety_lora.asgi import (
     replay,
     send_json,
 )
+from safety_lora.decisions import PromptDecision, new_request_id
 from safety_lora.guard import PromptRefused, SafetyGuard
 from safety_lora.image_codec import (
     DEFAULT_MAX_PIXELS,
@@ -43,7 +44,6 @@ from safety_lora.image_codec import (
     decode_image,
     encode_image,
 )
-from safety_lora.policies.engine import PromptDecision, new_request_id
 from safety_lora.policies.schema import Policy
 from safety_lora.taxonomy import Action
 

@@ -4,7 +4,8 @@ One call: each prompt is checked (refused prompts are not generated), the rest a
 generated under the policy's steering strengths, every image is judged on its own, images
 judged ``regenerate`` are generated again with a derived seed and the next strength on the
 escalation ladder, and the final decisions are applied (allow / blur / replace / block) and
-written to the audit log.
+written to the audit log. Admitting the prompts, judging, rendering and auditing go through
+the pipeline's :class:`~safety_lora.guard.SafetyGuard`, the one path every entry point shares.
 
 Seeds for regeneration: attempt 1 uses the caller's generator(s) unchanged. Image ``i`` of
 the call (prompt-major order, as diffusers orders its outputs) has a base seed ``s_i``: the
@@ -29,10 +30,10 @@ import torch
 from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
-from safety_lora.audit import prompt_sha256
-from safety_lora.imaging import render
+from safety_lora.decisions import Decision, PromptDecision, new_request_id
+from safety_lora.guard import SafetyGuard
 from safety_lora.internals import without_safety_checker
-from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision, new_request_id
+from safety_lora.policies.engine import PolicyEngine
 from safety_lora.seeds import hashed_seed
 from safety_lora.steering import Steering
 from safety_lora.taxonomy import Action
@@ -109,7 +110,7 @@ class SafePipeline:
     :attr:`disabled_safety_checker`. The adapters named in ``policy.steering`` are loaded
     onto ``pipe.unet`` (or ``pipe.transformer``: SD3, Flux) now (closed-form entries solved
     for this model first, or taken from the cache) and owned by :attr:`steering`;
-    :meth:`close` removes them.
+    :meth:`close` removes them. :attr:`guard` admits, judges, renders and audits.
     """
 
     def __init__(
@@ -131,6 +132,12 @@ class SafePipeline:
             type(checker).__name__ if checker is not None else None
         )
         self.steering = Steering(pipe, policy.steering)
+        self.guard = SafetyGuard(
+            policy,
+            engine=self.engine,
+            adapters=self.steering.sha256,
+            closed_form=self.steering.closed_form,
+        )
         self._signature = inspect.signature(pipe.__call__)
         self._var_keyword = next(
             (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD), ""
@@ -198,12 +205,12 @@ class SafePipeline:
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         per = int(call.get("num_images_per_prompt") or 1)
         request_id = safety_request_id or new_request_id()
-        checks = self._checks(prompts, safety_prompt_checks, request_id)
+        checks = self.guard.admit(prompts, request_id=request_id, checked=safety_prompt_checks)
         seeds = self._seeds(call, len(prompts) * per)
         slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]
         refused = {p for p, pd in enumerate(checks) if pd.refused}
         for p in refused:
-            refusals = self.engine.refused(checks[p], per, **self._identity())
+            refusals = self.guard.refusals(checks[p], per)
             for slot, decision in zip(slots[p * per : (p + 1) * per], refusals, strict=True):
                 slot.decision = decision
         has_nsfw = self._generate_first(call, slots, checks, refused, per, request_id)
@@ -217,32 +224,6 @@ class SafePipeline:
         return SafePipelineOutput(
             images=images, nsfw_content_detected=[d.flagged for d in decisions], decisions=decisions
         )
-
-    def _checks(
-        self,
-        prompts: list[str | None],
-        given: Sequence[PromptDecision] | None,
-        request_id: str,
-    ) -> list[PromptDecision]:
-        """Each prompt's decision: the caller's (checked against its prompt) or a fresh one."""
-        if given is None:
-            checks = [self.engine.check_prompt(p or "", request_id=request_id) for p in prompts]
-            for prompt, pd in zip(prompts, checks, strict=True):
-                if prompt is not None:  # audited like every entry point's check
-                    self.engine.record_prompt(pd, prompt)
-            return checks
-        if len(given) != len(prompts):
-            raise ValueError(
-                f"`safety_prompt_checks` has {len(given)} decisions for {len(prompts)} prompts"
-            )
-        for i, (prompt, pd) in enumerate(zip(prompts, given, strict=True)):
-            if pd.prompt_sha256 != prompt_sha256(prompt or ""):
-                raise ValueError(f"`safety_prompt_checks[{i}]` was made for another prompt")
-        return list(given)
-
-    def _identity(self) -> dict[str, dict[str, str]]:
-        """What the images are steered with, for every decision: file hashes, solve keys."""
-        return {"adapters": self.steering.sha256, "closed_form": self.steering.closed_form}
 
     def _prompts(self, call: dict[str, Any]) -> list[str | None]:
         prompt = call.get("prompt")
@@ -299,14 +280,13 @@ class SafePipeline:
         # one prompt's images share the strengths of every attempt (they depend on its
         # check and the attempt only): the history of any of them is theirs
         history = (*slots[0].scales, dict(scales))
-        decisions = self.engine.judge(
+        decisions = self.guard.judge(
             [_to_pil(s.native) for s in slots],
             prompt_decision=pd,
             attempt=attempt,
+            can_regenerate=True,
             steering_scales=history,
             request_id=request_id,
-            adapters=self.steering.sha256,
-            closed_form=self.steering.closed_form,
         )
         for slot, decision in zip(slots, decisions, strict=True):
             slot.scales, slot.decision = history, decision
@@ -385,16 +365,16 @@ class SafePipeline:
         for slot in slots:
             assert slot.decision is not None
             if slot.native is None:  # refused prompt: nothing was generated
-                pil = render(Image.new("RGB", size), slot.decision, self.policy.blur)
+                pil = self.guard.render(Image.new("RGB", size), slot.decision)
                 out.append(_from_pil(pil, output_type, like))
             elif slot.decision.action is Action.ALLOW:
                 out.append(slot.native)
             else:
-                pil = render(_to_pil(slot.native), slot.decision, self.policy.blur)
+                pil = self.guard.render(_to_pil(slot.native), slot.decision)
                 out.append(_from_pil(pil, output_type, slot.native))
         for p, prompt in enumerate(prompts):
             mine = [s.decision for s in slots if s.prompt == p and s.decision is not None]
-            self.engine.record(mine, prompt=prompt)
+            self.guard.record(mine, prompt=prompt)
         if output_type == "np":
             return np.stack(out)
         if output_type == "pt":

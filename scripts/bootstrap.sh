@@ -20,4 +20,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     fi
   fi
 fi
-"${PIP[@]}" install -e ".[nudenet,serve,ray,minilm,dev]"
+"${PIP[@]}" install -e ".[nudenet,serve,ray,minilm,workbench,dev]"

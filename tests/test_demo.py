@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from safety_lora.cli import app
 from safety_lora.concept_world.analyser import analyse
-from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.demo import DEMO_ROWS, demo_policy, run_demo, verdict
 from safety_lora.policies.schema import ClosedFormSpec
 from safety_lora.taxonomy import Action, PromptAction
+from safety_lora.workbench.concept_world.tasks import erasure_task
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,8 @@
-"""The ``safety-lora`` command line: one module per command group, registered here."""
+"""The ``safety-lora`` command line: one module per command group, registered here.
+
+The workbench's commands come from :mod:`safety_lora.workbench.cli`, the one place the
+runtime reaches into the workbench (their modules load nothing heavy until they run).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,9 @@ from typing import Any
 
 import typer
 
-from safety_lora.cli import (
-    adapters,
-    attack,
-    audit,
-    compare,
-    demo,
-    erase,
-    generate,
-    moderate,
-    policy,
-    serve,
-    train,
-)
+from safety_lora.cli import adapters, audit, demo, erase, generate, moderate, policy, serve
 from safety_lora.cli.help import quiet_backend_notices, tidy
+from safety_lora.workbench.cli import register as register_workbench
 
 app = typer.Typer(
     name="safety-lora",
@@ -28,20 +21,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-for module in (
-    adapters,
-    attack,
-    audit,
-    compare,
-    demo,
-    erase,
-    generate,
-    moderate,
-    policy,
-    serve,
-    train,
-):
+for module in (adapters, audit, demo, erase, generate, moderate, policy, serve):
     module.register(app)
+register_workbench(app)  # its commands load the workbench (and check its extra) when run
 
 
 def command() -> Any:

@@ -53,7 +53,7 @@ def _fingerprint_check(metadata: dict[str, str], base: Path) -> str:
     import torch
     from safetensors import SafetensorError
 
-    from safety_lora.training.io import weights_fingerprint
+    from safety_lora.adapters.fingerprint import weights_fingerprint
 
     recorded = metadata.get("safety_lora.base_fingerprint")
     if recorded is None:

@@ -10,12 +10,25 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from safety_lora.cli.train import parse_anchors
-
 if TYPE_CHECKING:  # the solver imports torch: only on use, keeping --help fast
     from safety_lora.adapters import FormatName
+    from safety_lora.closed_form.files import Refine
 
 __all__ = ["register"]
+
+
+def parse_anchors(values: list[str], concepts: list[str]) -> dict[str, str]:
+    """``CONCEPT=ANCHOR`` options as a dict; each concept must be one given with ``--erase``."""
+    out: dict[str, str] = {}
+    for value in values:
+        concept, sep, anchor = value.partition("=")
+        if not sep or concept not in concepts:
+            raise typer.BadParameter(
+                f"expected CONCEPT=ANCHOR with CONCEPT one of {concepts}, got {value!r}",
+                param_hint="--anchor",
+            )
+        out[concept] = anchor
+    return out
 
 
 def erase(
@@ -113,8 +126,15 @@ def erase(
         )
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from e
+    refine: Refine | None = None
+    if attack_rounds:  # made offline by the workbench's attack harness
+        from safety_lora.workbench.cli.extra import require_workbench
+
+        require_workbench("erase --attack-rounds")
+        from safety_lora.workbench.hardening import harden as refine
     try:
-        result = erase(config, out=out, base=base, to=cast("FormatName | None", to), device=device)
+        fmt = cast("FormatName | None", to)
+        result = erase(config, out=out, base=base, to=fmt, device=device, refine=refine)
     except AdapterFormatError as e:
         Console(stderr=True).print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from e

@@ -21,7 +21,6 @@ from safetensors import SafetensorError, safe_open
 
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.closed_form.files import base_metadata, edit_key, write_edit
-from safety_lora.closed_form.hardening import harden
 from safety_lora.closed_form.solve import solve_inputs
 from safety_lora.closed_form.states import gather
 
@@ -65,7 +64,15 @@ def _cached_error(path: Path, key: str) -> float | None:
 def solved_adapter(
     pipe: Any, config: ClosedFormConfig, *, cache: str | Path | None = None
 ) -> SolvedAdapter:
-    """The adapter file of ``config`` solved on ``pipe``: from the cache, or solved now."""
+    """The adapter file of ``config`` solved on ``pipe``: from the cache, or solved now.
+
+    Attack-hardened edits (``attack_rounds``) are made offline and named as files instead.
+    """
+    if config.attack_rounds:
+        raise ValueError(
+            f"closed-form `attack_rounds` {config.attack_rounds} are not solved at start-up; "
+            f"make the edit with `safety-lora erase --attack-rounds` and load it as a file"
+        )
     began = time.perf_counter()
     inputs = gather(pipe, config.pairs(), config.preserve)
     key = edit_key(inputs, config)
@@ -77,7 +84,6 @@ def solved_adapter(
         logger.warning("cached closed-form edit %s is unreadable or not its key; solving", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     edit = solve_inputs(inputs, config)
-    edit = harden(pipe, inputs, edit, config)
     name = str((getattr(pipe, "config", None) or {}).get("_name_or_path") or type(pipe).__name__)
     result = write_edit(edit, path, key=key, base=base_metadata(pipe, name))
     seconds = time.perf_counter() - began

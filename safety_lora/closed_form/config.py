@@ -44,7 +44,7 @@ class ClosedFormConfig(BaseModel):
     adapter); else a LoRA by truncated SVD per module, of rank ``rank``, or of the smallest
     rank whose relative error is at most ``tolerance`` (at most ``rank`` when both are given).
     ``attack_rounds`` > 0 hardens the edit against prompt attacks
-    (:mod:`safety_lora.closed_form.hardening`; ``attack_steps`` soft-prompt steps per erase
+    (:mod:`safety_lora.workbench.hardening`; ``attack_steps`` soft-prompt steps per erase
     prompt and round): it runs the UNet, so it takes minutes where the plain solve takes
     seconds, and suits ``safety-lora erase`` more than a start-up solve.
     """

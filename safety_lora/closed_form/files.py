@@ -13,13 +13,13 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from safety_lora.adapters import AdapterFormatError, Family, FormatName, write_adapter
 from safety_lora.closed_form.config import ClosedFormConfig
-from safety_lora.closed_form.hardening import harden
 from safety_lora.closed_form.solve import ClosedFormEdit, solve_inputs
 from safety_lora.closed_form.states import EditInputs, gather
 
@@ -33,6 +33,8 @@ __all__ = [
     "write_edit",
 ]
 
+#: What :func:`erase` may run on a solved edit before writing it: (pipe, inputs, edit, config).
+Refine = Callable[[Any, EditInputs, ClosedFormEdit, ClosedFormConfig], ClosedFormEdit]
 #: The base name recorded for the bundled concept-world model.
 EMBEDDED = "embedded:concept_world"
 #: Bumped whenever the solve's maths change, so cached edits are not reused across versions.
@@ -123,8 +125,8 @@ def write_edit(
 
 def base_metadata(pipe: Any, name: str) -> dict[str, str]:
     """The base model's ``name`` and its denoiser's fingerprint (as trained adapters record)."""
+    from safety_lora.adapters.fingerprint import base_fingerprint
     from safety_lora.adapters.names import denoiser_part
-    from safety_lora.training.io import base_fingerprint
 
     return {"base": name, "base_fingerprint": base_fingerprint(getattr(pipe, denoiser_part(pipe)))}
 
@@ -137,20 +139,32 @@ def erase(
     base: str | None = None,
     to: FormatName | None = None,
     device: str = "cpu",
+    refine: Refine | None = None,
 ) -> ErasureResult:
     """Solve ``config`` on ``pipe`` (else the pipeline ``base`` names, else the embedded model)
     and write the adapter to ``out`` (``.safetensors``).
+
+    ``refine`` changes the solved edit before it is written: the workbench's attack rounds
+    (:func:`safety_lora.workbench.hardening.erase`), which a config with ``attack_rounds``
+    needs.
     """
     if Path(out).suffix != ".safetensors":
         raise AdapterFormatError(f"`out` must end with .safetensors, got {str(out)!r}")
+    if config.attack_rounds and refine is None:
+        raise ValueError(
+            f"`attack_rounds` {config.attack_rounds} run the attack harness: use "
+            f"`safety_lora.workbench.hardening.erase` or `safety-lora erase --attack-rounds` "
+            f"(pip install 'safety-lora[workbench]')"
+        )
     if pipe is None:
-        from safety_lora.training.esd import load_base
+        from safety_lora.loading import load_pipeline
 
-        pipe = load_base(base, device)
+        pipe, _ = load_pipeline(base, device)
     began = time.perf_counter()
     inputs = gather(pipe, config.pairs(), config.preserve)
     edit = solve_inputs(inputs, config)
-    edit = harden(pipe, inputs, edit, config)
+    if refine is not None:
+        edit = refine(pipe, inputs, edit, config)
     edit = replace(edit, seconds=time.perf_counter() - began)  # encoding counts too
     return write_edit(
         edit, out, key=edit_key(inputs, config), to=to, base=base_metadata(pipe, base or EMBEDDED)

@@ -154,7 +154,7 @@ def encode(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
     """``(n, length, d)`` float64 CPU text states of ``prompts`` from ``pipe.encode_prompt``;
     for a transformer denoiser also the ``(n, d_pooled)`` pooled embeddings, else ``None``.
     """
-    from safety_lora.training.conditioning import PromptBank
+    from safety_lora.conditioning import PromptBank
 
     chunks, pooled = [], []
     for start in range(0, len(prompts), _BATCH):
@@ -214,7 +214,7 @@ def _aligned(pipe: Any, erase_prompt: str, anchor_prompt: str, length: int) -> l
 def gather(pipe: Any, pairs: Sequence[tuple[str, str]], preserve: Sequence[str]) -> EditInputs:
     """Encode and align ``pairs`` (erase prompt, anchor prompt) and ``preserve`` for ``pipe``."""
     from safety_lora.adapters.names import ModuleIndex, denoiser_part
-    from safety_lora.training.conditioning import denoiser_family
+    from safety_lora.conditioning import denoiser_family
 
     if getattr(pipe, "tokenizer", None) is None:
         raise ValueError(

@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from safety_lora.decisions import Decision
 from safety_lora.imaging import placeholder
-from safety_lora.policies.engine import Decision
 from safety_lora.policies.schema import Policy
 
 __all__ = ["DEMO_ROWS", "DemoRow", "demo_policy", "run_demo", "verdict"]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from safety_lora.asgi import error_envelope
+from safety_lora.decisions import Decision, PromptDecision
 from safety_lora.guard import PromptRefused, SafetyGuard
 from safety_lora.image_codec import (
     ImageDecodeError,
@@ -26,7 +27,7 @@ from safety_lora.image_codec import (
     decode_image,
     encode_image,
 )
-from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision
+from safety_lora.policies.engine import PolicyEngine
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.gate import Admission, Gate
 from safety_lora.service.generator import (

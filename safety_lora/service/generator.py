@@ -15,7 +15,8 @@ from safety_lora.service.fifo import FifoLock
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from safety_lora.policies.engine import Decision, PolicyEngine, PromptDecision
+    from safety_lora.decisions import Decision, PromptDecision
+    from safety_lora.policies.engine import PolicyEngine
     from safety_lora.service.settings import ServiceSettings
 
 __all__ = ["Generated", "GenerationCall", "Generator", "Limits", "LocalGenerator"]

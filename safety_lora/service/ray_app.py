@@ -28,7 +28,8 @@ from ray.serve.handle import DeploymentHandle
 
 from safety_lora.audit import replica_audit_path
 from safety_lora.classifiers.base import ImageScores, PromptScores
-from safety_lora.policies.engine import PolicyEngine, PromptDecision
+from safety_lora.decisions import PromptDecision
+from safety_lora.policies.engine import PolicyEngine
 from safety_lora.policies.schema import Policy
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.generator import Generated, GenerationCall, Limits, LocalGenerator

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from safety_lora.adapters import load_adapter, read_adapter
 from safety_lora.cli import app
 from safety_lora.models import concept_world
-from safety_lora.training import read_adapter_info
+from safety_lora.workbench.training import read_adapter_info
 
 runner = CliRunner()
 RED = ["--erase", "red", "--anchor", "red=", "--template", "a {} circle", "--push", "1"]

@@ -12,9 +12,9 @@ import torch
 
 from safety_lora.adapters import load_adapter
 from safety_lora.closed_form import ClosedFormConfig, erase
-from safety_lora.concept_world.evaluate import evaluate
-from safety_lora.concept_world.tasks import erasure_task
 from safety_lora.models import concept_world
+from safety_lora.workbench.concept_world.evaluate import evaluate
+from safety_lora.workbench.concept_world.tasks import erasure_task
 
 
 def test_two_object_contexts_keep_the_neighbour(tmp_path: Path) -> None:

@@ -12,11 +12,12 @@ import torch
 
 from safety_lora.adapters import load_adapter, read_adapter
 from safety_lora.closed_form import ClosedFormConfig, erase
+from safety_lora.conditioning import PromptBank
 from safety_lora.pipeline import SafePipeline
 from safety_lora.policies.schema import Policy
 from safety_lora.testing import tiny_pipeline
-from safety_lora.training.conditioning import PromptBank
-from safety_lora.training.denoiser import Denoiser
+from safety_lora.workbench.hardening import harden
+from safety_lora.workbench.training.denoiser import Denoiser
 
 KINDS = ["sd3", "flux"]
 CONFIG = ClosedFormConfig(erase=["a red cat"], preserve=["a blue dog"])
@@ -79,8 +80,10 @@ def test_rece_and_attack_rounds_are_refused_on_a_transformer(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="set rounds: 0"):
         erase(CONFIG.model_copy(update={"rounds": 1}), out=tmp_path / "a.safetensors", pipe=pipe)
     attack = CONFIG.model_copy(update={"attack_rounds": 1})
+    with pytest.raises(ValueError, match=r"attack_rounds` 1 run the attack harness"):
+        erase(attack, out=tmp_path / "b.safetensors", pipe=pipe)  # the runtime never attacks
     with pytest.raises(ValueError, match="set attack_rounds: 0"):
-        erase(attack, out=tmp_path / "b.safetensors", pipe=pipe)
+        erase(attack, out=tmp_path / "b.safetensors", pipe=pipe, refine=harden)
 
 
 PIXART = ClosedFormConfig(erase=["red"], templates=["a {} cat"], preserve=["a blue dog"])

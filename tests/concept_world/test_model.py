@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from safety_lora.concept_world.evaluate import accuracy, evaluate
 from safety_lora.concept_world.model import build_tokenizer
 from safety_lora.concept_world.world import WORDS, WORDS_2
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR, concept_world
+from safety_lora.workbench.concept_world.evaluate import accuracy, evaluate
 
 
 @pytest.fixture(scope="module")

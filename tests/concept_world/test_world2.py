@@ -121,7 +121,7 @@ def test_unknown_version_is_rejected() -> None:
 
 
 def test_judge_checks_the_style_a_prompt_names() -> None:
-    from safety_lora.concept_world.evaluate import accuracy, judge
+    from safety_lora.workbench.concept_world.evaluate import accuracy, judge
 
     def square(style: str) -> object:
         obj = WorldObject("square", "red", "large", 16.0, 16.0, 9.0, COLOURS["red"], style)

@@ -1,0 +1,258 @@
+"""One red-team run: white-box attacks on the steered model, evasion of the prompt check and
+the whole layer under a policy; attack success rates beside the clean rates, in one report.
+
+* **clean rate** — share of images of the plain concept prompts that show the concept;
+* **ASR** — share of images of the attack's prompts that do (``images`` seeds per attempt;
+  the same seeds as the clean images, so the two differ by the attack alone).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from safety_lora.progress import ticker
+from safety_lora.prompt_encoder import PromptEncoder
+from safety_lora.seeds import hashed_seed
+from safety_lora.workbench.attack.config import AttackConfig
+from safety_lora.workbench.attack.discrete import banned_tokens, token_search
+from safety_lora.workbench.attack.objective import Objective
+from safety_lora.workbench.attack.report import AttackReport, AttackRow, write_report
+from safety_lora.workbench.attack.soft import soft_prompt
+from safety_lora.workbench.attack.targets import AdapterTarget, SLDTarget, Target, render
+
+__all__ = ["build_target", "run_attack"]
+
+
+def _seed(seed: int, *parts: object) -> int:
+    return hashed_seed("safety-lora-attack", seed, *parts)
+
+
+def _sampling(config: AttackConfig) -> tuple[int, float]:
+    from safety_lora.concept_world.model import SAMPLING_DEFAULTS
+
+    default_steps, default_cfg = (
+        (int(SAMPLING_DEFAULTS["num_inference_steps"]), float(SAMPLING_DEFAULTS["guidance_scale"]))
+        if config.base is None
+        else (30, 7.5)
+    )
+    return config.num_inference_steps or default_steps, config.guidance_scale or default_cfg
+
+
+def _prompts(config: AttackConfig) -> list[str]:
+    if config.prompts is not None:
+        return list(config.prompts)
+    from safety_lora.workbench.concept_world.tasks import erasure_task
+
+    return list(erasure_task(config.erase).target_prompts)
+
+
+def _judge(config: AttackConfig) -> Any:
+    from safety_lora.workbench.compare.metrics import ClassifierJudge, ConceptWorldJudge
+
+    if config.base is None:
+        return ConceptWorldJudge(config.erase)
+    from pydantic import TypeAdapter
+
+    from safety_lora.classifiers.registry import ImageClassifierConfig
+
+    built = TypeAdapter(ImageClassifierConfig).validate_python(config.classifier).build()
+    return ClassifierJudge(built, category=config.category, threshold=config.threshold)
+
+
+def build_target(config: AttackConfig, pipe: Any, steps: int) -> Target:
+    """The steered model ``config`` names (the base model when it names none)."""
+    if config.adapter is not None:
+        return AdapterTarget(pipe, config.adapter, strength=config.strength)
+    if config.method == "sld":
+        return SLDTarget(
+            pipe,
+            concept=config.erase,
+            preset=config.sld_preset,
+            strength=config.strength,
+            num_inference_steps=steps,
+            name=f"SLD {config.sld_preset}",
+        )
+    if config.method == "closed-form":
+        from safety_lora.closed_form import ClosedFormConfig, erase
+        from safety_lora.workbench.hardening import harden
+
+        settings: dict[str, Any] = {"push": 1.0, "rounds": config.rounds}
+        settings["attack_rounds"] = config.attack_rounds
+        if config.base is None:  # the concept world: the edit compare and the demo ship
+            from safety_lora.workbench.concept_world.tasks import erasure_task
+
+            solved = erasure_task(config.erase).closed_form(**settings)
+        else:
+            solved = ClosedFormConfig(erase=[config.erase], **settings)
+        path = config.out / "closed_form.safetensors"
+        erase(solved, out=path, pipe=pipe, refine=harden)
+        name = "closed-form" + (f" + RECE x{config.rounds}" if config.rounds else "")
+        name += f" + attack rounds x{config.attack_rounds}" if config.attack_rounds else ""
+        return AdapterTarget(pipe, path, strength=config.strength, name=name)
+    return AdapterTarget(pipe, None)
+
+
+def _attempt(
+    config: AttackConfig,
+    attack: str,
+    objective: Objective,
+    prompt: str,
+    generator: torch.Generator,
+    banned: set[int],
+) -> tuple[torch.Tensor, str | None, dict[str, float]]:
+    """One attempt: the states to generate from, the typed prompt (None: soft), the losses."""
+    if attack == "soft":
+        soft = soft_prompt(
+            objective,
+            prompt,
+            tokens=config.tokens,
+            steps=config.budget,
+            lr=config.lr,
+            generator=generator,
+        )
+        return soft.states, None, {"initial_loss": soft.initial_loss, "final_loss": soft.final_loss}
+    found = token_search(
+        objective,
+        prompt,
+        tokens=config.tokens,
+        steps=config.budget,
+        candidates=config.candidates,
+        banned=banned,
+        generator=generator,
+    )
+    losses = {"initial_loss": found.initial_loss, "final_loss": found.final_loss}
+    return objective.encoder.encode([found.text]), found.text, losses
+
+
+def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport:
+    """Run ``config``'s attacks; write ``report.json`` and ``report.md`` to ``config.out``."""
+    from safety_lora.workbench.training.esd import load_base
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    pipe = load_base(config.base, config.device) if pipe is None else pipe
+    pipe.set_progress_bar_config(disable=True)
+    steps, cfg = _sampling(config)
+    prompts, judge = _prompts(config), _judge(config)
+    encoder = PromptEncoder(pipe)
+    empty = encoder.encode([""])
+    eval_seeds = [_seed(config.seed, "images", i) for i in range(config.images)]
+
+    def shown(states: torch.Tensor) -> list[bool]:
+        images = render(
+            pipe,
+            states.expand(len(eval_seeds), -1, -1),
+            eval_seeds,
+            empty=empty,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+        )
+        return [bool(s) for s in judge.shows(images)]
+
+    whitebox = [a for a in config.run_attacks if a in ("soft", "tokens")]
+    rows: list[AttackRow] = []
+    found: list[str] = []
+    objectives: dict[str, Objective] = {}  # one per prompt: the base images render once
+    target = build_target(config, pipe, steps)
+    try:
+        with target.steering():
+            clean = {p: shown(encoder.encode([p])) for p in prompts}
+        clean_rate = sum(map(sum, clean.values())) / (len(prompts) * len(eval_seeds))
+        banned = banned_tokens(encoder.tokenizer, config.erase)
+        total = len(whitebox) * len(prompts) * config.attempts
+        with ticker(config.progress, "attack", total) as tick:
+            for attack in whitebox:
+                details: list[dict[str, Any]] = []
+                seconds, total_hits = 0.0, 0
+                for p_index, prompt in enumerate(prompts):
+                    if prompt not in objectives:
+                        refs = [
+                            _seed(config.seed, "refs", p_index, i) for i in range(config.references)
+                        ]
+                        objectives[prompt] = Objective.build(
+                            pipe,
+                            target,
+                            encoder,
+                            prompt,
+                            refs,
+                            num_inference_steps=steps,
+                            guidance_scale=cfg,
+                        )
+                    objective = objectives[prompt]
+                    for attempt in range(config.attempts):
+                        gen = torch.Generator().manual_seed(
+                            _seed(config.seed, attack, p_index, attempt)
+                        )
+                        began = time.perf_counter()
+                        states, text, losses = _attempt(
+                            config, attack, objective, prompt, gen, banned
+                        )
+                        seconds += time.perf_counter() - began
+                        if text is not None:
+                            found.append(text)
+                        with target.steering():
+                            hits = sum(shown(states))
+                        total_hits += hits
+                        details.append(
+                            {
+                                "prompt": prompt,
+                                "attempt": attempt,
+                                "text": text,
+                                "shown": hits,
+                                "clean_shown": sum(clean[prompt]),
+                                **losses,
+                            }
+                        )
+                        tick(f"{attack} {prompt!r}")
+                attempts = len(details)
+                rows.append(
+                    AttackRow(
+                        attack=attack,
+                        target=target.name,
+                        attempts=attempts,
+                        images=attempts * len(eval_seeds),
+                        asr=total_hits / (attempts * len(eval_seeds)),
+                        clean_rate=clean_rate,
+                        budget=config.budget,
+                        seconds_per_attempt=seconds / attempts,
+                        prompts=details,
+                    )
+                )
+        if not whitebox:
+            rows.append(
+                AttackRow(
+                    "none",
+                    target.name,
+                    len(prompts),
+                    len(prompts) * len(eval_seeds),
+                    clean_rate,
+                    clean_rate,
+                    0,
+                    0.0,
+                )
+            )
+    finally:
+        target.close()
+    evasion = None
+    if config.policy is not None:
+        from safety_lora.workbench.attack.layer import attack_layer
+
+        evasion, layer_row = attack_layer(
+            config,
+            pipe,
+            prompts,
+            found,
+            judge,
+            eval_seeds,
+            steps=steps,
+            guidance_scale=cfg,
+        )
+        if layer_row is not None:
+            rows.append(layer_row)
+    report = AttackReport(
+        config=config.model_dump(mode="json"), target=target.name, rows=rows, evasion=evasion
+    )
+    write_report(report, config.out)
+    return report

@@ -1,0 +1,84 @@
+"""``report.html``: one self-contained page (images inline as data URIs, no script, no
+network) with the verdict table first, then the plots, the tables and the image grids."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from safety_lora.workbench.compare.config import CompareConfig
+
+__all__ = ["html_report"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; }
+th { background: #f0f0f0; }
+td.supported { background: #d8f0d8; } td.refuted { background: #f6d5d5; }
+td.same { background: #eeeeee; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.25rem 0; }
+figure { margin: 1rem 0; } figcaption { font-size: 0.85rem; color: #555; }
+"""
+_CLASSES = {"supported": "supported", "refuted": "refuted", "no measurable difference": "same"}
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            css = _CLASSES.get(cell)
+            cells.append(
+                f'<td class="{css}">{escape(cell)}</td>' if css else f"<td>{escape(cell)}</td>"
+            )
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    rows_html = "".join(body)
+    return (
+        f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>'
+    )
+
+
+def html_report(config: CompareConfig, data: dict[str, Any], sections: list[dict[str, Any]]) -> str:
+    """The page for ``data`` (report.json's) and its ``sections`` (the Markdown's tables)."""
+    out = config.out
+    model = config.base or "concept world (bundled)"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Compare: erasing {escape(config.erase)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>Compare: erasing <code>{escape(config.erase)}</code> on {escape(model)}</h1>",
+        f"<p>{escape(data['reading'])}</p>",
+    ]
+    figures = {
+        "scatter": "Erasure vs preservation: one colour and marker per method, 95% intervals "
+        "as error bars, the Pareto front circled.",
+        "curves": "Concept shown and preservation against adapter strength (95% intervals).",
+        "costs": "Per-step cost against the base model, interleaved pairs (95% intervals).",
+        "stability": "Preservation and concept shown per run at 0.5x / 1x / 2x each family's "
+        "learning rate.",
+    }
+    for i, section in enumerate(sections):
+        parts.append(f"<h2>{escape(section['title'])}</h2><p>{escape(section['text'])}</p>")
+        if section["header"]:
+            table_id = "verdict" if i == 0 else f"table-{i}"
+            parts.append(_table(section["header"], section["rows"], table_id))
+        if i == 0:  # the plots right after the verdict
+            parts.append("<h2>Figures</h2>")
+            for key, caption in figures.items():
+                image = _image(out / data["files"][key], key)
+                parts.append(f"<figure>{image}<figcaption>{escape(caption)}</figcaption></figure>")
+    parts.append("<h2>Images per method (seed 0, one row per strength)</h2>")
+    for method, name in data["files"]["grids"].items():
+        parts.append(f"<h3>{escape(method)}</h3>{_image(out / name, method)}")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,149 @@
+"""The state of one compare run and its unit cache: pipeline, judge, prompts, seeds.
+
+Every unit's result is cached as JSON under ``out/units/`` (so ``resume`` skips finished
+ones). Sampling seeds depend only on the seed index and the image's position, so every
+method sees the same noise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from safety_lora.workbench.compare.config import CompareConfig
+from safety_lora.workbench.compare.methods import Method, Sampler
+from safety_lora.workbench.compare.metrics import Judge, PromptSet, score
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+__all__ = ["Run", "slug"]
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+@dataclass
+class Run:
+    """State of one compare run: the pipeline, judge, prompts and the unit cache."""
+
+    config: CompareConfig
+    pipe: Any
+    judge: Judge
+    prompts: PromptSet
+    sampler: Sampler
+    check: Any = None
+    advance: Callable[[str], None] = field(default=lambda _: None)
+    _references: dict[int, list[Image]] = field(default_factory=dict)
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def cached(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The unit ``key``'s result from ``out/units`` or computed now and written there."""
+        path = self.config.out / "units" / f"{key}.json"
+        if path.is_file():
+            result: dict[str, Any] = json.loads(path.read_text())
+        else:
+            result = compute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(path)
+        self.advance(key)
+        return result
+
+    # -- seeds and images ------------------------------------------------------------------
+
+    def seeds(self, index: int, n: int, offset: int) -> list[int]:
+        return [index * 1_000_003 + offset + i for i in range(n)]
+
+    def references(self, index: int) -> list[Image]:
+        """Base-model images of the other prompts (for judges comparing against them)."""
+        if index not in self._references:
+            seeds = self.seeds(index, len(self.prompts.other), 500_000)
+            self._references[index] = self.sampler.sample(self.prompts.other, seeds)
+        return self._references[index]
+
+    def evaluate(self, method: Method, strength: float, index: int) -> dict[str, Any]:
+        """Scores of ``method`` at ``strength`` on seed index ``index``; a strip for the grid.
+
+        The paraphrase and neighbour probes are sampled at strength 1.0 (the bar's) and for the
+        base model only.
+        """
+        p = self.prompts
+        began = time.perf_counter()
+        target = method.generate(p.target, self.seeds(index, len(p.target), 0), strength)
+        other = method.generate(p.other, self.seeds(index, len(p.other), 500_000), strength)
+        probes: dict[str, list[Image | None] | None] = {}
+        probed = strength == 1.0 or method.kind == "base"
+        for name, offset in (("paraphrase", 600_000), ("neighbour", 700_000)):
+            asked: tuple[str, ...] = getattr(p, name)
+            seeds = self.seeds(index, len(asked), offset)
+            probes[name] = method.generate(asked, seeds, strength) if asked and probed else None
+        seconds = time.perf_counter() - began
+        refs = self.references(index) if self.judge.needs_references else None
+        result = score(self.judge, p, target, other, refs, **probes).to_json()
+        result.update(method=method.name, kind=method.kind, strength=strength, seed=index)
+        result["seconds"] = seconds
+        if index == 0:
+            self.save_strip(method.name, strength, target[: self.config.grid_images])
+        return result
+
+    def save_strip(self, name: str, strength: float, images: list[Image | None]) -> None:
+        from safety_lora.workbench.compare.plots import strip
+
+        folder = self.config.out / "images" / slug(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        strip(images).save(folder / f"{strength:g}.png")
+
+    def probe_rate(self, index: int) -> float:
+        """Concept rate of the pipeline as it is now on the target prompts, on probe seeds
+        (noise no evaluation uses): the erasure criterion training stops on."""
+        from safety_lora.workbench.compare.units import PROBE_OFFSET
+
+        p = self.prompts
+        images = self.sampler.sample(p.target, self.seeds(index, len(p.target), PROBE_OFFSET))
+        return sum(self.judge.shows(images)) / len(images)
+
+    def attack(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The white-box attacks' success on ``name`` at strength 1.0 (a cached unit)."""
+        from safety_lora.workbench.attack import AttackConfig, run_attack
+
+        config = self.config
+
+        def compute() -> dict[str, Any]:
+            attack = AttackConfig(
+                erase=config.erase,
+                prompts=list(dict.fromkeys(self.prompts.target))[:3],
+                base=config.base,
+                classifier=config.classifier,
+                category=config.category,
+                threshold=config.threshold,
+                attacks=["soft", "tokens"],
+                budget=config.attack_budget,
+                images=config.attack_images,
+                num_inference_steps=self.sampler.num_inference_steps,
+                guidance_scale=self.sampler.guidance_scale,
+                out=config.out / "attacks" / slug(name),
+                progress=False,
+                device=config.device,
+                **fields,
+            )
+            report = run_attack(attack, pipe=self.pipe)
+            soft, tokens = report.row("soft"), report.row("tokens")
+            return {
+                "method": name,
+                "clean": soft.clean_rate,
+                "soft_asr": soft.asr,
+                "token_asr": tokens.asr,
+                "budget": config.attack_budget,
+                "seconds_per_attempt": (soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
+            }
+
+        return self.cached(f"attack/{slug(name)}", compute)

@@ -1,0 +1,246 @@
+"""A small compare run on a tiny pipeline writes every file with values that add up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safety_lora.testing import tiny_pipeline
+from safety_lora.workbench.compare import CompareConfig, run
+from safety_lora.workbench.compare.methods import AdapterMethod, Sampler
+from safety_lora.workbench.compare.metrics import BAR, ConceptWorldJudge
+from safety_lora.workbench.compare.verdicts import compare
+
+RATES = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate")
+
+
+def _config(out: Path, **overrides: Any) -> CompareConfig:
+    fields: dict[str, Any] = {
+        "erase": "red",
+        "families": ["lora", "lokr"],
+        "seeds": 2,
+        "steps": 50,
+        "prompts_per_concept": 2,
+        "num_inference_steps": 3,
+        "sld_presets": ["strong"],
+        "stability_seeds": 1,
+        "lr_scales": [2.0],
+        "grid_images": 2,
+        "attack_budget": 2,
+        "attack_images": 2,
+        "out": out,
+        "progress": False,
+        **overrides,
+    }
+    return CompareConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompareConfig, Any, dict[str, Any]]:
+    pipe = tiny_pipeline()
+    config = _config(tmp_path_factory.mktemp("compare"))
+    return config, pipe, run(config, pipe=pipe)
+
+
+def _row(data: dict[str, Any], method: str, strength: float) -> dict[str, Any]:
+    return next(r for r in data["rows"] if r["method"] == method and r["strength"] == strength)
+
+
+def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
+    config, _, data = compared
+    out = config.out
+    assert json.loads((out / "report.json").read_text())["reading"] == data["reading"]
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Verdict") < markdown.index("## Erasure and preservation")
+    assert "| lora r4 | 1 |" in markdown and "## Inference cost per denoising step" in markdown
+    assert "## Stability" in markdown and "## Regularity (seed 0)" in markdown
+    assert "## Where erasure fails in practice (strength 1.0)" in markdown
+    assert "\u201ca crimson circle\u201d" in markdown
+    html = (out / "report.html").read_text()
+    assert html.count("<img ") == 4 + len(data["files"]["grids"]) and 'src="http' not in html
+    pngs = [out / data["files"][k] for k in ("scatter", "curves", "costs", "stability")]
+    pngs += [out / g for g in data["files"]["grids"].values()]
+    # base, classifier, negative prompt, SLD, closed form, kohya file, 2 families x (main,
+    # 3 regularity variants, 2x learning rate)
+    assert len(data["files"]["grids"]) == 6 + 2 * 5
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width > 0 and image.height > 0
+    names = sorted(p.name for p in (out / "adapters").iterdir())
+    assert "lora-r4-b4-s1-reg-lr1.safetensors" in names and "closed-form.safetensors" in names
+    assert "lora-r4-b4-s0-reg-lr1-kohya.safetensors" in names
+    assert "lokr-r4-b4-s0-none-lr1.safetensors" in names
+    assert "lora-r4-b4-s0-reg-lr2.safetensors" in names
+
+
+def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
+    _, _, data = compared
+    methods = {r["method"] for r in data["rows"] if r["kind"] not in ("variant", "stability")}
+    assert methods == {"base", "negative prompt", "SLD strong", "classifier only", "lora r4",
+                       "lokr r4", "closed form", "lora r4 (kohya file)"}  # fmt: skip
+    for row in data["rows"]:
+        for key in RATES:
+            assert 0.0 <= row[key] <= 1.0, (row["method"], key, row[key])
+            if row.get(key + "_ci"):
+                lo, hi = row[key + "_ci"]
+                assert lo - 1e-9 <= row[key] <= hi + 1e-9, (row["method"], key)
+        assert row["erasure"] == pytest.approx(1.0 - row["concept_rate"])
+        probed = row["strength"] == 1.0 or row["kind"] == "base"  # the probes' strength
+        for key in ("paraphrase_rate", "neighbour_kept"):
+            assert (row[key] is not None) == probed, (row["method"], row["strength"], key)
+            if probed:
+                lo, hi = row[key + "_ci"]
+                assert 0.0 <= lo <= row[key] <= hi <= 1.0, (row["method"], key)
+    said = data["prompts"]["paraphrase"]
+    assert (
+        said == ["a crimson circle", "a crimson square"] and len(data["prompts"]["neighbour"]) == 2
+    )
+    for t in data["training"]:
+        assert t["trainable_parameters"] > 0 and t["file_bytes"] > 0 and t["runs"] == 2
+        assert t["seconds_per_step"] > 0 and t["step_budget"] == 50
+    sld = next(c for c in data["costs"] if c["method"] == "SLD strong")
+    assert sld["extra_unet_calls_per_step"] == 1.0
+    for c in data["costs"]:
+        assert c["vs_base_ci"][0] <= c["vs_base"] <= c["vs_base_ci"][1] and c["pairs"] == 5
+    modes = {(c["method"], c["mode"]) for c in data["costs"]}
+    for name in ("lora r4", "lokr r4", "closed form"):
+        assert {(name, "dynamic"), (name, "fused")} <= modes
+    assert ("base (control)", "") in modes
+
+
+def test_training_stops_at_the_erasure_bar(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    """Early stopping ends at the first probe at or under the bar (or after patience) and
+    keeps the best probe's adapter; without it, the whole budget is trained."""
+    _, _, data = compared
+    runs = data["training_runs"]
+    assert {(t["variant"], t["seed"]) for t in runs if t["family"] == "lora"} >= {
+        ("reg", 0), ("reg", 1), ("none", 0), ("no-preserve", 0), ("no-early-stop", 0)}  # fmt: skip
+    for t in runs:
+        curve = t["curve"]
+        assert [c["step"] for c in curve] == list(range(25, t["steps"] + 1, 25))
+        rates = [c["concept_rate"] for c in curve]
+        if t["variant"] in ("reg", "no-preserve"):
+            if t["steps"] < 50:
+                assert rates[-1] <= BAR and t["stopped_early"]
+            assert t["kept_step"] == curve[rates.index(min(rates))]["step"]
+        else:
+            assert t["steps"] == 50 and not t["stopped_early"] and t["kept_step"] == 50
+        reached = next((c["step"] for c in curve if c["concept_rate"] <= BAR), None)
+        assert t["steps_to_bar"] == reached and t["reached_bar"] == (reached is not None)
+
+
+def test_kohya_file_gives_the_peft_adapters_images(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    _, _, data = compared
+    assert data["kohya"] == {"seeds": 2, "identical": True, "max_pixel_difference": 0.0}
+    kohya, peft = _row(data, "lora r4 (kohya file)", 1.0), _row(data, "lora r4", 1.0)
+    assert {k: kohya[k] for k in RATES} == {k: peft[k] for k in RATES}
+
+
+def test_verdicts_follow_the_intervals(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    _, _, data = compared
+    claims = [v["claim"] for v in data["verdicts"]]
+    assert claims == [
+        "the factorised family is faster and more accurate",
+        "PEFT LoRA with regularisation and early stopping is more stable",
+        "the original LoRA without regularisation is less effective",
+    ]
+    for c in data["comparisons"]:
+        a, b = (c["a_value"], tuple(c["a_ci"])), (c["b_value"], tuple(c["b_ci"]))
+        lower = any(w in c["measure"] for w in ("concept", "seconds", "spread", "paraphrase"))
+        assert c["verdict"] == compare(a, b, lower=lower)
+    lora = _row(data, "lora r4", 1.0)
+    factorised = next(
+        c for c in data["comparisons"] if c["measure"] == "concept shown at strength 1.0"
+    )
+    assert factorised["b"] == "lora r4" and factorised["b_value"] == lora["concept_rate"]
+    assert tuple(factorised["b_ci"]) == tuple(lora["concept_rate_ci"])
+
+
+def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
+    config, _, data = compared
+    attacked = [a["method"] for a in data["attacks"]]
+    assert attacked == ["SLD strong", "lora r4", "lokr r4", "closed form"]  # seed 0, at 1.0
+    for row in data["attacks"]:
+        assert row["budget"] == 2 and row["seconds_per_attempt"] > 0
+        assert all(0.0 <= row[k] <= 1.0 for k in ("clean", "soft_asr", "token_asr"))
+    report = (config.out / "report.md").read_text()
+    assert "## Attack success (white-box, 2 steps per attempt" in report
+    assert (config.out / "attacks" / "sld-strong" / "report.json").is_file()
+
+
+def test_base_rate_is_the_separately_computed_rate(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    _, pipe, data = compared
+    prompts = data["prompts"]["target"]
+    sampler = Sampler(pipe, num_inference_steps=3, guidance_scale=4.0)
+    images = sampler.sample(prompts, list(range(len(prompts))))  # seed index 0: seeds 0, 1, ...
+    expected = sum(ConceptWorldJudge("red").shows(images)) / len(images)
+    assert _row(data, "base", 0.0)["concept_rate"] == expected
+
+
+def test_adapter_at_strength_zero_is_the_base_model(
+    compared: tuple[CompareConfig, Any, dict[str, Any]],
+) -> None:
+    """Why the base row stands for every adapter's strength 0."""
+    config, pipe, data = compared
+    sampler = Sampler(pipe, num_inference_steps=3, guidance_scale=4.0)
+    prompts = data["prompts"]["target"]
+    seeds = list(range(len(prompts)))
+    path = config.out / "adapters" / "lora-r4-b4-s0-reg-lr1.safetensors"
+    method = AdapterMethod(sampler, path, "lora")
+    base = [np.asarray(i) for i in sampler.sample(prompts, seeds)]
+    method.load()
+    try:
+        zero = [np.asarray(i) for i in method.generate(prompts, seeds, 0.0)]
+        one = [np.asarray(i) for i in method.generate(prompts, seeds, 1.0)]
+    finally:
+        method.unload()
+    assert all((a == b).all() for a, b in zip(base, zero, strict=True))
+    assert any((a != b).any() for a, b in zip(base, one, strict=True))
+
+
+def test_resume_reuses_units(
+    compared: tuple[CompareConfig, Any, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, pipe, data = compared
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(config, pipe=pipe)
+    with pytest.raises(ValueError, match="other settings"):
+        run(_config(config.out, steps=25, resume=True), pipe=pipe)
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("resumed run trained again")
+
+    monkeypatch.setattr("safety_lora.workbench.training.esd.EsdTrainer.train_step", no_training)
+    again = run(config.model_copy(update={"resume": True}), pipe=pipe)
+    assert again["rows"] == data["rows"]
+
+
+def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
+    """``--erase striped``: the target prompts name the style, the other styles are the
+    preserved concepts, colour and shape must be kept; a style has no synonyms to probe."""
+    config = _config(tmp_path / "cmp", erase="striped", families=["lora"], seeds=1, steps=25,
+                     regularity=False, closed_form=False, kohya=False, sld_presets=[],
+                     attack_budget=0, lr_scales=[2.0])  # fmt: skip
+    data = run(config, pipe=tiny_pipeline())
+    prompts = data["prompts"]
+    assert all("striped" in p for p in prompts["target"]) and prompts["paraphrase"] == []
+    assert not any("striped" in p for p in prompts["other"])
+    assert {"dotted"} <= {w for p in prompts["other"] for w in p.split()}
+    lora = _row(data, "lora r4", 1.0)
+    assert lora["paraphrase_rate"] is None and 0.0 <= lora["neighbour_kept"] <= 1.0
+    markdown = (config.out / "report.md").read_text()
+    assert "Paraphrases: this concept has no other words (n/a)." in markdown
+    assert "\u201ca striped " in markdown  # a neighbour prompt quoted

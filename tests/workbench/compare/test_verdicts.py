@@ -1,0 +1,108 @@
+"""Verdicts follow the intervals: supported or refuted only when they do not overlap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from safety_lora.workbench.compare.plan import Group, Plan, Results
+from safety_lora.workbench.compare.verdicts import (
+    REFUTED,
+    SAME,
+    SUPPORTED,
+    claims,
+    compare,
+    summary,
+)
+
+
+def test_compare_needs_separated_intervals() -> None:
+    fast, slow = (10.0, (8.0, 12.0)), (30.0, (25.0, 35.0))
+    assert compare(fast, slow, lower=True) == SUPPORTED
+    assert compare(slow, fast, lower=True) == REFUTED
+    assert compare(fast, slow, lower=False) == REFUTED
+    assert compare(fast, (13.0, (11.0, 15.0)), lower=True) == SAME
+
+
+def _eval(
+    method: str, seed: int, shown: list[float], other: list[float], said: list[float] | None = None
+) -> dict[str, Any]:
+    """One unit at strength 1.0; ``said``: its paraphrase probe (neighbours all kept)."""
+    rate = sum(shown) / len(shown)
+    preservation = sum(other) / len(other)
+    each = {"shown": shown, "other": other, "kept": None, "paraphrase": said}
+    each["neighbour"] = None if said is None else [1.0] * len(said)
+    return {
+        "method": method, "strength": 1.0, "seed": seed, "concept_rate": rate,
+        "preservation": preservation, "each": each,
+        "paraphrase_rate": None if said is None else sum(said) / len(said),
+        "neighbour_kept": None if said is None else 1.0,
+    }  # fmt: skip
+
+
+def _train(method: str, family: str, seed: int, seconds: float, variant: str = "reg") -> Any:
+    role = "adapter" if variant == "reg" else "variant"
+    return {"method": method, "family": family, "seed": seed, "role": role,
+            "variant": variant, "seconds_to_bar": seconds}  # fmt: skip
+
+
+def test_claims_from_a_run() -> None:
+    """LoKr erases as well as LoRA in a third of the time; the original recipe leaves the
+    concept in half the images."""
+    seeds = range(3)
+    evaluations = [_eval("lora r4", s, [0.0] * 8, [1.0] * 8) for s in seeds]
+    evaluations += [_eval("lokr r4", s, [0.0] * 8, [1.0] * 8) for s in seeds]
+    evaluations += [_eval("lora r4 none", s, [1.0, 0.0] * 4, [1.0] * 8) for s in seeds]
+    training = [_train("lora r4", "lora", s, 30.0 + s) for s in seeds]
+    training += [_train("lokr r4", "lokr", s, 10.0 + s) for s in seeds]
+    training += [_train("lora r4 none", "lora", s, 0.0, "none") for s in seeds]
+    found = claims(evaluations, training, lora="lora r4", factorised=["lokr r4"],
+                   original="lora r4 none", stability_seeds=3)  # fmt: skip
+    by = {(c.claim.split()[1], c.measure): c.verdict for c in found}
+    assert by[("factorised", "training seconds to the bar")] == SUPPORTED
+    assert by[("factorised", "concept shown at strength 1.0")] == SAME
+    on = "(3 seeds, the runs without regularisation have)"
+    assert by[("original", f"concept shown at strength 1.0 {on}")] == SUPPORTED
+    verdicts = {v["claim"]: v["verdict"] for v in summary(found)}
+    assert verdicts["the factorised family is faster and more accurate"] == SAME  # only faster
+    assert verdicts["the original LoRA without regularisation is less effective"] == SUPPORTED
+    parts = next(v for v in summary(found) if v["claim"].startswith("the factorised"))
+    assert parts["decided_by"] == ["lokr r4 vs lora r4, training seconds to the bar: supported"]
+
+
+def test_paraphrases_and_neighbours_count_where_measured() -> None:
+    """LoKr erases the word it was trained on as well as LoRA but leaves its synonyms: the
+    factorised family is not more accurate."""
+    seeds = range(3)
+    evaluations = [_eval("lora r4", s, [0.0] * 8, [1.0] * 8, [0.0] * 8) for s in seeds]
+    evaluations += [_eval("lokr r4", s, [0.0] * 8, [1.0] * 8, [1.0] * 8) for s in seeds]
+    training = [_train("lora r4", "lora", s, 30.0) for s in seeds]
+    training += [_train("lokr r4", "lokr", s, 30.0) for s in seeds]
+    found = claims(evaluations, training, lora="lora r4", factorised=["lokr r4"],
+                   original=None, stability_seeds=3)  # fmt: skip
+    by = {c.measure: c.verdict for c in found}
+    assert by["paraphrases shown at strength 1.0"] == REFUTED
+    assert by["neighbour kept at strength 1.0"] == SAME
+    assert summary(found)[0]["verdict"] == REFUTED
+    unmeasured = [_eval(e["method"], e["seed"], e["each"]["shown"], e["each"]["other"])
+                  for e in evaluations]  # fmt: skip
+    measures = {c.measure for c in claims(unmeasured, training, lora="lora r4",
+                                          factorised=["lokr r4"], original=None,
+                                          stability_seeds=3)}  # fmt: skip
+    assert "paraphrases shown at strength 1.0" not in measures
+
+
+def test_plan_shares_are_balanced_and_cover_every_group() -> None:
+    ran: list[str] = []
+    groups = [Group(n, c, 1, lambda r, n=n: ran.append(n)) for n, c in
+              (("a", 10.0), ("b", 9.0), ("c", 5.0), ("d", 4.0), ("e", 1.0))]  # fmt: skip
+    plan = Plan(groups)
+    shares = [plan.share(i, 2) for i in range(2)]
+    assert sorted(g.name for s in shares for g in s) == ["a", "b", "c", "d", "e"]
+    assert [sum(g.cost for g in s) for s in shares] == [15.0, 14.0]  # a+d+e, b+c
+    assert [g.name for g in shares[0]] == ["a", "d", "e"]  # report order within a share
+    plan.execute(shares[1], Results())
+    assert ran == ["b", "c"]
+    with pytest.raises(ValueError, match="worker index 2"):
+        plan.share(2, 2)
