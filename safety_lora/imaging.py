@@ -43,6 +43,7 @@ class BlurSettings(Protocol):
     @property
     def region_padding(self) -> float: ...
 
+
 _PLACEHOLDER_GREY = (128, 128, 128)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
