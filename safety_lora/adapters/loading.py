@@ -378,35 +378,6 @@ def set_adapters_enabled(model: torch.nn.Module, enabled: bool) -> None:
             module.enable_adapters(enabled)
 
 
-def set_adapter_strength(model: torch.nn.Module, adapter_name: str, strength: float) -> None:
-    """Make ``adapter_name`` the only active adapter of ``model``, at ``strength``: diffusers'
-    ``set_adapters([name], [strength])``, or the same per peft layer on a model without it."""
-    target: Any = model
-    if hasattr(target, "set_adapters"):
-        target.set_adapters([adapter_name], [strength])
-        return
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and adapter_name in module.scaling:
-            module.set_adapter([adapter_name])
-            module.set_scale(adapter_name, strength)
-
-
-def set_fused(model: torch.nn.Module, adapter_name: str | None) -> None:
-    """Merge ``adapter_name`` (at its current strength) into ``model``'s weights, or with
-    ``None`` unmerge everything: diffusers' ``fuse_lora``/``unfuse_lora`` for any model."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if not isinstance(module, BaseTunerLayer):
-            continue
-        if adapter_name is None:
-            module.unmerge()
-        elif adapter_name in module.scaling:
-            module.merge(adapter_names=[adapter_name])
-
-
 def unload_adapters(model: torch.nn.Module) -> None:
     """Remove every adapter and peft's wrappers from ``model``: diffusers' ``unload_lora``,
     or its own steps on a model without it."""

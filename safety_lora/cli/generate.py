@@ -60,18 +60,15 @@ def generate(
     except PolicyError as e:
         err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
-    if model is None:
-        from safety_lora.models import embedded_default
+    from safety_lora.loading import load_pipeline
 
-        pipe, defaults = embedded_default()
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(model)  # type: ignore[no-untyped-call]
-        defaults = {"num_inference_steps": 30, "guidance_scale": 7.5}
-    steps = steps or int(defaults["num_inference_steps"])
-    guidance = defaults["guidance_scale"] if guidance is None else guidance
-    pipe.set_progress_bar_config(disable=True)
+    pipe, defaults = load_pipeline(model)
+    sampling = {**defaults}  # the model's own (a user's pipeline: its call's defaults)
+    if steps is not None:
+        sampling["num_inference_steps"] = steps
+    if guidance is not None:
+        sampling["guidance_scale"] = guidance
+    shown_steps = int(sampling.get("num_inference_steps", 50))
     from safety_lora.adapters import AdapterFormatError, AdapterIntegrityError
 
     try:
@@ -82,13 +79,14 @@ def generate(
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
     ) as progress:
-        task = progress.add_task("generation 1", total=steps)
+        task = progress.add_task("generation 1", total=shown_steps)
         runs = [0]
 
         def on_step(p: Any, step: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if step == 0:  # a new inner generation: the first attempt or a regeneration
                 runs[0] += 1
-                progress.reset(task, total=int(getattr(p, "num_timesteps", steps) or steps))
+                total = int(getattr(p, "num_timesteps", shown_steps) or shown_steps)
+                progress.reset(task, total=total)
                 progress.update(task, description=f"generation {runs[0]}")
             progress.advance(task)
             return tensors
@@ -96,8 +94,7 @@ def generate(
         result = safe(
             prompt,
             num_images_per_prompt=n,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
+            **sampling,
             generator=torch.Generator().manual_seed(seed),
             callback_on_step_end=on_step,
         )

@@ -138,15 +138,11 @@ class LocalGenerator:
 
 def _load_model(settings: ServiceSettings) -> tuple[Any, dict[str, Any]]:
     """The diffusers pipeline to serve and its default call arguments."""
-    if settings.model is not None:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(settings.model)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe, {}
-    from safety_lora.models import embedded_default
+    from safety_lora.loading import load_pipeline
 
     try:
-        return embedded_default()
+        return load_pipeline(settings.model)
     except FileNotFoundError as e:
+        if settings.model is not None:
+            raise
         raise RuntimeError(f"{e}; pass --model PATH (a diffusers pipeline folder)") from e

@@ -129,10 +129,10 @@ def _attempt(
 
 def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport:
     """Run ``config``'s attacks; write ``report.json`` and ``report.md`` to ``config.out``."""
-    from safety_lora.workbench.training.esd import load_base
+    from safety_lora.loading import load_pipeline
 
     config.out.mkdir(parents=True, exist_ok=True)
-    pipe = load_base(config.base, config.device) if pipe is None else pipe
+    pipe = load_pipeline(config.base, config.device)[0] if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
     steps, cfg = _sampling(config)
     prompts, judge = _prompts(config), _judge(config)

@@ -103,9 +103,9 @@ def _prepare_out(config: CompareConfig) -> None:
 def _state(config: CompareConfig, pipe: Any | None) -> Run:
     """The run's state on ``pipe`` (else the pipeline ``config.base`` names)."""
     if pipe is None:
-        from safety_lora.workbench.training.esd import load_base
+        from safety_lora.loading import load_pipeline
 
-        pipe = load_base(config.base, config.device)
+        pipe, _ = load_pipeline(config.base, config.device)
     if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
         denoiser = type(getattr(pipe, denoiser_part(pipe))).__name__
         raise ValueError(

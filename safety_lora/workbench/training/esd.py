@@ -47,7 +47,8 @@ from safety_lora.adapters.loading import (
     set_adapters_enabled,
     unload_adapters,
 )
-from safety_lora.conditioning import PromptBank, denoiser_family
+from safety_lora.conditioning import PromptBank
+from safety_lora.loading import load_pipeline
 from safety_lora.seeds import hashed_seed
 from safety_lora.workbench.training.adversarial import Adversary
 from safety_lora.workbench.training.config import TrainConfig
@@ -59,7 +60,7 @@ from safety_lora.workbench.training.io import (
 )
 from safety_lora.workbench.training.targets import peft_config, target_modules
 
-__all__ = ["ADAPTER_NAME", "EsdTrainer", "TrainResult", "esd_target", "load_base", "train_adapter"]
+__all__ = ["ADAPTER_NAME", "EsdTrainer", "TrainResult", "esd_target", "train_adapter"]
 
 #: The adapter's name on the UNet while training.
 ADAPTER_NAME = "safety_lora_esd"
@@ -104,21 +105,6 @@ def _split(
     order = torch.randperm(len(items), generator=_generator(seed, stream, 0)).tolist()
     held = min(max(1, round(len(items) * fraction)) if fraction else 0, max(0, len(items) - 1))
     return [items[i] for i in sorted(order[held:])], [items[i] for i in sorted(order[:held])]
-
-
-def load_base(base: str | None, device: str) -> Any:
-    """The pipeline ``base`` names (folder or hub id), or the bundled concept-world model."""
-    if base is None:
-        from safety_lora.models import concept_world
-
-        pipe = concept_world()
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(base)
-    denoiser_family(pipe)  # an unsupported denoiser fails here, naming it
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 class EsdTrainer:
@@ -432,7 +418,7 @@ def train_adapter(config: TrainConfig, *, pipe: Any | None = None) -> TrainResul
     adapter during training and is returned to its previous state afterwards.
     """
     if pipe is None:
-        pipe = load_base(config.base, config.device)
+        pipe, _ = load_pipeline(config.base, config.device)
     trainer = EsdTrainer(pipe, config)
     try:
         ckpt = config.checkpoint_path
