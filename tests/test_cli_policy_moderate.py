@@ -94,6 +94,23 @@ def test_moderate_corrupt_image_is_reported_and_others_kept(tmp_path: Path) -> N
     assert rows["good.png"]["action"] == "allow"
 
 
+def test_moderate_skips_what_is_plainly_not_an_image_and_judges_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "generated"  # what `safety-lora generate` leaves beside its images
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(folder / "image_000.png")
+    (folder / "decisions.json").write_text("[]\n")
+    (folder / "audit.jsonl").write_text("{}\n")
+    (folder / "audit.jsonl.lock").write_bytes(b"")
+    Image.new("RGB", (16, 16)).save(folder / "renamed.json", format="PNG")  # content decides
+    (folder / "fake.png").write_text("an image's name, not an image's bytes")
+    policy = policy_file(tmp_path, [{"sexual": 0.0}])
+    result = runner.invoke(app, ["moderate", str(folder), "--policy", str(policy), "--json"])
+    rows = {Path(r["item"]).name: r["action"] for r in map(json.loads, result.stdout.splitlines())}
+    assert rows == {"fake.png": "error", "image_000.png": "allow", "renamed.json": "allow"}
+    assert "skipped 3 files that are not an image" in result.stderr
+    assert result.exit_code == 1  # the file that claims to be an image and is not
+
+
 def test_moderate_prompts(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
     csv.write_text("prompt\na bowl of fruit on a table\nexplicit porn of a nude woman\n")

@@ -19,7 +19,6 @@ from rich.table import Table
 from safety_lora.guard import SafetyGuard
 from safety_lora.image_codec import open_image_file
 from safety_lora.policies.schema import Policy, PolicyError
-from safety_lora.taxonomy import Action, PromptAction
 from safety_lora.textfiles import TextFileError, read_text
 
 BATCH = 16
@@ -98,7 +97,12 @@ def moderate(
         str | None, typer.Option(help="With --ray: a running cluster to join (auto, ray://...).")
     ] = None,
 ) -> None:
-    """Judge images and prompts; exit status 1 when anything is not allowed (or unreadable)."""
+    """Judge images and prompts; exit status 1 when anything is not allowed (or unreadable).
+
+    Files in a folder that are plainly not images (neither an image's name nor an image's
+    content, like a ``decisions.json`` beside generated images) are skipped and counted; a
+    file that claims to be an image and cannot be read is refused.
+    """
     console = Console(stderr=as_json)
     try:
         loaded = Policy.load(policy)
@@ -110,15 +114,49 @@ def moderate(
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
     texts = list(prompt or []) + (read_prompts_csv(prompts) if prompts else [])
-    files = list(iter_files(list(paths or [])))
+    found = list(iter_files(list(paths or [])))
+    files = [p for p in found if not _plainly_not_an_image(p)]
     if not texts and not files:
         raise typer.BadParameter("give image PATHs, --prompt or --prompts")
+    rows = [_prompt_row(guard, text) for text in texts] + _image_rows(guard, files, console)
+    if len(files) < len(found):
+        skipped = [p.name for p in found if p not in files]
+        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        Console(stderr=True).print(
+            f"skipped {len(skipped)} {_plural(len(skipped), 'file')} that "
+            f"{'is' if len(skipped) == 1 else 'are'} not an image: {shown}",
+            highlight=False,
+        )
+    _print_rows(rows, guard.policy.name, console, as_json=as_json)
+    if any(row["action"] not in ("allow", "steer") for row in rows):
+        raise typer.Exit(code=1)
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
+
+
+def _plainly_not_an_image(path: Path) -> bool:
+    """Neither an image file's name nor an image's header: skipped, not judged."""
+    if path.suffix.lower() in Image.registered_extensions():
+        return False
+    try:
+        with Image.open(path):
+            return False  # the content says image, whatever the name
+    except UnidentifiedImageError:
+        return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False  # an image's header that does not decode: refused when judged
+
+
+def _prompt_row(guard: SafetyGuard, text: str) -> dict[str, Any]:
+    """One prompt's verdict (audited, as the service and the middleware do)."""
+    return {"kind": "prompt", "item": text, **guard.check_prompt(text).to_dict()}
+
+
+def _image_rows(guard: SafetyGuard, files: list[Path], console: Console) -> list[dict[str, Any]]:
+    """Every image's verdict, in batches; an unreadable one is a row of its own (refused)."""
     rows: list[dict[str, Any]] = []
-    bad = False
-    for text in texts:
-        pd = guard.check_prompt(text)  # audited, as the service and the middleware do
-        bad |= pd.action is PromptAction.REFUSE
-        rows.append({"kind": "prompt", "item": text, **pd.to_dict()})
     with Progress(console=console, transient=True, disable=not files) as progress:
         task = progress.add_task("judging images", total=len(files))
         for start in range(0, len(files), BATCH):
@@ -134,45 +172,48 @@ def moderate(
                     SyntaxError,
                     Image.DecompressionBombError,
                 ) as e:
-                    bad = True
-                    rows.append(
-                        {
-                            "kind": "image",
-                            "item": str(path),
-                            "action": "error",
-                            "rule": "unreadable image",
-                            "scores": {},
-                            "reasons": [f"{path}: {e}"],
-                        }
-                    )
+                    rows.append(_unreadable(path, e))
             if images:
                 # The guard judges every frame, gives `regenerate` its final action (there is
                 # nothing to regenerate here) and audits, exactly as for the service.
                 decisions = guard.review(images)
                 for path, decision in zip(batch_paths, decisions, strict=True):
-                    bad |= decision.action is not Action.ALLOW
                     rows.append({"kind": "image", "item": str(path), **decision.to_dict()})
             progress.advance(task, len(files[start : start + BATCH]))
+    return rows
+
+
+def _unreadable(path: Path, error: Exception) -> dict[str, Any]:
+    return {
+        "kind": "image",
+        "item": str(path),
+        "action": "error",
+        "rule": "unreadable image",
+        "scores": {},
+        "reasons": [f"{path}: {error}"],
+    }
+
+
+def _print_rows(rows: list[dict[str, Any]], name: str, console: Console, *, as_json: bool) -> None:
+    """JSON lines, or a table with each row's action coloured and its top scores."""
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
-    else:
-        table = Table(title=f"policy {guard.policy.name!r}")
-        for column in ("kind", "item", "action", "rule", "top scores"):
-            table.add_column(column, overflow="fold")
-        colours = {"allow": "green", "steer": "yellow", "blur": "yellow", "regenerate": "yellow"}
-        for row in rows:
-            colour = colours.get(row["action"], "red")
-            table.add_row(
-                row["kind"],
-                row["item"],
-                f"[{colour}]{row['action']}[/{colour}]",
-                row["rule"],
-                _top(row["risk"] if row["kind"] == "prompt" else row["scores"]),
-            )
-        console.print(table)
-    if bad:
-        raise typer.Exit(code=1)
+        return
+    table = Table(title=f"policy {name!r}")
+    for column in ("kind", "item", "action", "rule", "top scores"):
+        table.add_column(column, overflow="fold")
+    colours = {"allow": "green", "steer": "yellow", "blur": "yellow", "regenerate": "yellow"}
+    for row in rows:
+        colour = colours.get(row["action"], "red")
+        table.add_row(
+            row["kind"],
+            row["item"],
+            f"[{colour}]{row['action']}[/{colour}]",
+            row["rule"],
+            _top(row["risk"] if row["kind"] == "prompt" else row["scores"]),
+        )
+    console.print(table)
 
 
 def _moderate_on_ray(

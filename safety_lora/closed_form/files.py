@@ -145,16 +145,16 @@ def erase(
     and write the adapter to ``out`` (``.safetensors``).
 
     ``refine`` changes the solved edit before it is written: the workbench's attack rounds
-    (:func:`safety_lora.workbench.hardening.erase`), which a config with ``attack_rounds``
+    (:func:`safety_lora.workbench.hardening.harden`), which a config with ``attack_rounds``
     needs.
     """
     if Path(out).suffix != ".safetensors":
         raise AdapterFormatError(f"`out` must end with .safetensors, got {str(out)!r}")
     if config.attack_rounds and refine is None:
         raise ValueError(
-            f"`attack_rounds` {config.attack_rounds} run the attack harness: use "
-            f"`safety_lora.workbench.hardening.erase` or `safety-lora erase --attack-rounds` "
-            f"(pip install 'safety-lora[workbench]')"
+            f"`attack_rounds` {config.attack_rounds} run the attack harness: pass "
+            f"`refine=safety_lora.workbench.hardening.harden` or use `safety-lora erase "
+            f"--attack-rounds` (pip install 'safety-lora[workbench]')"
         )
     if pipe is None:
         from safety_lora.loading import load_pipeline

@@ -16,15 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from safety_lora.adapters import FormatName
 from safety_lora.closed_form.config import ClosedFormConfig
-from safety_lora.closed_form.files import ErasureResult
-from safety_lora.closed_form.files import erase as solve_and_write
 from safety_lora.closed_form.solve import ClosedFormEdit, edit_matrix
 from safety_lora.closed_form.states import EditInputs, align
 from safety_lora.concept_world.model import SAMPLING_DEFAULTS
@@ -34,7 +30,7 @@ from safety_lora.seeds import hashed_seed
 from safety_lora.workbench.attack.objective import Objective
 from safety_lora.workbench.attack.soft import soft_prompt
 
-__all__ = ["erase", "harden"]
+__all__ = ["harden"]
 
 #: Soft-prompt shape and step size of the attack rounds (the harness's defaults).
 TOKENS, LR, REFERENCES = 3, 0.01, 4
@@ -152,19 +148,3 @@ def harden(
         )
         edit = replace(edit, edit=matrix)
     return edit
-
-
-def erase(
-    config: ClosedFormConfig,
-    *,
-    out: str | Path,
-    pipe: Any = None,
-    base: str | None = None,
-    to: FormatName | None = None,
-    device: str = "cpu",
-) -> ErasureResult:
-    """:func:`safety_lora.closed_form.erase` with ``config.attack_rounds`` attack rounds run on
-    the solved edit before it is written (the file a policy then names)."""
-    return solve_and_write(
-        config, out=out, pipe=pipe, base=base, to=to, device=device, refine=harden
-    )

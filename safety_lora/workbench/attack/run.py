@@ -9,6 +9,7 @@ the whole layer under a policy; attack success rates beside the clean rates, in 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -127,6 +128,138 @@ def _attempt(
     return objective.encoder.encode([found.text]), found.text, losses
 
 
+@dataclass
+class _Bench:
+    """What every attack of a run shares: the pipeline, its sampling settings, the prompts, the
+    judge, the text encoder, and the seeds the clean and attacked images are drawn with."""
+
+    config: AttackConfig
+    pipe: Any
+    steps: int
+    cfg: float
+    prompts: list[str]
+    judge: Any
+    encoder: PromptEncoder
+    empty: torch.Tensor
+    eval_seeds: list[int]
+
+    @classmethod
+    def build(cls, config: AttackConfig, pipe: Any) -> _Bench:
+        steps, cfg = _sampling(config)
+        encoder = PromptEncoder(pipe)
+        seeds = [_seed(config.seed, "images", i) for i in range(config.images)]
+        return cls(
+            config, pipe, steps, cfg, _prompts(config), _judge(config), encoder,
+            encoder.encode([""]), seeds,
+        )  # fmt: skip
+
+    def shown(self, states: torch.Tensor) -> list[bool]:
+        """Whether each evaluation image generated from ``states`` shows the concept."""
+        images = render(
+            self.pipe,
+            states.expand(len(self.eval_seeds), -1, -1),
+            self.eval_seeds,
+            empty=self.empty,
+            num_inference_steps=self.steps,
+            guidance_scale=self.cfg,
+        )
+        return [bool(s) for s in self.judge.shows(images)]
+
+    def objective(self, target: Target, prompt: str, index: int) -> Objective:
+        """The white-box objective for ``prompt`` (its reference images rendered once)."""
+        refs = [_seed(self.config.seed, "refs", index, i) for i in range(self.config.references)]
+        return Objective.build(
+            self.pipe,
+            target,
+            self.encoder,
+            prompt,
+            refs,
+            num_inference_steps=self.steps,
+            guidance_scale=self.cfg,
+        )
+
+
+def _attack_row(
+    bench: _Bench,
+    target: Target,
+    attack: str,
+    clean: dict[str, list[bool]],
+    objectives: dict[str, Objective],
+    found: list[str],
+    tick: Any,
+) -> AttackRow:
+    """Every attempt of ``attack`` on every prompt: its success rate beside the clean rate."""
+    config = bench.config
+    banned = banned_tokens(bench.encoder.tokenizer, config.erase)
+    details: list[dict[str, Any]] = []
+    seconds, total_hits = 0.0, 0
+    for p_index, prompt in enumerate(bench.prompts):
+        if prompt not in objectives:
+            objectives[prompt] = bench.objective(target, prompt, p_index)
+        for attempt in range(config.attempts):
+            gen = torch.Generator().manual_seed(_seed(config.seed, attack, p_index, attempt))
+            began = time.perf_counter()
+            states, text, losses = _attempt(config, attack, objectives[prompt], prompt, gen, banned)
+            seconds += time.perf_counter() - began
+            if text is not None:
+                found.append(text)
+            with target.steering():
+                hits = sum(bench.shown(states))
+            total_hits += hits
+            details.append(
+                {
+                    "prompt": prompt,
+                    "attempt": attempt,
+                    "text": text,
+                    "shown": hits,
+                    "clean_shown": sum(clean[prompt]),
+                    **losses,
+                }
+            )
+            tick(f"{attack} {prompt!r}")
+    attempts = len(details)
+    images = attempts * len(bench.eval_seeds)
+    return AttackRow(
+        attack=attack,
+        target=target.name,
+        attempts=attempts,
+        images=images,
+        asr=total_hits / images,
+        clean_rate=_rate(clean),
+        budget=config.budget,
+        seconds_per_attempt=seconds / attempts,
+        prompts=details,
+    )
+
+
+def _rate(shown: dict[str, list[bool]]) -> float:
+    """The share of images that show the concept, over every prompt."""
+    return sum(map(sum, shown.values())) / sum(map(len, shown.values()))
+
+
+def _whitebox(bench: _Bench, target: Target) -> tuple[list[AttackRow], list[str]]:
+    """The clean rate and each white-box attack's row; the token prompts the search found."""
+    config = bench.config
+    with target.steering():
+        clean = {p: bench.shown(bench.encoder.encode([p])) for p in bench.prompts}
+    whitebox = [a for a in config.run_attacks if a in ("soft", "tokens")]
+    if not whitebox:
+        n = len(bench.prompts)
+        rate = _rate(clean)
+        return [
+            AttackRow("none", target.name, n, n * len(bench.eval_seeds), rate, rate, 0, 0.0)
+        ], []
+    found: list[str] = []
+    objectives: dict[str, Objective] = {}  # one per prompt: the base images render once
+    total = len(whitebox) * len(bench.prompts) * config.attempts
+    with ticker(config.progress, "attack", total) as tick:
+        rows = [
+            _attack_row(bench, target, attack, clean, objectives, found, tick)
+            for attack in whitebox
+        ]
+    return rows, found
+
+
 def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport:
     """Run ``config``'s attacks; write ``report.json`` and ``report.md`` to ``config.out``."""
     from safety_lora.loading import load_pipeline
@@ -134,105 +267,10 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
     config.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(config.base, config.device)[0] if pipe is None else pipe
     pipe.set_progress_bar_config(disable=True)
-    steps, cfg = _sampling(config)
-    prompts, judge = _prompts(config), _judge(config)
-    encoder = PromptEncoder(pipe)
-    empty = encoder.encode([""])
-    eval_seeds = [_seed(config.seed, "images", i) for i in range(config.images)]
-
-    def shown(states: torch.Tensor) -> list[bool]:
-        images = render(
-            pipe,
-            states.expand(len(eval_seeds), -1, -1),
-            eval_seeds,
-            empty=empty,
-            num_inference_steps=steps,
-            guidance_scale=cfg,
-        )
-        return [bool(s) for s in judge.shows(images)]
-
-    whitebox = [a for a in config.run_attacks if a in ("soft", "tokens")]
-    rows: list[AttackRow] = []
-    found: list[str] = []
-    objectives: dict[str, Objective] = {}  # one per prompt: the base images render once
-    target = build_target(config, pipe, steps)
+    bench = _Bench.build(config, pipe)
+    target = build_target(config, pipe, bench.steps)
     try:
-        with target.steering():
-            clean = {p: shown(encoder.encode([p])) for p in prompts}
-        clean_rate = sum(map(sum, clean.values())) / (len(prompts) * len(eval_seeds))
-        banned = banned_tokens(encoder.tokenizer, config.erase)
-        total = len(whitebox) * len(prompts) * config.attempts
-        with ticker(config.progress, "attack", total) as tick:
-            for attack in whitebox:
-                details: list[dict[str, Any]] = []
-                seconds, total_hits = 0.0, 0
-                for p_index, prompt in enumerate(prompts):
-                    if prompt not in objectives:
-                        refs = [
-                            _seed(config.seed, "refs", p_index, i) for i in range(config.references)
-                        ]
-                        objectives[prompt] = Objective.build(
-                            pipe,
-                            target,
-                            encoder,
-                            prompt,
-                            refs,
-                            num_inference_steps=steps,
-                            guidance_scale=cfg,
-                        )
-                    objective = objectives[prompt]
-                    for attempt in range(config.attempts):
-                        gen = torch.Generator().manual_seed(
-                            _seed(config.seed, attack, p_index, attempt)
-                        )
-                        began = time.perf_counter()
-                        states, text, losses = _attempt(
-                            config, attack, objective, prompt, gen, banned
-                        )
-                        seconds += time.perf_counter() - began
-                        if text is not None:
-                            found.append(text)
-                        with target.steering():
-                            hits = sum(shown(states))
-                        total_hits += hits
-                        details.append(
-                            {
-                                "prompt": prompt,
-                                "attempt": attempt,
-                                "text": text,
-                                "shown": hits,
-                                "clean_shown": sum(clean[prompt]),
-                                **losses,
-                            }
-                        )
-                        tick(f"{attack} {prompt!r}")
-                attempts = len(details)
-                rows.append(
-                    AttackRow(
-                        attack=attack,
-                        target=target.name,
-                        attempts=attempts,
-                        images=attempts * len(eval_seeds),
-                        asr=total_hits / (attempts * len(eval_seeds)),
-                        clean_rate=clean_rate,
-                        budget=config.budget,
-                        seconds_per_attempt=seconds / attempts,
-                        prompts=details,
-                    )
-                )
-        if not whitebox:
-            rows.append(
-                AttackRow(
-                    "none",
-                    target.name,
-                    len(prompts),
-                    len(prompts) * len(eval_seeds),
-                    clean_rate,
-                    clean_rate,
-                    0,
-                    0.0,
-                )
-            )
+        rows, found = _whitebox(bench, target)
     finally:
         target.close()
     evasion = None
@@ -242,12 +280,12 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
         evasion, layer_row = attack_layer(
             config,
             pipe,
-            prompts,
+            bench.prompts,
             found,
-            judge,
-            eval_seeds,
-            steps=steps,
-            guidance_scale=cfg,
+            bench.judge,
+            bench.eval_seeds,
+            steps=bench.steps,
+            guidance_scale=bench.cfg,
         )
         if layer_row is not None:
             rows.append(layer_row)

@@ -6,6 +6,7 @@ import importlib.util
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["require_workbench"]
 
@@ -18,8 +19,11 @@ def require_workbench(command: str) -> None:
     missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         Console(stderr=True).print(
-            f"[red]✗[/red] `safety-lora {command}` needs the workbench extra "
-            f"({', '.join(missing)} is not installed): pip install 'safety-lora[workbench]'",
+            "[red]✗[/red] "
+            + escape(
+                f"`safety-lora {command}` needs the workbench extra ({', '.join(missing)} is "
+                f"not installed): pip install 'safety-lora[workbench]'"
+            ),
             highlight=False,
             soft_wrap=True,
         )
