@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from safety_lora.service.settings import ServiceSettings, hash_api_key, is_loopback
 
 if TYPE_CHECKING:
-    from safety_lora.service.app import ServiceError, create_app
+    from safety_lora.service.app import create_app
+    from safety_lora.service.errors import ServiceError
     from safety_lora.service.server import BackgroundServer, serve
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 
 _LAZY = {
     "create_app": "safety_lora.service.app",
-    "ServiceError": "safety_lora.service.app",
+    "ServiceError": "safety_lora.service.errors",
     "BackgroundServer": "safety_lora.service.server",
     "serve": "safety_lora.service.server",
 }

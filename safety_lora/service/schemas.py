@@ -1,0 +1,85 @@
+"""The service's request and response bodies; their models are also its OpenAPI schema.
+
+A class docstring becomes the schema's description, so only the requests carry one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "GeneratedImage",
+    "GenerationRequest",
+    "GenerationResponse",
+    "ImageModerationRequest",
+    "ModerationResponse",
+    "ModerationResult",
+    "PromptModerationRequest",
+    "Safety",
+]
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationRequest(_Body):
+    """OpenAI images API request; ``seed`` and ``num_inference_steps`` are extensions."""
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    n: int = Field(default=1, ge=1)
+    size: str | None = Field(default=None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
+    response_format: Literal["b64_json"] = "b64_json"
+    model: str | None = Field(default=None, description="accepted; the service has one model")
+    quality: str | None = Field(default=None, description="accepted and ignored")
+    style: str | None = Field(default=None, description="accepted and ignored")
+    user: str | None = Field(default=None, description="accepted and ignored")
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=10_000)
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class Safety(BaseModel):
+    request_id: str
+    prompt: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]]
+
+
+class GenerationResponse(BaseModel):
+    created: int
+    data: list[GeneratedImage]
+    safety: Safety
+
+
+class ImageModerationRequest(_Body):
+    """Base64 images (or ``data:`` URLs); multipart uploads use ``file`` parts instead."""
+
+    input: str | list[str]
+    prompt: str | None = None
+    return_images: bool = Field(default=False, description="include policy-applied images")
+
+
+class PromptModerationRequest(_Body):
+    input: str | list[str]
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    action: str
+    category_scores: dict[str, float]
+    decision: dict[str, Any]
+    b64_json: str | None = None
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    policy: str
+    results: list[ModerationResult]
