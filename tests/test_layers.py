@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("steering", "guard"),
     ("pipeline", "middleware", "demo", "ray_moderation"),
     ("service",),
-    ("cli",),
+    ("cli", "config_cli"),
 ]
 WORKBENCH = "safety_lora.workbench"
 

@@ -13,13 +13,18 @@ def test_public_names() -> None:
         "Action",
         "Category",
         "Decision",
+        "GuardedRoute",
         "Policy",
         "PolicyEngine",
         "PolicyError",
         "PromptAction",
         "PromptDecision",
+        "PromptRefused",
+        "ReviewResult",
         "SafePipeline",
         "SafePipelineOutput",
+        "SafetyGuard",
+        "SafetyMiddleware",
         "__version__",
     ]
     for name in safety_lora.__all__:
