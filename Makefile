@@ -1,5 +1,6 @@
-# The two Quickstart commands. Both install into .venv first (idempotent, fast when done).
-.PHONY: install demo test lint
+# The two Quickstart commands (demo, test) and the docs. Each installs into .venv first
+# (idempotent, fast when done).
+.PHONY: install demo test test-fast lint docs docs-serve
 
 install:
 	./scripts/bootstrap.sh
@@ -12,5 +13,18 @@ lint: install
 	.venv/bin/ruff format --check .
 	./scripts/typecheck.sh
 
+# Two workers (pytest-xdist): the suite is sized for a 2-core machine.
 test: lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2
+
+# Leaves out the end-to-end tests marked slow (trained models, Ray, the docs site, the wheel).
+test-fast: install
+	.venv/bin/python -m pytest -q -n 2 -m "not slow"
+
+docs: install
+	./scripts/package_tree.sh
+	.venv/bin/mkdocs build --strict
+
+docs-serve: install
+	./scripts/package_tree.sh
+	.venv/bin/mkdocs serve

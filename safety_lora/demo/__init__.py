@@ -114,11 +114,13 @@ def verdict(decision: Decision) -> str:
 def _grid(rows: Sequence[DemoRow]) -> Image.Image:
     names = list(rows[0].columns)
     label_w, title_h, header_h, caption_h = 250, 22, 22, 18
-    width = max(label_w + CELL * len(names) + 8, 620)
+    font = ImageFont.load_default(size=12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = max(measure.textlength(verdict(r.decision), font=font) for r in rows)
+    width = int(max(label_w + CELL * len(names), label_w + captions, 620)) + 8
     height = title_h + header_h + (CELL + caption_h) * len(rows)
     grid = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default(size=12)
     draw.text((4, 4), TITLE, fill=(170, 0, 0), font=font)
     for j, name in enumerate(names):
         draw.text((label_w + j * CELL + 4, title_h + 4), name, fill=(0, 0, 0), font=font)
