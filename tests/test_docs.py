@@ -140,7 +140,8 @@ def test_shell_examples_name_real_commands_and_options(line: str) -> None:
     assert path, f"{line!r}: no such command"
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
-    known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    params = command.get_params(click.Context(command))  # late-built options included
+    known = {opt for p in params for opt in (*p.opts, *p.secondary_opts)}
     used = {word.split("=", 1)[0] for word in argv if word.startswith("-")}
     assert used <= known, f"{line!r}: {sorted(used - known)} are not options of {path}"
 

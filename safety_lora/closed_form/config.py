@@ -51,20 +51,79 @@ class ClosedFormConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    erase: list[_Text] = Field(min_length=1)
-    templates: list[str] = Field(default_factory=lambda: ["{}"], min_length=1)
-    guide: str = ""
-    anchors: dict[str, str] = Field(default_factory=dict)
-    push: Annotated[StrictFloat, Field(ge=0.0, le=10.0)] = 0.0
-    preserve: list[_Text] = Field(default_factory=list)
-    preserve_weight: Annotated[StrictFloat, Field(ge=0.0, le=1e4)] = 1.0
-    lam: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.5
-    rounds: Annotated[StrictInt, Field(ge=0, le=20)] = 0
-    rece_reg: Annotated[StrictFloat, Field(gt=0.0, le=1e4)] = 0.1
-    attack_rounds: Annotated[StrictInt, Field(ge=0, le=20)] = 0
-    attack_steps: Annotated[StrictInt, Field(ge=1, le=1000)] = 20
-    rank: Annotated[StrictInt, Field(ge=1, le=4096)] | None = None
-    tolerance: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] | None = None
+    erase: list[_Text] = Field(min_length=1, description="Concepts to erase.")
+    templates: list[str] = Field(
+        default_factory=lambda: ["{}"],
+        min_length=1,
+        description="Prompt templates with {} for the concept.",
+    )
+    guide: str = Field(
+        default="",
+        description="Anchor word of the concepts without one in anchors (UCE's guide concept); "
+        "'' removes the concept.",
+    )
+    anchors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Concept -> the word that takes its place in its anchor prompts.",
+    )
+    push: Annotated[
+        StrictFloat,
+        Field(
+            ge=0.0,
+            le=10.0,
+            description="0: UCE's form (the concept takes the anchor's values); ETA > 0: ESD's "
+            "target a - ETA (c - a), past the anchor.",
+        ),
+    ] = 0.0
+    preserve: list[_Text] = Field(
+        default_factory=list, description="Prompts whose keys and values must not change."
+    )
+    preserve_weight: Annotated[
+        StrictFloat, Field(ge=0.0, le=1e4, description="Weight of the preserve prompts.")
+    ] = 1.0
+    lam: Annotated[
+        StrictFloat, Field(gt=0.0, le=1e4, description="Pull toward the base weights.")
+    ] = 0.5
+    rounds: Annotated[
+        StrictInt,
+        Field(
+            ge=0, le=20, description="RECE rounds: re-solve with adversarial embeddings N times."
+        ),
+    ] = 0
+    rece_reg: Annotated[
+        StrictFloat,
+        Field(
+            gt=0.0,
+            le=1e4,
+            description="Regulariser of RECE's adversarial embeddings (relative to trace(G) / d).",
+        ),
+    ] = 0.1
+    attack_rounds: Annotated[
+        StrictInt,
+        Field(
+            ge=0,
+            le=20,
+            description="Harden against prompt attacks: N rounds that attack the edit with soft "
+            "prompts and erase what they bring back (runs the UNet: minutes, not seconds).",
+        ),
+    ] = 0
+    attack_steps: Annotated[
+        StrictInt,
+        Field(
+            ge=1,
+            le=1000,
+            description="Soft-prompt steps per erase prompt and attack round.",
+        ),
+    ] = 20
+    rank: Annotated[StrictInt, Field(ge=1, le=4096)] | None = Field(
+        default=None,
+        description="LoRA rank (truncated SVD, error reported); default: the exact delta.",
+    )
+    tolerance: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] | None = Field(
+        default=None,
+        description="LoRA of the smallest rank per module within this relative error (at most "
+        "rank when given).",
+    )
 
     @property
     def exact(self) -> bool:

@@ -30,33 +30,80 @@ class AttackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    erase: Annotated[str, Field(min_length=1)]
-    prompts: list[Annotated[str, Field(min_length=1)]] | None = None
-    base: str | None = None
-    adapter: Path | None = None
-    method: Literal["closed-form", "sld"] | None = None
-    policy: str | None = None
-    strength: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
-    sld_preset: str = "medium"
-    rounds: Annotated[int, Field(ge=0, le=20)] = 0
-    attack_rounds: Annotated[int, Field(ge=0, le=20)] = 0
-    attacks: list[AttackKind] = Field(default_factory=lambda: list(ATTACKS))
-    budget: Annotated[int, Field(ge=0, le=10_000)] = 40
-    tokens: Annotated[int, Field(ge=1, le=16)] = 3
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
-    candidates: Annotated[int, Field(ge=1, le=4096)] = 16
-    attempts: Annotated[int, Field(ge=1, le=100)] = 1
-    images: Annotated[int, Field(ge=1, le=256)] = 8
-    references: Annotated[int, Field(ge=1, le=64)] = 4
-    seed: int = 0
-    classifier: dict[str, Any] | None = None
-    category: str = "sexual"
-    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    num_inference_steps: Annotated[int, Field(ge=1, le=1000)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
-    out: Path
-    device: str = "cpu"
-    progress: bool = True
+    erase: Annotated[str, Field(min_length=1, description="The erased concept to bring back.")]
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="Prompts asking for the concept (default: the concept world's)."
+    )
+    base: str | None = Field(
+        default=None,
+        description="Pipeline folder or hub id (default: the bundled concept-world model).",
+    )
+    adapter: Path | None = Field(default=None, description="Steering adapter file to attack.")
+    method: Literal["closed-form", "sld"] | None = Field(
+        default=None, description="Attack a closed-form edit solved now, or SLD guidance (no file)."
+    )
+    policy: str | None = Field(
+        default=None,
+        description="Also attack this policy (a preset or a policy file): prompt-check evasion "
+        "and the whole layer.",
+    )
+    strength: Annotated[float, Field(ge=0.0, le=10.0, description="Adapter or SLD strength.")] = 1.0
+    sld_preset: str = Field(default="medium", description="SLD preset for method sld.")
+    rounds: Annotated[
+        int,
+        Field(ge=0, le=20, description="RECE rounds for method closed-form (the hardened solve)."),
+    ] = 0
+    attack_rounds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=20,
+            description="Attack rounds for method closed-form (the attack-driven hardening).",
+        ),
+    ] = 0
+    attacks: list[AttackKind] = Field(
+        default_factory=lambda: list(ATTACKS),
+        description="Attacks to make (evasion and layer only with a policy).",
+    )
+    budget: Annotated[
+        int, Field(ge=0, le=10_000, description="Optimisation steps per attempt.")
+    ] = 40
+    tokens: Annotated[int, Field(ge=1, le=16, description="Attack tokens before the prompt.")] = 3
+    lr: Annotated[
+        float, Field(gt=0.0, le=1.0, description="Learning rate of the soft-prompt attack.")
+    ] = 0.01
+    candidates: Annotated[
+        int, Field(ge=1, le=4096, description="Token candidates per step of the token search.")
+    ] = 16
+    attempts: Annotated[
+        int, Field(ge=1, le=100, description="Attempts per prompt (different seeds).")
+    ] = 1
+    images: Annotated[int, Field(ge=1, le=256, description="Images judged per attempt.")] = 8
+    references: Annotated[
+        int,
+        Field(ge=1, le=64, description="Reference images per prompt the white-box loss aims at."),
+    ] = 4
+    seed: int = Field(default=0, description="Seed of every draw (same seed, same report).")
+    classifier: dict[str, Any] | None = Field(
+        default=None,
+        description="Image-classifier config that judges a user's model, e.g. "
+        '{"kind": "nudenet"}.',
+    )
+    category: str = Field(
+        default="sexual", description="The classifier's category for the concept."
+    )
+    threshold: Annotated[
+        float, Field(ge=0.0, le=1.0, description="Classifier score that counts as shown.")
+    ] = 0.5
+    num_inference_steps: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None, description="Denoising steps (default: the model's)."
+    )
+    guidance_scale: Annotated[float, Field(ge=0.0, le=100.0)] | None = Field(
+        default=None, description="Classifier-free guidance scale (default: the model's)."
+    )
+    out: Path = Field(description="Folder for report.json and report.md.")
+    device: str = Field(default="cpu", description="Torch device.")
+    progress: bool = Field(default=True, description="Show progress bars.")
 
     @model_validator(mode="after")
     def _consistent(self) -> AttackConfig:

@@ -58,41 +58,124 @@ class CompareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base: str | None = None
-    erase: Annotated[str, Field(min_length=1)]
-    anchor: str | None = None
-    preserve: list[str] = Field(default_factory=list)
-    families: list[AdapterKind] = Field(default_factory=lambda: list(_FAMILIES))
-    ranks: list[Annotated[int, Field(ge=1, le=256)]] = Field(default_factory=lambda: [4])
-    adapters: list[Path] = Field(default_factory=list)
-    seeds: Annotated[int, Field(ge=1, le=100)] = 5
-    steps: Annotated[int, Field(ge=1)] | None = None
-    prompts_per_concept: Annotated[int, Field(ge=1)] = 8
-    strengths: tuple[float, ...] = STRENGTHS
-    sld_presets: list[str] = Field(default_factory=lambda: list(SLD_PRESETS))
-    regularity: bool = True
-    lr_scales: list[Annotated[float, Field(gt=0.0, le=100.0)]] = Field(
-        default_factory=lambda: [0.5, 2.0]
+    base: str | None = Field(
+        default=None, description="Pipeline folder or hub id (default: the bundled concept world)."
     )
-    stability_seeds: Annotated[int, Field(ge=1, le=100)] = 2
-    closed_form: bool = True
-    kohya: bool = True
-    classifier: dict[str, Any] | None = None
-    category: str = "sexual"
-    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    templates: list[str] = Field(default_factory=lambda: list(GENERIC_TEMPLATES))
-    num_inference_steps: Annotated[int, Field(ge=1)] | None = None
-    guidance_scale: Annotated[float, Field(ge=0.0)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] = 48
-    grid_images: Annotated[int, Field(ge=1)] = 8
-    attack_budget: Annotated[int, Field(ge=0, le=10_000)] = 20
-    attack_images: Annotated[int, Field(ge=1, le=256)] = 8
-    cost_pairs: Annotated[int, Field(ge=1, le=100)] = 5
-    out: Path
-    resume: bool = False
-    device: str = "cpu"
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
-    progress: bool = True
+    erase: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="Concept to erase (concept world: a colour, shape or style).",
+        ),
+    ]
+    anchor: str | None = Field(
+        default=None,
+        description="ESD anchor: the concept's prompts are steered to the same prompt with "
+        "ANCHOR in its place ('' removes it). Default: '' for a colour, 'shape' for a shape; "
+        "plain ESD (empty prompt) on a user's model.",
+    )
+    preserve: list[str] = Field(
+        default_factory=list, description="With base only: other concepts to keep."
+    )
+    families: list[AdapterKind] = Field(
+        default_factory=lambda: list(_FAMILIES), description="Adapter families to train."
+    )
+    ranks: list[Annotated[int, Field(ge=1, le=256)]] = Field(
+        default_factory=lambda: [4],
+        description="LoRA ranks setting the parameter budgets (LoHa/LoKr matched).",
+    )
+    adapters: list[Path] = Field(
+        default_factory=list,
+        description="Adapter files (.safetensors, any format) compared too.",
+    )
+    seeds: Annotated[
+        int, Field(ge=1, le=100, description="Training and sampling seeds (95% intervals).")
+    ] = 5
+    steps: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Step budget of every family (default: each family's own)."
+    )
+    prompts_per_concept: Annotated[
+        int, Field(ge=1, description="Images per concept and seed (erased and each other).")
+    ] = 8
+    strengths: tuple[float, ...] = Field(
+        default=STRENGTHS, description="Adapter strengths measured (1.0 included: the bar's)."
+    )
+    sld_presets: list[str] = Field(
+        default_factory=lambda: list(SLD_PRESETS), description="SLD presets compared."
+    )
+    regularity: bool = Field(
+        default=True,
+        description="Also train every family without preservation, without early stopping "
+        "and without both.",
+    )
+    lr_scales: list[Annotated[float, Field(gt=0.0, le=100.0)]] = Field(
+        default_factory=lambda: [0.5, 2.0],
+        description="Stability: learning-rate multiples per family (not 1.0).",
+    )
+    stability_seeds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="Seeds of the stability runs (and of LoRA without regularity).",
+        ),
+    ] = 2
+    closed_form: bool = Field(
+        default=True, description="Also compare the closed-form erasure (solved in seconds)."
+    )
+    kohya: bool = Field(default=True, description="Also measure the kohya file of each PEFT LoRA.")
+    classifier: dict[str, Any] | None = Field(
+        default=None,
+        description="With base only: the concept's image-classifier config, with its kind.",
+    )
+    category: str = Field(
+        default="sexual", description="With base only: the classifier's category."
+    )
+    threshold: Annotated[
+        float, Field(ge=0.0, le=1.0, description="With base only: score that counts as shown.")
+    ] = 0.5
+    templates: list[str] = Field(
+        default_factory=lambda: list(GENERIC_TEMPLATES),
+        description="With base only: prompt templates, the concept at {}.",
+    )
+    num_inference_steps: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Denoising steps (default: the concept world's; 30 elsewhere)."
+    )
+    guidance_scale: Annotated[float, Field(ge=0.0)] | None = Field(
+        default=None,
+        description="Classifier-free guidance (default: the concept world's; 7.5 elsewhere).",
+    )
+    batch_size: Annotated[int, Field(ge=1, description="Images generated per batch.")] = 48
+    grid_images: Annotated[
+        int, Field(ge=1, description="Images per method in the report's image strips.")
+    ] = 8
+    attack_budget: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10_000,
+            description="White-box attack steps per attempt for the attack-success column; "
+            "0: skip.",
+        ),
+    ] = 20
+    attack_images: Annotated[
+        int, Field(ge=1, le=256, description="Images judged per attack attempt.")
+    ] = 8
+    cost_pairs: Annotated[
+        int, Field(ge=1, le=100, description="(base, method) timing pairs per method.")
+    ] = 5
+    out: Path = Field(description="Folder for report.html, report.md, report.json and plots.")
+    resume: bool = Field(default=False, description="Continue an interrupted run in out.")
+    device: str = Field(default="cpu", description="Torch device.")
+    workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Processes sharing the work (each loads the model; one per core on a CPU).",
+        ),
+    ] = 1
+    progress: bool = Field(default=True, description="Show progress bars.")
 
     @field_validator("sld_presets")
     @classmethod

@@ -101,34 +101,74 @@ class TrainConfig(_Strict):
     prompt not erased).
     """
 
-    base: str | None = None
+    base: str | None = Field(
+        default=None,
+        description="Pipeline folder or hub id (default: the bundled concept-world model).",
+    )
     erase: list[Erasure] = Field(min_length=1)
-    preserve: list[str] = Field(default_factory=list)
-    preserve_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    preserve: list[str] = Field(
+        default_factory=list, description="Prompts whose predictions must not change."
+    )
+    preserve_weight: Annotated[
+        float, Field(ge=0.0, description="Weight of the preserve prompts' loss.")
+    ] = 1.0
     adversarial: AdversarialTraining | None = None
-    method: Method = "esd-x"
-    adapter: AdapterKind = "lora"
-    rank: Annotated[int, Field(ge=1, le=1024)] = 4
-    alpha: Annotated[float, Field(gt=0.0)] | None = None
-    target_modules: list[str] | None = None
-    steps: Annotated[int, Field(ge=1)] = 400
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
-    eta: Annotated[float, Field(ge=0.0)] = 1.0
-    batch: Annotated[int, Field(ge=1)] = 4
-    ddim_steps: Annotated[int, Field(ge=2, le=1000)] = 50
-    guidance_scale: Annotated[float, Field(ge=1.0)] = 3.0
-    seed: int = 0
-    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    val_draws: Annotated[int, Field(ge=1)] = 4
-    eval_every: Annotated[int, Field(ge=1)] | None = 25
-    patience: Annotated[int, Field(ge=1)] | None = None
-    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
-    checkpoint: Path | None = None
-    resume: bool = False
-    out: Path
-    device: str = "cpu"
-    progress: bool = True
+    method: Method = Field(
+        default="esd-x", description="esd-x: cross-attention only; esd-u: everything else."
+    )
+    adapter: AdapterKind = Field(default="lora", description="Adapter family.")
+    rank: Annotated[int, Field(ge=1, le=1024, description="Adapter rank.")] = 4
+    alpha: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="Adapter alpha (default: rank)."
+    )
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Modules to adapt, full names or suffixes such as attn2.to_k (default: the "
+        "method's).",
+    )
+    steps: Annotated[int, Field(ge=1, description="Optimisation steps.")] = 400
+    lr: Annotated[float, Field(gt=0.0, le=1.0, description="Adam learning rate.")] = 1e-3
+    eta: Annotated[
+        float, Field(ge=0.0, description="How far past the anchor to push (ESD eta).")
+    ] = 1.0
+    batch: Annotated[int, Field(ge=1, description="Concept prompts per step.")] = 4
+    ddim_steps: Annotated[
+        int, Field(ge=2, le=1000, description="DDIM schedule of the partial run.")
+    ] = 50
+    guidance_scale: Annotated[
+        float, Field(ge=1.0, description="CFG of the partial run (1.0: none).")
+    ] = 3.0
+    seed: int = Field(default=0, description="Seed (the run is deterministic).")
+    val_fraction: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            lt=1.0,
+            description="Share of prompts held out for validation, never trained on (0: none; "
+            "validation then uses the training prompts at noise draws training never sees).",
+        ),
+    ] = 0.0
+    val_draws: Annotated[int, Field(ge=1, description="Noise draws per validation prompt.")] = 4
+    eval_every: Annotated[int, Field(ge=1)] | None = Field(
+        default=25, description="Validate every N steps; None: never (the last adapter is saved)."
+    )
+    patience: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Stop after N validations without gain (default: never)."
+    )
+    min_delta: Annotated[
+        float, Field(ge=0.0, description="Validation-loss drop that counts as a gain.")
+    ] = 0.0
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Write a checkpoint every N steps."
+    )
+    checkpoint: Path | None = Field(
+        default=None,
+        description="Checkpoint file (default: <out stem>.ckpt.safetensors beside out).",
+    )
+    resume: bool = Field(default=False, description="Continue from the checkpoint if present.")
+    out: Path = Field(description="Adapter file to write (.safetensors).")
+    device: str = Field(default="cpu", description="Torch device.")
+    progress: bool = Field(default=True, description="Show progress bars.")
 
     @field_validator("out")
     @classmethod
