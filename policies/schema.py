@@ -7,6 +7,7 @@ Load one with :meth:`Policy.from_file` or :meth:`Policy.preset`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from importlib import resources
@@ -466,6 +467,14 @@ class Policy(_Strict):
         """A preset name or a policy file path (what the CLI's ``--policy`` takes)."""
         if isinstance(name_or_path, str) and name_or_path in PRESETS:
             return cls.preset(name_or_path)
+        path = Path(name_or_path)
+        if not path.exists() and not path.suffix and len(path.parts) == 1:
+            close = difflib.get_close_matches(str(name_or_path), PRESETS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PolicyError(
+                f"{str(name_or_path)!r} is neither a preset ({', '.join(PRESETS)}) nor a policy "
+                f"file{hint}"
+            )
         return cls.from_file(name_or_path)
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_pipeline"]
+__all__ = ["PipelineLoadError", "check_source", "load_pipeline"]
+
+
+class PipelineLoadError(ValueError):
+    """A model could not be loaded; the message names it and says what to check."""
 
 
 def load_pipeline(
@@ -27,9 +31,47 @@ def load_pipeline(
 
         pipe, defaults = embedded_default()
     else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(base)  # type: ignore[no-untyped-call]
-        defaults = {}
+        check_source(base)
+        pipe, defaults = _from_pretrained(str(base)), {}
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device), dict(defaults)
+
+
+def check_source(base: str | Path) -> None:
+    """Refuse, before anything loads, a model that cannot be loaded here: a local path that is
+    not a pipeline folder, or a hub id while hub downloads are off (``HF_HUB_OFFLINE=1``)."""
+    import os
+
+    name = str(base)
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        if not (path / "model_index.json").is_file():
+            what = "is not a diffusers pipeline folder (no model_index.json)"
+            raise PipelineLoadError(
+                f"cannot load the model {name!r}: it "
+                + (what if path.is_dir() else "is not a folder that exists")
+            )
+    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise PipelineLoadError(
+            f"cannot load the model {name!r}: not a local folder, and hub downloads are off "
+            f"(HF_HUB_OFFLINE=1); pass a local pipeline folder"
+        )
+
+
+def _from_pretrained(name: str) -> Any:
+    """diffusers' loader, its errors as one that names the model and what to check."""
+    import os
+
+    from diffusers import DiffusionPipeline
+
+    try:
+        return DiffusionPipeline.from_pretrained(name)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as e:
+        if Path(name).is_dir():
+            hint = "the folder is not a diffusers pipeline (it needs a model_index.json)"
+        elif os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower():
+            hint = "hub downloads are off here (HF_HUB_OFFLINE): pass a local pipeline folder"
+        else:
+            hint = "neither a local folder nor a hub id that could be fetched"
+        raise PipelineLoadError(f"cannot load the model {name!r}: {hint} ({e})") from e

@@ -4,8 +4,11 @@ For a configured route (path pattern + methods) the JSON request's prompt is che
 (a refused prompt gets a 400 JSON error carrying the decision; the app is not called), then
 the app's response is judged: an ``image/*`` body, or base64 images found in a JSON body at
 a field path. Images the policy does not allow are replaced in place, re-encoded in their
-own format. Every moderated response carries the decision id header. Any other route, and
-websocket/lifespan traffic, goes to the app untouched and unbuffered (streaming included).
+own format. Every moderated response carries two headers: ``X-Safety-Decision``, the most
+severe action taken (``refuse`` for a refused prompt, else the worst image action, else the
+prompt's ``allow``/``steer``; ``error`` when the request was rejected before a decision), and
+``X-Safety-Request-Id``, the id of its audit lines. Any other route, and websocket/lifespan
+traffic, goes to the app untouched and unbuffered (streaming included).
 
 Field paths are dotted (``"input.text"``); ``*`` matches every item of a list or mapping
 (``"data.*.b64_json"``), a number indexes a list.
@@ -35,7 +38,7 @@ from safety_lora.asgi import (
     replay,
     send_json,
 )
-from safety_lora.decisions import PromptDecision, new_request_id
+from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.guard import PromptRefused, SafetyGuard
 from safety_lora.image_codec import (
     DEFAULT_MAX_PIXELS,
@@ -45,11 +48,9 @@ from safety_lora.image_codec import (
     encode_image,
 )
 from safety_lora.policies.schema import Policy
-from safety_lora.taxonomy import Action
+from safety_lora.taxonomy import ACTION_SEVERITY, Action
 
 __all__ = ["ASGIApp", "GuardedRoute", "SafetyMiddleware"]
-
-DECISION_HEADER = "x-safety-decision"
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class SafetyMiddleware:
         max_body_bytes: int = 10 * 1024 * 1024,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         header: str = "X-Safety-Decision",
+        request_id_header: str = "X-Safety-Request-Id",
     ) -> None:
         if not routes:
             raise ValueError("`routes` is empty: the middleware would moderate nothing")
@@ -110,6 +112,10 @@ class SafetyMiddleware:
         self.max_body_bytes = max_body_bytes
         self.max_image_pixels = max_image_pixels
         self.header = header.lower().encode("latin-1")
+        self.request_id_header = request_id_header.lower().encode("latin-1")
+
+    def _headers(self, action: str, request_id: str) -> list[tuple[bytes, bytes]]:
+        return [(self.header, action.encode()), (self.request_id_header, request_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._route(scope)
@@ -121,7 +127,8 @@ class SafetyMiddleware:
             await self._moderate(route, request_id, scope, receive, send)
         except _Reject as e:
             body = error_envelope(e.code, str(e), **e.extra)
-            await send_json(send, e.status, body, [(self.header, request_id.encode())])
+            action = "refuse" if e.code == "content_policy_violation" else "error"
+            await send_json(send, e.status, body, self._headers(action, request_id))
 
     def _route(self, scope: Scope) -> GuardedRoute | None:
         if scope["type"] != "http":
@@ -165,10 +172,13 @@ class SafetyMiddleware:
         out = b"".join(chunks)
         status = int(start["status"])
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        decisions: list[Decision] = []
         if 200 <= status < 300:
-            out = await self._judge_response(route, headers, out, pd, request_id)
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"content-length", self.header)]
-        headers += [(b"content-length", str(len(out)).encode()), (self.header, request_id.encode())]
+            out, decisions = await self._judge_response(route, headers, out, pd, request_id)
+        ours = (b"content-length", self.header, self.request_id_header)
+        headers = [(k, v) for k, v in headers if k.lower() not in ours]
+        headers += [(b"content-length", str(len(out)).encode())]
+        headers += self._headers(_worst(decisions, pd), request_id)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out, "more_body": False})
 
@@ -179,7 +189,8 @@ class SafetyMiddleware:
         body: bytes,
         pd: PromptDecision | None,
         request_id: str,
-    ) -> bytes:
+    ) -> tuple[bytes, list[Decision]]:
+        """The response body as the policy lets it through, and the images' decisions."""
         content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
         media = content_type.split(b";")[0].strip().lower()
         try:
@@ -190,18 +201,20 @@ class SafetyMiddleware:
         except ImageDecodeError as e:
             # Fail closed: an image we cannot judge is not passed on.
             raise _Reject(502, "unjudgeable_image", f"response image cannot be judged: {e}") from e
-        return body
+        return body, []
 
-    def _judge_image_body(self, body: bytes, pd: PromptDecision | None, request_id: str) -> bytes:
+    def _judge_image_body(
+        self, body: bytes, pd: PromptDecision | None, request_id: str
+    ) -> tuple[bytes, list[Decision]]:
         decoded = decode_image(body, max_pixels=self.max_image_pixels)
         result = self.guard.moderate([decoded.image], prompt_decision=pd, request_id=request_id)
         if result.decisions[0].action is Action.ALLOW:
-            return body
-        return encode_image(result.images[0], decoded.format)
+            return body, result.decisions
+        return encode_image(result.images[0], decoded.format), result.decisions
 
     def _judge_json_body(
         self, route: GuardedRoute, body: bytes, pd: PromptDecision | None, request_id: str
-    ) -> bytes:
+    ) -> tuple[bytes, list[Decision]]:
         try:
             document = json.loads(body)
         except ValueError as e:
@@ -212,20 +225,27 @@ class SafetyMiddleware:
         if bad:
             raise ImageDecodeError(f"{route.images_field}: items {bad} are not base64 strings")
         if not slots:
-            return body
+            return body, []
         decoded = [decode_b64_image(v, max_pixels=self.max_image_pixels) for v in values]
         result = self.guard.moderate(
             [d.image for d in decoded], prompt_decision=pd, request_id=request_id
         )
         if all(d.action is Action.ALLOW for d in result.decisions):
-            return body
+            return body, result.decisions
         for (container, key), d, image, decision in zip(
             slots, decoded, result.images, result.decisions, strict=True
         ):
             if decision.action is not Action.ALLOW:
                 encoded = encode_image(image, d.format)
                 container[key] = d.data_url_prefix + _b64(encoded)
-        return json.dumps(document).encode("utf-8")
+        return json.dumps(document).encode("utf-8"), result.decisions
+
+
+def _worst(decisions: Sequence[Decision], pd: PromptDecision | None) -> str:
+    """The header's action: the most severe image action, else the prompt's."""
+    if decisions:
+        return max((d.action for d in decisions), key=ACTION_SEVERITY.__getitem__).value
+    return pd.action.value if pd is not None else Action.ALLOW.value
 
 
 def _b64(data: bytes) -> str:

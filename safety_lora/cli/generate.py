@@ -60,9 +60,13 @@ def generate(
     except PolicyError as e:
         err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from e
-    from safety_lora.loading import load_pipeline
+    from safety_lora.loading import PipelineLoadError, load_pipeline
 
-    pipe, defaults = load_pipeline(model)
+    try:
+        pipe, defaults = load_pipeline(model)
+    except PipelineLoadError as e:
+        err.print(f"[red]✗[/red] --model: {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from e
     sampling = {**defaults}  # the model's own (a user's pipeline: its call's defaults)
     if steps is not None:
         sampling["num_inference_steps"] = steps
@@ -111,7 +115,8 @@ def generate(
             f"attempts {record['attempts']})",
             highlight=False,
         )
-    console.print(f"wrote {len(records)} images, decisions.json and audit to {out}")
+    images = "image" if len(records) == 1 else "images"
+    console.print(f"wrote {len(records)} {images}, decisions.json and audit to {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,9 @@ BATCH = 16
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
-    """Files as given, folders expanded (recursively, sorted) to every file in them: images
-    are recognised by their content, not their name, so nothing is skipped unjudged."""
+    """Files as given, folders expanded (recursively, sorted) to every file in them; which of
+    them are images is decided by their content as well as their name (see
+    :func:`_plainly_not_an_image`), so no image is skipped for its name."""
     for path in paths:
         if path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.is_file())

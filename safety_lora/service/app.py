@@ -7,8 +7,9 @@ is the app's :class:`~safety_lora.service.state.ServiceState`, in ``app.state.se
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from safety_lora.service.errors import ServiceError, describe_errors
 from safety_lora.service.gate import Gate
 from safety_lora.service.generator import Generator
 from safety_lora.service.routes import generation, moderation, ops
+from safety_lora.service.schemas import ImageModerationRequest
 from safety_lora.service.settings import ServiceSettings
 from safety_lora.service.state import ServiceState
 
@@ -60,7 +62,19 @@ def create_app(
     app.add_middleware(
         Gate, settings=settings, metrics=service.metrics, admission=service.admission
     )
+    app.openapi = partial(_openapi, app, app.openapi)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """FastAPI's document, with the image route's JSON body in the schemas it references (the
+    route reads its body itself, JSON or multipart, so FastAPI does not see the model)."""
+    if app.openapi_schema is None:
+        schemas = build().setdefault("components", {}).setdefault("schemas", {})
+        schemas["ImageModerationRequest"] = ImageModerationRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+    return app.openapi_schema  # type: ignore[no-any-return]
 
 
 @asynccontextmanager

@@ -94,6 +94,23 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 class ModerationsRequest(_Part):
     """OpenAI's moderation request."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"input": "a prompt to check"},
+                {
+                    "input": [
+                        {"type": "text", "text": "a caption"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,iVBORw0KGgo..."},
+                        },
+                    ]
+                },
+            ]
+        }
+    )
+
     input: str | list[str] | list[ContentPart]
     model: str | None = Field(default=None, description="accepted; the policy decides")
 

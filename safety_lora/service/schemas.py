@@ -30,6 +30,10 @@ class _Body(BaseModel):
 class GenerationRequest(_Body):
     """OpenAI images API request; ``seed`` and ``num_inference_steps`` are extensions."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "a red circle", "n": 2, "seed": 7}]}
+    )
+
     prompt: str = Field(min_length=1, max_length=4000)
     n: int = Field(default=1, ge=1)
     size: str | None = Field(default=None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
@@ -62,12 +66,30 @@ class GenerationResponse(BaseModel):
 class ImageModerationRequest(_Body):
     """Base64 images (or ``data:`` URLs); multipart uploads use ``file`` parts instead."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "input": ["data:image/png;base64,iVBORw0KGgo..."],
+                    "prompt": "the prompt the image was made from",
+                    "return_images": True,
+                }
+            ]
+        }
+    )
+
     input: str | list[str]
     prompt: str | None = None
     return_images: bool = Field(default=False, description="include policy-applied images")
 
 
 class PromptModerationRequest(_Body):
+    """One prompt or a list of them, each checked against the policy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"input": ["a cat on a sofa", "a n.u.d.e portrait"]}]}
+    )
+
     input: str | list[str]
 
 

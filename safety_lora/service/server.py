@@ -32,9 +32,13 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: ServiceSettings, *, pipeline: Any | None = None) -> None:
-    """Build the app for ``settings`` and serve it until interrupted."""
+    """Build the app for ``settings`` and serve it until interrupted (a model that cannot be
+    loaded is refused before the server starts)."""
+    from safety_lora.loading import check_source
     from safety_lora.service.app import create_app
 
+    if settings.generation and pipeline is None and settings.model is not None:
+        check_source(settings.model)
     app = create_app(settings, pipeline=pipeline)
     config = uvicorn.Config(
         app,

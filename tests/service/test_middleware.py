@@ -98,7 +98,8 @@ def test_refused_prompt_never_reaches_the_app(tmp_path: Path) -> None:
     error = refused.json()["error"]
     assert error["code"] == "content_policy_violation"
     assert error["decision"]["rule"] == "prompt.rules.violence.refuse_at"
-    assert refused.headers["x-safety-decision"] == error["decision"]["request_id"]
+    assert refused.headers["x-safety-decision"] == "refuse"
+    assert refused.headers["x-safety-request-id"] == error["decision"]["request_id"]
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "missing_prompt"
     assert calls == []
@@ -116,7 +117,8 @@ def test_image_body_replaced_in_place(tmp_path: Path) -> None:
     assert int(response.headers["content-length"]) == len(response.content)
     records = read_audit_log(tmp_path / "audit.jsonl")
     assert [r["kind"] for r in records] == ["prompt", "image"]
-    assert {r["request_id"] for r in records} == {response.headers["x-safety-decision"]}
+    assert {r["request_id"] for r in records} == {response.headers["x-safety-request-id"]}
+    assert response.headers["x-safety-decision"] == "replace"
     assert records[1]["action"] == "replace"
     assert calls == ["generate"]
 
@@ -128,7 +130,7 @@ def test_json_images_replaced_at_field_path(tmp_path: Path) -> None:
     assert response.status_code == 200
     assert [item["note"] for item in body["data"]] == ["x", "x"]  # the rest is kept
     assert [unb64_image(i["b64_json"]).getpixel((0, 0)) for i in body["data"]] == [GREY] * 2
-    assert "x-safety-decision" in response.headers
+    assert response.headers["x-safety-decision"] == "replace"
 
 
 def test_streamed_image_of_a_guarded_route_is_judged(tmp_path: Path) -> None:
