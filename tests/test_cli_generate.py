@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from PIL import Image
@@ -86,3 +87,32 @@ def test_generate_defaults_to_the_embedded_model(tmp_path: Path) -> None:
     assert record["action"] == "allow"  # the trained model draws blue, which the policy allows
     with Image.open(out / "image_000.png") as image:
         assert image.size == (32, 32)
+
+
+def test_a_model_that_cannot_be_loaded_is_named_with_what_to_check(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    (tmp_path / "not-a-pipeline").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cases = {
+        str(tmp_path / "missing"): "is not a folder that exists",
+        str(tmp_path / "not-a-pipeline"): "no model_index.json",
+        "someone/some-model": "hub downloads are off (HF_HUB_OFFLINE=1)",
+    }
+    for model, expected in cases.items():
+        result = CliRunner().invoke(
+            _app(), ["generate", "a cat", "--out", str(tmp_path / "out"), "--model", model]
+        )
+        assert result.exit_code == 2, result.output
+        assert f"--model: cannot load the model {model!r}" in result.output
+        assert expected in result.output
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_mistyped_preset_lists_the_presets(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        _app(), ["generate", "a cat", "--out", str(tmp_path), "--policy", "balance"]
+    )
+    assert result.exit_code == 2
+    assert "'balance' is neither a preset (strict, balanced, permissive)" in result.output
+    assert "did you mean 'balanced'?" in result.output
