@@ -23,8 +23,8 @@ test-fast: install
 
 docs: install
 	./scripts/package_tree.sh
-	.venv/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true .venv/bin/mkdocs build --strict
 
 docs-serve: install
 	./scripts/package_tree.sh
-	.venv/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true .venv/bin/mkdocs serve

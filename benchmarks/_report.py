@@ -27,7 +27,7 @@ from rich.table import Table
 
 __all__ = ["REQUIRED", "RESULTS", "Report", "ReportTable", "add_arguments", "first_paragraph"]
 
-#: Where results files live (one per benchmark, rendered by docs/gen_pages.py).
+#: Where results files live (one per benchmark, rendered by scripts/docs_pages.py).
 RESULTS = Path(__file__).parent / "results"
 #: The top-level fields every results file has (the docs generator reads them).
 REQUIRED = (
@@ -136,6 +136,11 @@ class Report:
             list(columns),
             justify=list(justify) if isinstance(justify, list | tuple) else justify,
         )
+        self.tables.append(table)
+        return table
+
+    def add(self, table: ReportTable) -> ReportTable:
+        """Add a table made apart (the results file keeps the tables in the order added)."""
         self.tables.append(table)
         return table
 

@@ -51,7 +51,9 @@ class ImageClassifier(Protocol):
     name: str
     fingerprint: str
 
-    def classify(self, images: Sequence[Image]) -> list[ImageScores]: ...
+    def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """One :class:`ImageScores` per image, in order; categories it cannot judge are left out."""
+        ...
 
 
 @runtime_checkable
@@ -61,4 +63,6 @@ class PromptClassifier(Protocol):
     name: str
     fingerprint: str
 
-    def classify(self, prompts: Sequence[str]) -> list[PromptScores]: ...
+    def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        """One :class:`PromptScores` per prompt, in order; categories it cannot judge are absent."""
+        ...

@@ -183,6 +183,8 @@ class ClipConceptsClassifier:
         return torch.nn.functional.normalize(embeds, dim=-1)
 
     def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """Per image, every concept's sigmoid margin in ``labels``, each category scored by its
+        best concept; a special-care hit first raises the regular margins by ``adjustment`` (SD)."""
         torch = self._torch
         out: list[ImageScores] = []
         for start in range(0, len(images), self._batch_size):
@@ -284,10 +286,13 @@ class ClipConceptsConfig(ClassifierConfig):
         return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
+        """``category`` and ``special_care_category`` unless ``include_original`` is off, plus each
+        user concept's own category."""
         own = [self.category, self.special_care_category] if self.include_original else []
         users = [c.category for c in (*self.concepts, *self.special_care)]
         return frozenset(c for c in (*own, *users) if c is not None)
 
     def build(self) -> ClipConceptsClassifier:
+        """Load the checker, and the CLIP text tower when there are user phrases."""
         options = {name: getattr(self, name) for name in type(self).model_fields if name != "kind"}
         return ClipConceptsClassifier(**options)

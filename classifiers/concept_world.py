@@ -69,6 +69,8 @@ class ConceptWorldClassifier:
         self.fingerprint = "concept_world:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """Per image, 1.0 for each category with a term matching any analysed object (else 0.0),
+        a :class:`Region` per match, and every object's ``colour shape`` in ``labels``."""
         from safety_lora.concept_world.analyser import analyse
 
         out = []
@@ -107,7 +109,9 @@ class ConceptWorldConfig(ClassifierConfig):
         return value
 
     def categories(self) -> frozenset[Category]:
+        """The categories given at least one term."""
         return frozenset(c for c, terms in self.unsafe.items() if terms)
 
     def build(self) -> ConceptWorldClassifier:
+        """A :class:`ConceptWorldClassifier` for these terms (no model: the analyser is code)."""
         return ConceptWorldClassifier(unsafe=self.unsafe)

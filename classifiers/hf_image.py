@@ -121,6 +121,8 @@ class HFImageClassifier:
         self.fingerprint = weights_fingerprint("hf_image", [local_folder(model)])
 
     def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """Per image, the model's probability for every label in ``labels`` (softmax; sigmoids
+        for a multi-label model), each category scored by its best label."""
         torch = self._torch
         out: list[ImageScores] = []
         for start in range(0, len(images), self._batch_size):
@@ -162,9 +164,12 @@ class HFImageConfig(ClassifierConfig):
         return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
+        """Every category some model label maps to (labels mapped to null score nothing)."""
         return frozenset(c for c in self.labels.values() if c is not None)
 
     def build(self) -> HFImageClassifier:
+        """Load the model and its image processor onto ``device``; fails unless ``labels`` names
+        exactly the model's labels."""
         return HFImageClassifier(
             model=self.model, labels=self.labels, batch_size=self.batch_size, device=self.device
         )

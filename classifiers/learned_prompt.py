@@ -277,6 +277,8 @@ class LearnedPromptClassifier:
         self._lock = threading.Lock()
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        """Calibrated model scores, raised to a rule score of ``passthrough`` or more (explicit
+        terms: 1.0); ``minors`` and ``matches`` come from the rules. Cached; thread-safe."""
         out: list[PromptScores | None] = []
         todo: list[int] = []
         with self._lock:
@@ -349,11 +351,15 @@ class LearnedPromptConfig(ClassifierConfig):
         return resolve_local(value, info)
 
     def categories(self) -> frozenset[Category]:
+        """The model file's categories plus the bundled rules' and ``extra_terms``' (``minors``
+        comes from the rules); reads the model file."""
         learned = load_model(self.model)[0].categories
         rules = PromptRulesConfig(extra_terms=self.extra_terms).categories()
         return frozenset(learned) | rules
 
     def build(self) -> LearnedPromptClassifier:
+        """A :class:`LearnedPromptClassifier` on ``model`` (parsed once per file content) with the
+        bundled rules plus ``extra_terms``."""
         return LearnedPromptClassifier(
             model=self.model,
             extra_terms=self.extra_terms,

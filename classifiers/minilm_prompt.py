@@ -150,6 +150,7 @@ class MiniLMHead:
         return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
     def save(self, path: str | Path) -> None:
+        """Write :meth:`to_bytes` to ``path`` (as ``benchmarks/train_minilm_head.py`` does)."""
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
@@ -223,6 +224,8 @@ class MiniLMPromptClassifier:
         self._embedder = MiniLMEmbedder(batch_size=batch_size, device=device)
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        """The head's calibrated scores (0.5 at its operating point) on MiniLM embeddings of each
+        normalised prompt; no ``matches``, as nothing explicit fired."""
         if not prompts:
             return []
         scores = self.head.scores(self._embedder.embed(prompts))
@@ -250,8 +253,10 @@ class MiniLMPromptConfig(ClassifierConfig):
         return resolve_local(value, info)
 
     def categories(self) -> frozenset[Category]:
+        """The categories the head file was trained for (reads and checks the file)."""
         source, data = _read_head(self.head)
         return frozenset(MiniLMHead.from_bytes(data, source=source).categories)
 
     def build(self) -> MiniLMPromptClassifier:
+        """A :class:`MiniLMPromptClassifier` with this head, on CPU (loads the bundled MiniLM)."""
         return MiniLMPromptClassifier(head=self.head, batch_size=self.batch_size)

@@ -130,6 +130,9 @@ class NudeNetClassifier:
         self._batch_size = batch_size
 
     def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """NudeNet's detections per image: each mapped category scored by its best detection (0.0
+        if none), every detection from ``min_score`` up kept as a :class:`Region` (box clipped to
+        the image) and in ``labels``."""
         out: list[ImageScores] = []
         for start in range(0, len(images), self._batch_size):
             chunk = images[start : start + self._batch_size]
@@ -202,10 +205,13 @@ class NudeNetConfig(ClassifierConfig):
         return value
 
     def categories(self) -> frozenset[Category]:
+        """The categories of the default label map after ``label_map``'s overrides (``sexual``)."""
         mapped = {**DEFAULT_LABEL_MAP, **self.label_map}.values()
         return frozenset(c for c in mapped if c is not None)
 
     def build(self) -> NudeNetClassifier:
+        """A :class:`NudeNetClassifier` on ``model_path``, else the wheel's own ``320n.onnx``
+        (needs the ``nudenet`` extra)."""
         return NudeNetClassifier(
             model_path=self.model_path,
             inference_resolution=self.inference_resolution,

@@ -199,6 +199,9 @@ class PromptRulesClassifier:
         return fired
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        """Per prompt, each category's noisy-OR over the distinct rules fired on its normalised,
+        de-leeted and punctuation-joined forms (context rules only grade a category another rule
+        fired for); ``matches`` holds the fired rules' ``category:label`` tags."""
         return [self._classify_one(p) for p in prompts]
 
     def _classify_one(self, prompt: str) -> PromptScores:
@@ -238,6 +241,8 @@ class PromptRulesConfig(ClassifierConfig):
         return resolve_local(value, info)
 
     def categories(self) -> frozenset[Category]:
+        """The categories with a rule group in the rules file, plus those given ``extra_terms``
+        (reads the file)."""
         source, text = load_rules_text(self.rules)
         declared = _parse(source, text).categories
         return frozenset(c for c, groups in declared.items() if groups) | {
@@ -245,4 +250,5 @@ class PromptRulesConfig(ClassifierConfig):
         }
 
     def build(self) -> PromptRulesClassifier:
+        """A :class:`PromptRulesClassifier` on ``rules`` plus ``extra_terms``."""
         return PromptRulesClassifier(rules=self.rules, extra_terms=self.extra_terms)

@@ -32,9 +32,12 @@ class SDSafetyCheckerConfig(ClassifierConfig):
         return None if value is None else resolve_local(value, info, always=False)
 
     def categories(self) -> frozenset[Category]:
+        """Only ``sexual``: SD's checker gives one verdict per image."""
         return frozenset({Category.SEXUAL})
 
     def build(self) -> ClipConceptsClassifier:
+        """A :class:`ClipConceptsClassifier` with the checkpoint's concepts only: the regular ones
+        score ``sexual``, the special-care ones only adjust, as in SD."""
         return ClipConceptsClassifier(
             model=self.model,
             category=Category.SEXUAL,

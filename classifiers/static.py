@@ -42,6 +42,7 @@ class StaticImageClassifier:
         self.fingerprint = _fingerprint("static", self._sequence)
 
     def classify(self, images: Sequence[Image]) -> list[ImageScores]:
+        """The sequence's next entries, one per image; the position carries over between calls."""
         out = []
         for _ in images:
             out.append(ImageScores(scores=self._sequence[self._seen % len(self._sequence)]))
@@ -58,6 +59,7 @@ class StaticPromptClassifier:
         self.fingerprint = _fingerprint("static", self._scores)
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
+        """The fixed scores for every prompt (``normalized``: the prompt unchanged, no matches)."""
         return [PromptScores(scores=self._scores, normalized=p) for p in prompts]
 
 
@@ -76,9 +78,11 @@ class StaticImageConfig(ClassifierConfig):
         return self
 
     def categories(self) -> frozenset[Category]:
+        """Every category named in ``scores`` or in any ``sequence`` entry."""
         return frozenset(c for entry in (self.scores, *self.sequence) for c in entry)
 
     def build(self) -> StaticImageClassifier:
+        """A :class:`StaticImageClassifier` walking ``sequence`` (no sequence: ``scores``)."""
         seq = self.sequence or [self.scores]
         return StaticImageClassifier(sequence=seq)
 
@@ -97,7 +101,9 @@ class StaticPromptConfig(ClassifierConfig):
         return self
 
     def categories(self) -> frozenset[Category]:
+        """The categories named in ``scores``."""
         return frozenset(self.scores)
 
     def build(self) -> StaticPromptClassifier:
+        """A :class:`StaticPromptClassifier` giving ``scores`` to every prompt."""
         return StaticPromptClassifier(scores=self.scores)

@@ -288,6 +288,11 @@ class SteeringPolicy(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"steering names must be unique, repeated: {dupes}")
+        if self.mode == "fused" and tuple(self.window) != (0.0, 1.0):
+            raise ValueError(
+                f"`window` must be [0.0, 1.0] in fused mode (fused weights cannot switch per "
+                f"step), got {list(self.window)}"
+            )
         return self
 
     @property

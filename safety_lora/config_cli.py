@@ -60,6 +60,8 @@ class ConfigError(typer.BadParameter):
     """Invalid settings: one line per error, naming its option or file (exit code 2)."""
 
     def format_message(self) -> str:
+        """The message alone: each line already names its option or file, so click's
+        ``Invalid value`` prefix is left off."""
         return self.message
 
 

@@ -38,10 +38,14 @@ class BlurSettings(Protocol):
     """How :func:`render` blurs, as fractions of the short side (a policy's ``blur`` section)."""
 
     @property
-    def radius(self) -> float: ...
+    def radius(self) -> float:
+        """The Gaussian blur radius, as a fraction of the image's short side."""
+        ...
 
     @property
-    def region_padding(self) -> float: ...
+    def region_padding(self) -> float:
+        """How far the blur reaches past each detector box, as a fraction of the short side."""
+        ...
 
 
 _PLACEHOLDER_GREY = (128, 128, 128)

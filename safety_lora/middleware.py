@@ -118,6 +118,8 @@ class SafetyMiddleware:
         return [(self.header, action.encode()), (self.request_id_header, request_id.encode())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Moderate a request on a guarded route (its prompt, then the images in the app's response)
+        and add the decision headers; anything else goes to the app untouched."""
         route = self._route(scope)
         if route is None:
             await self.app(scope, receive, send)

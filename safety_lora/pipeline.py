@@ -34,14 +34,13 @@ from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.guard import SafetyGuard
 from safety_lora.internals import without_safety_checker
 from safety_lora.policies.engine import PolicyEngine
+from safety_lora.policies.schema import Policy
 from safety_lora.seeds import hashed_seed
 from safety_lora.steering import Steering
 from safety_lora.taxonomy import Action
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-    from safety_lora.policies.schema import Policy
 
 __all__ = ["SafePipeline", "SafePipelineOutput", "SafeTuple", "derive_seed"]
 
@@ -116,12 +115,16 @@ class SafePipeline:
     def __init__(
         self,
         pipe: DiffusionPipeline,
-        policy: Policy,
+        policy: Policy | str | Path,
         *,
         engine: PolicyEngine | None = None,
     ) -> None:
         if not callable(pipe):
             raise ValueError(f"`pipe` must be a callable diffusers pipeline, got {type(pipe)}")
+        if isinstance(policy, (str, Path)):
+            policy = Policy.load(policy)
+        if not isinstance(policy, Policy):
+            raise TypeError(f"`policy` must be a Policy, preset name or path, got {type(policy)}")
         if engine is not None and engine.policy is not policy:
             raise ValueError("`engine` was built for another policy than `policy`")
         self.pipe: Any = pipe
@@ -144,7 +147,9 @@ class SafePipeline:
         )
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, policy: Policy, **kwargs: Any) -> SafePipeline:
+    def from_pretrained(
+        cls, path_or_id: str | Path, policy: Policy | str | Path, **kwargs: Any
+    ) -> SafePipeline:
         """``DiffusionPipeline.from_pretrained(path_or_id, **kwargs)``, wrapped."""
         from diffusers import DiffusionPipeline
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from safety_lora.pipeline import SafePipeline, SafePipelineOutput, SafeTuple, derive_seed
-from safety_lora.policies.schema import Policy
+from safety_lora.policies.schema import Policy, PolicyError
 from safety_lora.taxonomy import Action, Category
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
@@ -233,3 +233,14 @@ def test_threads_with_different_strengths_match_sequential_calls(pipe: Any, tmp_
         assert len(outs) == 3
         for images in outs:
             np.testing.assert_array_equal(images, sequential[key].images)
+
+
+def test_a_preset_name_or_a_file_is_a_policy_too(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\nname: mine\nclassifiers: [{kind: static, scores: {sexual: 0.0}}]\n"
+    )
+    assert SafePipeline(tiny_pipeline(), str(path)).policy.name == "mine"
+    assert SafePipeline(tiny_pipeline(), path).policy.name == "mine"
+    with pytest.raises(PolicyError, match="did you mean 'balanced'"):
+        SafePipeline(tiny_pipeline(), "balance")

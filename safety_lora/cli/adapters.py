@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safety_lora.cli.errors import print_error
+
 if TYPE_CHECKING:  # the adapters package imports torch: only on use, keeping --help fast
     from safety_lora.adapters.names import ModuleIndex
 
@@ -117,7 +119,7 @@ def inspect(
     try:
         info = _summary(file, base)
     except (AdapterFormatError, OSError, ValueError) as e:
-        Console(stderr=True).print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}")
         raise typer.Exit(code=1) from e
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
@@ -172,9 +174,8 @@ def convert_cmd(
     """Convert an adapter file; exact where the target can hold it, else an error or an SVD."""
     from safety_lora.adapters import AdapterFormatError, FormatName, convert
 
-    err = Console(stderr=True)
     if to not in ("kohya", "peft", "lycoris"):
-        err.print(f"[red]✗[/red] --to must be kohya, peft or lycoris, got {to!r}", highlight=False)
+        print_error(f"--to must be kohya, peft or lycoris, got {to!r}")
         raise typer.Exit(code=2)
     fmt: FormatName = to  # type: ignore[assignment]
     try:
@@ -182,7 +183,7 @@ def convert_cmd(
             source, target, to=fmt, approximate=approximate, rank=rank, unet=_index(base)
         )
     except AdapterFormatError as e:
-        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}")
         raise typer.Exit(code=1) from e
     kind = "exact" if report.exact else f"approximate, relative error {report.overall_error:.3e}"
     Console().print(

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from safety_lora.audit import merge_audit_logs
+from safety_lora.cli.errors import print_error
 
 audit_app = typer.Typer(help="Work with audit logs (JSONL).", no_args_is_help=True)
 
@@ -24,14 +24,12 @@ def merge(
 ) -> None:
     """Merge replicas' audit files into one, every line in time order."""
     if out.resolve() in {p.resolve() for p in logs}:
-        Console(stderr=True).print(
-            f"[red]error:[/red] --out {out} is one of the inputs", soft_wrap=True
-        )
+        print_error(f"--out {out} is one of the inputs", mark="error:")
         raise typer.Exit(code=2)
     try:
         records = merge_audit_logs(logs)
     except (ValueError, OSError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}", mark="error:")
         raise typer.Exit(code=2) from e
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as fh:

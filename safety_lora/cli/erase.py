@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safety_lora.cli.errors import print_error
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.config_cli import CliField, ConfigArgs, add_config_command
 
@@ -77,7 +78,7 @@ def erase(
         fmt = cast("FormatName | None", to)
         result = erase(settings, out=out, base=base, to=fmt, device=device, refine=refine)
     except AdapterFormatError as e:
-        Console(stderr=True).print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}")
         raise typer.Exit(code=1) from e
     table = Table(title=f"wrote {result.path}", show_header=False)
     table.add_column("field", style="bold")

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from safety_lora.cli.errors import print_error
 from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
 from safety_lora.taxonomy import Category
 
@@ -58,14 +59,14 @@ def generate(
     try:
         chosen = _policy(policy, list(adapter or []), out)
     except PolicyError as e:
-        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}")
         raise typer.Exit(code=2) from e
     from safety_lora.loading import PipelineLoadError, load_pipeline
 
     try:
         pipe, defaults = load_pipeline(model)
     except PipelineLoadError as e:
-        err.print(f"[red]✗[/red] --model: {e}", highlight=False, soft_wrap=True)
+        print_error(f"--model: {e}")
         raise typer.Exit(code=2) from e
     sampling = {**defaults}  # the model's own (a user's pipeline: its call's defaults)
     if steps is not None:
@@ -78,7 +79,7 @@ def generate(
     try:
         safe = SafePipeline(pipe, chosen)
     except (AdapterFormatError, AdapterIntegrityError) as e:  # bad --adapter or policy file
-        err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}")
         raise typer.Exit(code=1) from e
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err

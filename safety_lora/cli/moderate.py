@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from safety_lora.cli.errors import print_error
 from safety_lora.guard import SafetyGuard
 from safety_lora.image_codec import open_image_file
 from safety_lora.policies.schema import Policy, PolicyError
@@ -112,7 +113,7 @@ def moderate(
             return
         guard = SafetyGuard(loaded)
     except (PolicyError, ImportError, ValueError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(f"{e}", mark="error:")
         raise typer.Exit(code=2) from e
     texts = list(prompt or []) + (read_prompts_csv(prompts) if prompts else [])
     found = list(iter_files(list(paths or [])))

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from safety_lora.cli.errors import print_error
 from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
 
 policy_app = typer.Typer(
@@ -51,20 +52,20 @@ def validate(
     Files the policy names are checked too: adapters exist, read, and match their sha256 pins;
     local model folders and detector files exist.
     """
-    out, err = Console(), Console(stderr=True)
+    out = Console()
     failed = 0
     for path in files:
         try:
             policy = Policy.from_file(path)
         except PolicyError as e:
             failed += 1
-            err.print(f"[red]✗[/red] {e}", highlight=False, soft_wrap=True)
+            print_error(f"{e}")
             continue
         problems = file_problems(policy)
         if problems:
             failed += 1
             for problem in problems:
-                err.print(f"[red]✗[/red] {path}: {problem}", highlight=False, soft_wrap=True)
+                print_error(f"{path}: {problem}")
         else:
             unjudged = ", ".join(c.value for c in policy.unjudged_images()) or "none"
             out.print(

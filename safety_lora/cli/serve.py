@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 
+from safety_lora.cli.errors import print_error
 from safety_lora.policies.schema import PolicyError
 from safety_lora.service.settings import ServiceSettings, hash_api_key
 
@@ -92,7 +92,7 @@ def _settings(config: Path | None, overrides: dict[str, Any]) -> ServiceSettings
 
 
 def _fail(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    print_error(f"{message}", mark="error:")
     raise typer.Exit(code=2)
 
 

@@ -2,8 +2,10 @@
 
 A colour, a shape or a fill style stands in for an unsafe concept, so steering can be
 measured exactly; world 2 adds synonyms, styles and scenes (see ``world``).
-Submodules: ``world`` (generator), ``analyser``, ``model`` (components), ``train``,
-``evaluate``. Only the light world generator is re-exported here (no scipy/torch import).
+Submodules: ``world`` (generator), ``analyser``, ``model`` (components); training the model
+and judging its samples against their prompts are the workbench's
+(:mod:`safety_lora.workbench.concept_world`). Only the light world generator is re-exported
+here (no scipy/torch import).
 """
 
 from __future__ import annotations

@@ -62,10 +62,12 @@ class Analysis:
 
     @property
     def colour(self) -> str | None:
+        """The main (largest) object's colour; None when no object was found."""
         return self.objects[0].colour if self.objects else None
 
     @property
     def shape(self) -> str | None:
+        """The main (largest) object's shape; None when no object was found."""
         return self.objects[0].shape if self.objects else None
 
 

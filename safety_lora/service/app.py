@@ -74,7 +74,9 @@ def _openapi(app: FastAPI, build: Callable[[], dict[str, Any]]) -> dict[str, Any
         schemas["ImageModerationRequest"] = ImageModerationRequest.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )
-    return app.openapi_schema  # type: ignore[no-any-return]
+    document: dict[str, Any] | None = app.openapi_schema
+    assert document is not None  # FastAPI's build keeps it on the app
+    return document
 
 
 @asynccontextmanager

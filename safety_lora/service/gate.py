@@ -124,6 +124,8 @@ class Gate:
         self._keys = [k.encode() for k in settings.api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Give an HTTP request its id (a well-formed ``X-Request-Id``, else a new one; echoed on
+        the response), check key, rate, body size and admission on ``/v1/`` routes, count it."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -51,7 +51,9 @@ class Limits:
 class Generator(Protocol):
     """Loads a model once and generates admitted prompts under the policy."""
 
-    def load(self) -> Limits: ...
+    def load(self) -> Limits:
+        """Load the model (once, before serving); its native size and the steps allowed."""
+        ...
 
     def generate(
         self,
@@ -60,9 +62,14 @@ class Generator(Protocol):
         prompt_decision: PromptDecision,
         request_id: str,
         job: Cancellation,
-    ) -> Generated: ...
+    ) -> Generated:
+        """``call.n`` images of an admitted prompt under the policy; raises :class:`Cancelled` once
+        ``job`` is cancelled or past its deadline."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the model (the service's shutdown)."""
+        ...
 
 
 class LocalGenerator:
@@ -132,6 +139,7 @@ class LocalGenerator:
         return Generated(list(out.images), list(out.decisions))
 
     def close(self) -> None:
+        """Remove the safety adapters from the pipeline, if it was loaded."""
         if self.safe is not None:
             self.safe.close()
 

@@ -1,6 +1,6 @@
 """The service's request and response bodies; their models are also its OpenAPI schema.
 
-A class docstring becomes the schema's description, so only the requests carry one.
+A class docstring becomes the schema's description, so each is written for API users.
 """
 
 from __future__ import annotations
@@ -47,17 +47,23 @@ class GenerationRequest(_Body):
 
 
 class GeneratedImage(BaseModel):
+    """One generated image as the policy let it through: a base64 PNG."""
+
     b64_json: str
     revised_prompt: str | None = None
 
 
 class Safety(BaseModel):
+    """The request's audit id, its prompt's decision and one decision per image, in order."""
+
     request_id: str
     prompt: dict[str, Any] | None = None
     decisions: list[dict[str, Any]]
 
 
 class GenerationResponse(BaseModel):
+    """OpenAI images API response; ``safety`` is an extension carrying the decisions."""
+
     created: int
     data: list[GeneratedImage]
     safety: Safety
@@ -94,6 +100,9 @@ class PromptModerationRequest(_Body):
 
 
 class ModerationResult(BaseModel):
+    """One image's or prompt's verdict: its action, scores per category and whole decision
+    (``b64_json``: the image as the policy lets it through, when ``return_images`` asked)."""
+
     flagged: bool
     action: str
     category_scores: dict[str, float]
@@ -102,6 +111,9 @@ class ModerationResult(BaseModel):
 
 
 class ModerationResponse(BaseModel):
+    """One result per image or prompt, in order; ``policy`` names the policy, ``id`` is the
+    request id of its audit lines."""
+
     id: str
     policy: str
     results: list[ModerationResult]

@@ -25,6 +25,8 @@ class DrainingServer(uvicorn.Server):
     """``uvicorn.Server`` that tells the app to drain as soon as an exit is asked for."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Tell the app's service to drain (new work gets 503, in-flight jobs the grace time), then
+        shut down as uvicorn does."""
         service = getattr(getattr(self.config.app, "state", None), "service", None)
         if service is not None:
             service.begin_drain()

@@ -74,6 +74,15 @@ BAD = [
     ("version: 1\nescalation: {ladder: []}\n", "escalation.ladder"),
     ("version: 1\nsteering: {window: [0.6, 0.2]}\n", "steering.window"),
     (
+        "version: 1\nsteering: {mode: fused, window: [0.0, 0.6]}\n",
+        "steering: `window` must be [0.0, 1.0] in fused mode",
+    ),
+    (
+        "version: 1\nsteering:\n  adapters:\n"
+        "    - {closed_form: {erase: [red], attack_rounds: 2}, categories: [sexual]}\n",
+        "start-up never runs attack rounds",
+    ),
+    (
         "version: 1\nsteering:\n  adapters:\n    - {path: a.safetensors}\n",
         "steering.adapters.0.categories",
     ),
