@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import mkdocs_gen_files
 from typer.main import get_command
 
@@ -30,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # -- the command line -------------------------------------------------------------------------
 
 
-def _commands(command: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
+def _commands(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+    """Every command under ``command`` (typer vendors click: its groups are duck-typed here)."""
     yield path, command
-    if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from _commands(command.commands[name], [*path, name])
+    for name in sorted(getattr(command, "commands", {})):
+        yield from _commands(command.commands[name], [*path, name])
 
 
 def _cell(text: str) -> str:
@@ -52,20 +51,19 @@ def cli_page() -> str:
     for path, command in _commands(root, ["safety-lora"]):
         if len(path) == 1:
             continue
-        ctx = click.Context(command, info_name=" ".join(path))
+        ctx = command.context_class(command, info_name=" ".join(path))
         lines += [f"## `{' '.join(path)}`", ""]
         text = (command.help or "").strip()
         if text:
             lines += [text.split("\n\n")[0], ""]
         lines += ["```text", command.get_usage(ctx).removeprefix("Usage: "), "```", ""]
         rows = [r for p in command.get_params(ctx) if (r := p.get_help_record(ctx)) is not None]
-        args = [p for p in command.get_params(ctx) if isinstance(p, click.Argument)]
+        args = [p for p in command.get_params(ctx) if p.param_type_name == "argument"]
         if args or rows:
             lines += ["| argument or option | what it does |", "|---|---|"]
             for arg in args:
-                lines.append(
-                    f"| `{arg.human_readable_name}` | {_cell(getattr(arg, 'help', '') or '')} |"
-                )
+                name = (arg.metavar or arg.name or "").upper()
+                lines.append(f"| `{name}` | {_cell(getattr(arg, 'help', '') or '')} |")
             for opts, help_text in rows:
                 lines.append(f"| `{_cell(opts)}` | {_cell(help_text)} |")
             lines.append("")

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from typer.main import get_command
 
@@ -110,12 +109,13 @@ def _shell_lines(code: str) -> list[str]:
     return [line for line in lines if line.startswith("safety-lora")]
 
 
-def _command(argv: list[str]) -> tuple[list[str], click.Command]:
-    """The (sub)command ``argv`` names and the path to it."""
-    command: click.Command = get_command(app)
+def _command(argv: list[str]) -> tuple[list[str], Any]:
+    """The (sub)command ``argv`` names and the path to it (typer's vendored click: groups are
+    whatever has ``commands``)."""
+    command: Any = get_command(app)
     path: list[str] = []
     for word in argv:
-        if not isinstance(command, click.Group) or word not in command.commands:
+        if word not in getattr(command, "commands", {}):
             break
         command = command.commands[word]
         path.append(word)
@@ -140,7 +140,7 @@ def test_shell_examples_name_real_commands_and_options(line: str) -> None:
     assert path, f"{line!r}: no such command"
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
-    params = command.get_params(click.Context(command))  # late-built options included
+    params = command.get_params(command.context_class(command))  # late-built options too
     known = {opt for p in params for opt in (*p.opts, *p.secondary_opts)}
     used = {word.split("=", 1)[0] for word in argv if word.startswith("-")}
     assert used <= known, f"{line!r}: {sorted(used - known)} are not options of {path}"
@@ -163,15 +163,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_the_site_builds_strictly_and_fetches_nothing(site: Path) -> None:
+def test_the_site_builds_strictly_fetches_nothing_and_renders(site: Path, tmp_path: Path) -> None:
+    """One test on one build (under xdist two would rebuild build/package side by side)."""
     for page in ("index.html", "reference/api.html", "reference/cli.html", "benchmarks/index.html"):
         assert (site / page).is_file(), page
     remote = re.compile(r"""<(?:script|link|img)[^>]+(?:src|href)=["']https?://""")
     fetching = [p.name for p in site.rglob("*.html") if remote.search(p.read_text("utf-8"))]
     assert not fetching, fetching
-
-
-def test_the_site_renders_in_a_browser(site: Path, tmp_path: Path) -> None:
     if CHROMIUM is None or DRIVER is None:
         missing = "needs Debian's chromium and chromium-driver (.ci/run installs them)"
         if os.environ.get("CI"):

@@ -1,5 +1,8 @@
 """Batch moderation on Ray Data, on a real local Ray instance: one row per input (bad files
-included), the same verdicts as the guard, resumable, prompts from CSV and Parquet."""
+included), the same verdicts as the guard, resumable, prompts from CSV and Parquet.
+
+``local_ray`` (tests/conftest.py) is the Ray instance these tests and the Ray Serve tests share.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
 from safety_lora.guard import SafetyGuard
@@ -28,14 +29,6 @@ prompt:
   classifiers: [{kind: prompt_rules, extra_terms: {violence: [zorblax]}}]
   rules: {violence: {steer_at: 0.3, refuse_at: 0.8}}
 """
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, object_store_memory=96 * 1024**2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

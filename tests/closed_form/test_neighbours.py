@@ -18,6 +18,11 @@ from safety_lora.workbench.concept_world.tasks import erasure_task
 
 
 def test_two_object_contexts_keep_the_neighbour(tmp_path: Path) -> None:
+    # Two seeds, not one: 36 neighbour images per edit. The least that passes (31/36 kept, 8
+    # more than single) is a difference at one-sided Fisher p = 0.03, and 31/36 has a 95 %
+    # lower bound of 0.73; with 18 images the least that passes (16/18 vs 12/18) is p = 0.11,
+    # no evidence, and seed 0 alone gives 16/18 for contexts: on the bound. (Seeds 0 and 1
+    # give 33/36 and 23/36.)
     torch.set_num_threads(1)
     pipe = concept_world()
     task = erasure_task("red")

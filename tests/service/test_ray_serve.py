@@ -4,7 +4,6 @@ files per replica merged in time order."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -50,16 +49,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_url(root: Path) -> Iterator[str]:
-    """Ray on this machine (small object store, no dashboard) serving the test policy."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no report home from the tests
-    os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] = "60"  # 2 busy cores start slowly
-    ray.init(
-        num_cpus=6,  # logical: the deployments' shares, not cores
-        object_store_memory=96 * 1024**2,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+def ray_url(local_ray: None, root: Path) -> Iterator[str]:
+    """Serve on the tests' local Ray instance (``local_ray``, tests/conftest.py), serving the
+    test policy; shut down after this module, Ray stays up for the Ray tests that follow."""
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # deployed the way a cluster deploys it: the Serve config's application builder and args
@@ -67,7 +59,6 @@ def ray_url(root: Path) -> Iterator[str]:
     serve.run(app_builder(app["args"]), name=app["name"], route_prefix=app["route_prefix"])
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

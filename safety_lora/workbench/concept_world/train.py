@@ -234,8 +234,14 @@ def train_denoiser(
     seed: int,
     ckpt: Path,
     resume: bool,
+    batch_size: int = 64,
+    warmup: int = 100,
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Epsilon objective with min-SNR weighting and CFG caption dropout; returns EMA models."""
+    """Epsilon objective with min-SNR weighting and CFG caption dropout; returns EMA models.
+
+    ``batch_size`` and ``warmup`` (learning-rate warmup steps) default to the shipped models'
+    settings; tests train with smaller ones.
+    """
     import copy
 
     import torch
@@ -263,13 +269,13 @@ def train_denoiser(
         task = progress.add_task("UNet + text", total=steps, completed=start, loss=0.0)
         for step in range(start, steps):
             g = _generator(seed, 2, step)
-            idx = torch.randint(0, len(latents), (64,), generator=g)
+            idx = torch.randint(0, len(latents), (batch_size,), generator=g)
             z0, cond = latents[idx], ids[idx].clone()
-            cond[torch.rand(64, generator=g) < CFG_DROPOUT] = empty_ids
+            cond[torch.rand(batch_size, generator=g) < CFG_DROPOUT] = empty_ids
             noise = torch.randn(z0.shape, generator=g)
-            t = torch.randint(0, len(alphas), (64,), generator=g)
+            t = torch.randint(0, len(alphas), (batch_size,), generator=g)
             for group in opt.param_groups:
-                group["lr"] = _lr(step, None, 1e-3)
+                group["lr"] = _lr(step, None, 1e-3, warmup)
             loss = denoising_loss(
                 unet, text_encoder, z0, cond, noise=noise, t=t, schedule=noise_schedule
             )

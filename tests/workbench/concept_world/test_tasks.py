@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from PIL.Image import Image
 
@@ -98,15 +100,20 @@ def test_shipped_red_lora_erases_red_and_its_synonyms_and_keeps_the_neighbour() 
     from safety_lora.workbench.concept_world.tasks import erasure_scores
 
     pipe, task = concept_world(), erasure_task("red")
-    base = erasure_scores(pipe, task, seeds=[0])
-    assert set(base) == {
-        "erased_rate", "kept_on_target", "other_colour", "other_shape",
-        "paraphrase_rate", "neighbour_kept",
-    }  # fmt: skip
+    # One seed, every prompt of each rate asserted on: 3 target and 6 paraphrase images on the
+    # base model, and on the steered one 3 target, 6 paraphrase (<= 1 may show red), 9 other
+    # and 18 neighbour images (>= 14 kept). The base model's other and neighbour images are
+    # not asserted on, so they are not drawn (27 of its 36 pipeline calls).
+    asserted = replace(task, other_prompts=(), neighbour_prompts=())
+    base = erasure_scores(pipe, asserted, seeds=[0])
     assert base["erased_rate"] == 1.0 and base["paraphrase_rate"] == 1.0
     shipped = CONCEPT_WORLD_DIR.parent / "adapters" / "concept_world_erase_red.safetensors"
     load_adapter(pipe.unet, shipped, adapter_name="erase")
     steered = erasure_scores(pipe, task, seeds=[0])
+    assert set(steered) == {
+        "erased_rate", "kept_on_target", "other_colour", "other_shape",
+        "paraphrase_rate", "neighbour_kept",
+    }  # fmt: skip
     assert steered["erased_rate"] == 0.0 and steered["paraphrase_rate"] <= 1 / 6
     assert steered["kept_on_target"] == 1.0 and steered["other_colour"] == 1.0
     assert steered["neighbour_kept"] >= 14 / 18

@@ -39,3 +39,14 @@ def config_factory(tmp_path: Path) -> Any:
         return tiny_config(tmp_path / f"{name}.safetensors", **overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def module_config_factory(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``config_factory`` for module-scoped runs (shared by tests): one folder per module."""
+    folder = tmp_path_factory.mktemp("runs")
+
+    def make(name: str = "adapter", **overrides: Any) -> TrainConfig:
+        return tiny_config(folder / f"{name}.safetensors", **overrides)
+
+    return make
