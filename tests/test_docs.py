@@ -163,6 +163,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_site_builds_strictly_fetches_nothing_and_renders(site: Path, tmp_path: Path) -> None:
     """One test on one build (under xdist two would rebuild build/package side by side)."""
     for page in ("index.html", "reference/api.html", "reference/cli.html", "benchmarks/index.html"):

@@ -26,6 +26,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 import safety_lora
 from safety_lora.cli import app
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
 runner = CliRunner()
 codes = {}
 for name in sorted(get_command(app).commands):

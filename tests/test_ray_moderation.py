@@ -21,6 +21,8 @@ from safety_lora.guard import SafetyGuard
 from safety_lora.policies.schema import Policy
 from safety_lora.ray_moderation import COLUMNS, moderate_dataset
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 POLICY = """
 name: batch
 categories: {sexual: {threshold: 0.5, action: blur}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from safety_lora.adapters import load_adapter
@@ -15,6 +16,8 @@ from safety_lora.closed_form import ClosedFormConfig, erase
 from safety_lora.models import concept_world
 from safety_lora.workbench.concept_world.evaluate import evaluate
 from safety_lora.workbench.concept_world.tasks import erasure_task
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
 
 
 def test_two_object_contexts_keep_the_neighbour(tmp_path: Path) -> None:

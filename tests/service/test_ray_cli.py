@@ -13,6 +13,8 @@ import httpx
 import pytest
 from _service_helpers import free_port, policy_yaml
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 
 def test_cli_serve_ray_serves_until_interrupted(tmp_path: Path) -> None:
     """``safety-lora serve --ray`` on a local Ray instance of its own: answers, then on

@@ -26,6 +26,8 @@ from safety_lora.service import BackgroundServer, ServiceSettings, create_app, h
 from safety_lora.service.ray_app import app_builder, build_app
 from safety_lora.service.ray_settings import serve_config
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 KEY = "ray-test-key"
 APP = "safety-lora"
 #: What differs between two runs or servers: ids, times, and the audit file (one per replica).

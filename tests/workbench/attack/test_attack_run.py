@@ -17,6 +17,8 @@ from safety_lora.models import concept_world
 from safety_lora.workbench.attack import AttackConfig, run_attack
 from safety_lora.workbench.cli.attack import register
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 SMALL: dict[str, Any] = {
     "erase": "red",
     "prompts": ["a red circle", "a red square"],

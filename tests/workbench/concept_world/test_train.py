@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from safety_lora.concept_world import model as cw_model
@@ -19,6 +20,8 @@ from safety_lora.workbench.concept_world.train import (
     encode_latents,
     train_denoiser,
 )
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
 
 
 def test_a_short_run_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -> None:
