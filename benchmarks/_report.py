@@ -25,7 +25,15 @@ from typing import Any, Literal
 
 from rich.table import Table
 
-__all__ = ["REQUIRED", "RESULTS", "Report", "ReportTable", "add_arguments", "first_paragraph"]
+__all__ = [
+    "REQUIRED",
+    "RESULTS",
+    "Report",
+    "ReportTable",
+    "add_arguments",
+    "command",
+    "first_paragraph",
+]
 
 #: Where results files live (one per benchmark, rendered by scripts/docs_pages.py).
 RESULTS = Path(__file__).parent / "results"
@@ -150,8 +158,7 @@ class Report:
             "benchmark": self.name,
             "title": self.title,
             "description": self.description,
-            "command": "python "
-            + shlex.join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command(sys.argv),
             "started": self.started,
             "finished": _now(),
             "machine": _machine(self.load_at_start),
@@ -176,6 +183,19 @@ class Report:
         path = self.write(args.results)
         print(f"results: {_shown(path)}", file=sys.stderr)
         return path
+
+
+def command(argv: Sequence[str]) -> str:
+    """The command that reruns the benchmark, as ``python benchmarks/NAME.py ARGS``; where the
+    results file went (``--results PATH``) is left out: it changes no number."""
+    args, rest = [], list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--results":
+            rest = rest[1:]
+        elif not arg.startswith("--results="):
+            args.append(arg)
+    return "python " + shlex.join(["benchmarks/" + Path(argv[0]).name, *args])
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:

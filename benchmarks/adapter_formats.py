@@ -12,6 +12,7 @@ of the forward path ("wrappers" column: how many are left), so fused costs what 
 fresh child process.
 
     .venv/bin/python benchmarks/adapter_formats.py [--unet sd15] [--pairs 5] [--rank 8]
+        [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
 from safety_lora.adapters import convert, load_adapter
 from safety_lora.policies.schema import SteeringPolicy
 from safety_lora.steering import Steering
 from safety_lora.testing import tiny_pipeline
 
+NAME = "adapter_formats"
 ROWS: dict[str, dict[str, Any]] = {
     "lora (peft)": {"algo": "locon", "to": "peft"},
     "lora (kohya)": {"algo": "locon", "to": "kohya"},
@@ -186,21 +188,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--child-peak", type=Path, help=argparse.SUPPRESS)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child_peak:
         child_peak(args.unet, args.latent, args.child_peak)
         return
+    report = Report(NAME, "Adapter formats: per-step cost", first_paragraph(__doc__))
     base, desc = base_unet(args.unet, args.latent)
     base.to(args.device, getattr(torch, args.dtype))
     batch = inputs(base)
     where = f"{args.threads} thread(s)" if args.device == "cpu" else args.device
     title = f"Adapter formats on the {desc}, rank {args.rank}, {args.dtype}, {where}"
-    caption = f"median of {args.pairs} interleaved base/steered pairs [95% bootstrap interval]"
-    table = Table(title=title, caption=caption)
     columns = ["adapter", "params", "load s", "unfused x", "fused x", "wrappers", "fused max |Δ|"]
-    for col in columns + (["load peak MiB"] if args.memory else []):
-        table.add_column(col, justify="left" if col == "adapter" else "right")
+    table = report.table(title, columns + (["load peak MiB"] if args.memory else []))
+    table.note(f"median of {args.pairs} interleaved base/steered pairs [95% bootstrap interval]")
     base_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in track(ROWS, description="families", transient=True):
@@ -231,8 +233,10 @@ def main() -> None:
                 cells.append(f"{float(out.stdout.split()[-1]):.0f}")
             table.add_row(*cells)
     cost = f"1.000 ({statistics.median(base_ms):.0f} ms)"
-    table.add_row("base", "-", "-", cost, "1.000", str(wrappers(base)), "-")
-    Console(width=150).print(table)
+    memory = ["-"] if args.memory else []
+    table.add_row("base", "-", "-", cost, "1.000", str(wrappers(base)), "-", *memory)
+    Console(width=150).print(table.rich())
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Red-team numbers on the concept world, erasing red: clean rate and attack success per method.
 
     python benchmarks/attack.py [--budget 40] [--images 8] [--seeds 16] [--families lora,loha,lokr]
-                                [--json FILE]
+                                [--results PATH | --no-results]
 
 For the base model (nothing erased), ESD LoRA/LoHa/LoKr trained plain and with adversarial
 rounds (AdvUnlearn-style, ``TrainConfig.adversarial``), the closed-form edit plain, with 2
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _report import Report, add_arguments, first_paragraph
 from esd_concept_world import KIND_SETTINGS
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.concept_world.model import SAMPLING_DEFAULTS
 from safety_lora.models import concept_world
@@ -37,6 +37,8 @@ from safety_lora.workbench.attack.run import build_target
 from safety_lora.workbench.concept_world.evaluate import evaluate
 from safety_lora.workbench.concept_world.tasks import erasure_task
 from safety_lora.workbench.training import AdversarialTraining, TrainConfig, train_adapter
+
+NAME = "attack"
 
 
 def train(pipe: Any, kind: str, adversarial: bool, out: Path) -> tuple[Path, float]:
@@ -80,8 +82,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--families", default="lora,loha,lokr")
-    parser.add_argument("--json", type=Path, default=None)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Red-teaming erasure on the concept world", first_paragraph(__doc__))
     torch.set_num_threads(2)
     pipe = concept_world()
     pipe.set_progress_bar_config(disable=True)
@@ -105,16 +108,16 @@ def main() -> None:
         out = work / label.replace(" ", "_")
         config = AttackConfig(**common, **fields, attacks=["soft", "tokens"], out=out)
         began = time.perf_counter()
-        report = run_attack(config, pipe=pipe)
+        attacked = run_attack(config, pipe=pipe)
         kept = preservation(pipe, config.model_copy(update={"out": out / "p"}), seeds)
         rows.append(
             {
                 "method": label,
-                "clean": report.row("soft").clean_rate,
-                "soft": report.row("soft").asr,
-                "tokens": report.row("tokens").asr,
-                "soft_s": report.row("soft").seconds_per_attempt,
-                "tokens_s": report.row("tokens").seconds_per_attempt,
+                "clean": attacked.row("soft").clean_rate,
+                "soft": attacked.row("soft").asr,
+                "tokens": attacked.row("tokens").asr,
+                "soft_s": attacked.row("soft").seconds_per_attempt,
+                "tokens_s": attacked.row("tokens").seconds_per_attempt,
                 **kept,
                 "train_s": train_seconds,
                 "run_s": time.perf_counter() - began,
@@ -126,18 +129,20 @@ def main() -> None:
         AttackConfig(**common, method="closed-form", policy=str(policy), out=work / "layer"),
         pipe=pipe,
     )
-    table = Table(title=f"erasing red: clean and attack success (budget {args.budget})")
-    for col in (
-        "method",
-        "clean",
-        "soft ASR",
-        "token ASR",
-        "s/attempt soft/tok",
-        "shape on red",
-        "other colours",
-        "train s",
-    ):
-        table.add_column(col)
+    table = report.table(
+        f"erasing red: clean and attack success (budget {args.budget})",
+        [
+            "method",
+            "clean",
+            "soft ASR",
+            "token ASR",
+            "s/attempt soft/tok",
+            "shape on red",
+            "other colours",
+            "train s",
+        ],
+        justify="left",
+    )
     for r in rows:
         table.add_row(
             r["method"],
@@ -160,19 +165,18 @@ def main() -> None:
         "-",
         "-",
     )
-    Console().print(table)
+    Console().print(table.rich())
     assert layer.evasion is not None
-    ev = Table(
-        title=f"evasion of the demo policy's prompt check (flags {layer.evasion['flagged']}"
-        f" of {layer.evasion['prompts']})"
+    ev = report.table(
+        f"evasion of the demo policy's prompt check (flags {layer.evasion['flagged']}"
+        f" of {layer.evasion['prompts']})",
+        ["rewrite", "applicable", "evaded"],
+        justify="left",
     )
-    for col in ("rewrite", "applicable", "evaded"):
-        ev.add_column(col)
     for r in layer.evasion["rows"]:
         ev.add_row(r["kind"], str(r["flagged"]), str(r["evaded"]))
-    Console().print(ev)
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "layer": layer.to_json()}, indent=1))
+    Console().print(ev.rich())
+    report.save(args)
 
 
 if __name__ == "__main__":

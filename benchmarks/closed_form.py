@@ -1,6 +1,7 @@
 """Closed-form erasure (UCE family) on the concept world, and its cost on an SD 1.5-sized model.
 
-    python benchmarks/closed_form.py [--seeds 32] [--json FILE] [--no-sd15] [--repeats 9]
+    python benchmarks/closed_form.py [--seeds 32] [--no-sd15] [--repeats 9]
+        [--results PATH | --no-results]
 
 1. Erase ``red`` on the shipped concept-world model, per method: UCE's paper form (the concept
    takes the anchor prompt's values, "a red circle" -> "a circle"), the ESD-style push past
@@ -26,7 +27,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.adapters import load_adapter
 from safety_lora.closed_form import ClosedFormConfig, erase
@@ -45,6 +45,7 @@ from safety_lora.policies.schema import ClosedFormSpec, Policy
 from safety_lora.workbench.compare.metrics import BAR
 from safety_lora.workbench.concept_world.tasks import erasure_scores, erasure_task
 
+NAME = "closed_form"
 SHIPPED_ESD = (
     Path(__file__).resolve().parents[1]
     / "safety_lora/models/adapters/concept_world_erase_red.safetensors"
@@ -91,15 +92,14 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def concept_world_table(seeds: list[int], repeats: int, console: Console) -> dict[str, Any]:
+def concept_world_table(seeds: list[int], repeats: int, console: Console, report: Report) -> None:
     pipe = concept_world()
     base = measure(pipe, seeds)
-    report: dict[str, Any] = {"base": base, "methods": {}}
-    table = Table(title=f"erase red on the concept world: {len(seeds)} images per prompt")
-    for column in ("method", "strength", "red shown", "shape kept (red prompts)",
-                   "other colours", "other shapes", "crimson/scarlet show red",
-                   "neighbour kept", "solve s", "bar at 1.0"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "method" else "right")
+    table = report.table(
+        f"erase red on the concept world: {len(seeds)} images per prompt",
+        ["method", "strength", "red shown", "shape kept (red prompts)", "other colours",
+         "other shapes", "crimson/scarlet show red", "neighbour kept", "solve s", "bar at 1.0"],
+    )  # fmt: skip
     table.add_row("base", "0", *(_pct(v) for v in base.values()), "", "")
     with tempfile.TemporaryDirectory() as tmp:
         methods: dict[str, tuple[Path, float | None]] = {}
@@ -109,10 +109,9 @@ def concept_world_table(seeds: list[int], repeats: int, console: Console) -> dic
         methods["ESD LoRA (shipped, trained)"] = (SHIPPED_ESD, None)
         for name, (path, seconds) in methods.items():
             load_adapter(pipe.unet, path, adapter_name="erase")
-            rows = {}
             for strength in STRENGTHS:
                 pipe.unet.set_adapters(["erase"], [strength])
-                row = rows[str(strength)] = measure(pipe, seeds)
+                row = measure(pipe, seeds)
                 verdict = ""
                 if strength == 1.0 and name in BAR_ROWS:
                     verdict = "yes" if meets_bar(row, base, seconds or 0.0) else "NO"
@@ -120,12 +119,10 @@ def concept_world_table(seeds: list[int], repeats: int, console: Console) -> dic
                 table.add_row(name, str(strength), *(_pct(v) for v in row.values()), shown,
                               verdict)  # fmt: skip
             pipe.unet.unload_lora()
-            report["methods"][name] = {"strengths": rows, "solve_seconds": seconds}
-    console.print(table)
-    return report
+    console.print(table.rich())
 
 
-def step_costs(repeats: int, console: Console) -> dict[str, float]:
+def step_costs(repeats: int, console: Console, report: Report) -> None:
     """Per-image time vs the base, interleaved A/B/A/B (median ratio of adjacent pairs)."""
     from safety_lora import SafePipeline
 
@@ -155,10 +152,10 @@ def step_costs(repeats: int, console: Console) -> dict[str, float]:
         call(prompts, generator=torch.Generator().manual_seed(0), **kwargs)
         return (time.perf_counter() - began) / len(prompts)
 
-    ratios: dict[str, float] = {}
-    table = Table(title=f"per-image cost vs the base, {repeats} interleaved pairs, 1 thread")
-    for column in ("steering", "base ms/image", "steered ms/image", "ratio"):
-        table.add_column(column, justify="left" if column == "steering" else "right")
+    table = report.table(
+        f"per-image cost vs the base, {repeats} interleaved pairs, 1 thread",
+        ["steering", "base ms/image", "steered ms/image", "ratio"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SAFETY_LORA_CACHE"] = tmp
         for name, pol in variants.items():
@@ -166,15 +163,13 @@ def step_costs(repeats: int, console: Console) -> dict[str, float]:
             timed(base_pipe), timed(safe)  # warm-up
             pairs = [(timed(base_pipe), timed(safe)) for _ in range(repeats)]
             ratio = statistics.median(s / b for b, s in pairs)
-            ratios[name] = ratio
             table.add_row(
                 name,
                 f"{1e3 * statistics.median(b for b, _ in pairs):.1f}",
                 f"{1e3 * statistics.median(s for _, s in pairs):.1f}",
                 f"{ratio:.2f}x",
             )
-    console.print(table)
-    return ratios
+    console.print(table.rich())
 
 
 def _ranks(path: Path) -> str:
@@ -187,7 +182,7 @@ def _ranks(path: Path) -> str:
     return f"{min(ranks)}-{max(ranks)}"  # type: ignore[type-var]
 
 
-def sd15_sized(console: Console) -> dict[str, Any]:
+def sd15_sized(console: Console, report: Report) -> None:
     """Solve balanced's sexual entry on an SD 1.5-sized model with random weights."""
     from diffusers import (
         AutoencoderKL,
@@ -200,7 +195,6 @@ def sd15_sized(console: Console) -> dict[str, Any]:
     from safety_lora.adapters.names import SD15_UNET
     from safety_lora.testing import tiny_tokenizer
 
-    began = time.perf_counter()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET, sample_size=64)
     tokenizer = tiny_tokenizer()
@@ -229,26 +223,25 @@ def sd15_sized(console: Console) -> dict[str, Any]:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    built = time.perf_counter() - began
     params = sum(p.numel() for p in unet.parameters())
     (entry,) = [
         a
         for a in Policy.preset("balanced").steering.adapters
         if isinstance(a, ClosedFormSpec) and a.adapter_name == "erase_sexual"
     ]
-    table = Table(title=f"SD 1.5-sized UNet ({params / 1e6:.0f}M params, random), 1 thread")
-    for column in ("adapter", "solve s", "parameters", "file size", "ranks", "SVD error"):
-        table.add_column(column, justify="left" if column == "adapter" else "right")
-    out: dict[str, Any] = {"unet_parameters": params, "build_seconds": built}
+    table = report.table(
+        f"SD 1.5-sized UNet ({params / 1e6:.0f}M params, random), 1 thread",
+        ["adapter", "solve s", "parameters", "file size", "ranks", "SVD error"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         variants = {
             "exact (LyCORIS full)": {"rank": None, "tolerance": None},
             "LoRA rank 64": {"rank": 64, "tolerance": None},
             "as balanced ships it": {},
         }
-        for label, update in variants.items():
+        for i, (label, update) in enumerate(variants.items()):
             config = entry.closed_form.model_copy(update=update)
-            result = erase(config, out=Path(tmp) / f"{len(out)}.safetensors", pipe=pipe)
+            result = erase(config, out=Path(tmp) / f"{i}.safetensors", pipe=pipe)
             size = result.path.stat().st_size
             table.add_row(
                 label,
@@ -258,15 +251,7 @@ def sd15_sized(console: Console) -> dict[str, Any]:
                 _ranks(result.path),
                 "exact" if config.exact else f"{result.overall_error:.3f}",
             )
-            out[label] = {
-                "seconds": result.seconds,
-                "parameters": result.parameters,
-                "file_bytes": size,
-                "svd_error": result.overall_error,
-                "modules": result.modules,
-            }
-    console.print(table)
-    return out
+    console.print(table.rich())
 
 
 def main() -> None:
@@ -274,17 +259,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=32, help="images per prompt")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats")
     parser.add_argument("--no-sd15", action="store_true", help="skip the SD 1.5-sized solve")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Closed-form erasure (UCE family)", first_paragraph(__doc__))
     torch.set_num_threads(1)
     console = Console(width=150)
-    report: dict[str, Any] = {"seeds_per_prompt": args.seeds}
-    report["concept_world"] = concept_world_table(list(range(args.seeds)), args.repeats, console)
-    report["step_cost_ratios"] = step_costs(args.repeats, console)
+    concept_world_table(list(range(args.seeds)), args.repeats, console, report)
+    step_costs(args.repeats, console, report)
     if not args.no_sd15:
-        report["sd15_sized"] = sd15_sized(console)
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        sd15_sized(console, report)
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Quality and speed of the shipped concept-world model, measured by the analyser.
 
     python benchmarks/concept_world_quality.py [--model DIR] [--world 1|2] [--seeds N]
-        [--steps S] [--guidance G]
+        [--steps S] [--guidance G] [--results PATH | --no-results]
 
 Prints: colour/shape correctness over >= 200 single-object generations at the shipped
 sampling settings, per-colour and per-shape confusion tables, two-object prompt correctness
@@ -19,15 +19,16 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from _report import Report, ReportTable, add_arguments, first_paragraph
 from diffusers import StableDiffusionPipeline
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.concept_world.analyser import analyse
 from safety_lora.concept_world.world import COLOURS, SHAPES, STYLES, SYNONYMS, generate
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
 from safety_lora.workbench.concept_world.evaluate import Generation, accuracy, confusion, evaluate
 
+NAME = "concept_world_quality"
 FULL = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
 PARTIAL = [f"a {c} shape" for c in COLOURS] + [f"a {s}" for s in SHAPES]
 VARIANTS = ["a small red circle on the left", "a large blue triangle", "a green square at the top"]
@@ -46,12 +47,11 @@ STYLED_TWO = [
 ]
 
 
-def _confusion_table(results: list[Generation], attribute: str, names: list[str]) -> Table:
+def _confusion_table(
+    report: Report, results: list[Generation], attribute: str, names: list[str]
+) -> ReportTable:
     counts = confusion(results, attribute)
-    table = Table(title=f"{attribute}: asked (rows) vs seen (columns)")
-    table.add_column("asked")
-    for seen in [*names, "none"]:
-        table.add_column(seen, justify="right")
+    table = report.table(f"{attribute}: asked (rows) vs seen (columns)", ["asked", *names, "none"])
     for asked in names:
         table.add_row(asked, *(str(counts[(asked, seen)]) for seen in [*names, "none"]))
     return table
@@ -98,7 +98,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--world", type=int, choices=(1, 2), default=1, help="sets to measure")
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Concept world: quality and speed", first_paragraph(__doc__))
     torch.set_num_threads(args.threads)
     console = Console()
 
@@ -118,31 +120,32 @@ def main() -> None:
         sets["styles"] = evaluate(pipe, STYLED, seeds=seeds[:6], **settings)
         sets["styled two objects"] = evaluate(pipe, STYLED_TWO, seeds=seeds, **settings)
 
-    summary = Table(title=f"concept world quality ({args.model.name}, {settings})")
-    summary.add_column("set")
-    summary.add_column("generations", justify="right")
+    columns = ["set", "generations"]
     for attribute in ("colour", "shape", "style"):
-        summary.add_column(f"{attribute} correct", justify="right")
-        summary.add_column("per object", justify="right")
+        columns += [f"{attribute} correct", "per object"]
+    summary = report.table(f"concept world quality ({args.model.name}, {settings})", columns)
     for name, results in sets.items():
         cells = []
         for attribute in ("colour", "shape", "style"):
             value = accuracy(results, attribute)
             cells += [f"{value:.1%}" if value == value else "-", _per_object(results, attribute)]
         summary.add_row(name, str(len(results)), *cells)
-    console.print(summary)
+    console.print(summary.rich())
     for name in ("two objects", "styled two objects"):
         if name in sets:
-            console.print(
+            order = (
                 f"{name}: whole image in caption order (first named on the left): "
                 f"{_in_caption_order(sets[name])}"
             )
-    console.print(_confusion_table(single, "colour", list(COLOURS)))
-    console.print(_confusion_table(single, "shape", list(SHAPES)))
+            summary.note(order)
+            console.print(order)
+    console.print(_confusion_table(report, single, "colour", list(COLOURS)).rich())
+    console.print(_confusion_table(report, single, "shape", list(SHAPES)).rich())
     failures = Counter(
         r.prompt for r in single if r.colour_correct is False or r.shape_correct is False
     )
     console.print("most failing prompts:", failures.most_common(5))
+    summary.note(f"most failing prompts: {failures.most_common(5)}")
 
     timings = []
     for seed in range(10):
@@ -150,14 +153,19 @@ def main() -> None:
         pipe("a red circle", generator=torch.Generator().manual_seed(seed), **settings)
         timings.append(time.perf_counter() - began)
     timings.sort()
-    console.print(
+    speed = (
         f"seconds per image (batch 1, {args.threads} thread(s)): "
         f"median {timings[len(timings) // 2]:.3f}, min {timings[0]:.3f}"
     )
-    console.print(
+    summary.note(speed)
+    console.print(speed)
+    analyser = (
         f"analyser accuracy on 1000 generated world-{args.world} ground-truth images "
         f"(every object's colour, shape and style): {_analyser_accuracy(1000, args.world):.2%}"
     )
+    summary.note(analyser)
+    console.print(analyser)
+    report.save(args)
 
 
 if __name__ == "__main__":

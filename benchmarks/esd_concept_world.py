@@ -1,7 +1,7 @@
 """ESD concept erasure on the concept world: LoRA vs LoHa vs LoKr; a colour, a shape, a style.
 
     python benchmarks/esd_concept_world.py [--model DIR] [--seeds N] [--kinds lora,loha,lokr]
-        [--concepts colour,shape,style] [--steps N] [--json FILE] [--ship]
+        [--concepts colour,shape,style] [--steps N] [--results PATH | --no-results] [--ship]
 
 Trains one anchored ESD-x adapter per (concept, adapter kind) on the shipped concept-world
 model: the colour ``red`` ("a red square" -> "a square"), the shape ``triangle`` ("a red
@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _report import Report, ReportTable, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.adapters import load_adapter
 from safety_lora.models import CONCEPT_WORLD_DEFAULTS, CONCEPT_WORLD_DIR
@@ -39,6 +37,7 @@ from safety_lora.workbench.compare.metrics import BAR
 from safety_lora.workbench.concept_world.tasks import ErasureTask, erasure_scores, erasure_task
 from safety_lora.workbench.training import TrainConfig, TrainResult, train_adapter
 
+NAME = "esd_concept_world"
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5)
 #: The erasures measured, by ``--concepts`` key.
 CONCEPTS = {"colour": "red", "shape": "triangle", "style": "striped"}
@@ -82,17 +81,6 @@ def _pct(value: float) -> str:
     return "-" if value != value else f"{100 * value:.1f}%"
 
 
-def _strict(value: Any) -> Any:
-    """``value`` with NaN (a probe the task has not, e.g. a style's synonyms) as null."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    return value
-
-
 def meets_bar(row: dict[str, float], base: dict[str, float]) -> bool:
     """The issue's bar at strength 1.0: erased <= BAR (5%), kept >= 85%, others within 3 points."""
     return (
@@ -111,10 +99,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every kind's steps")
     parser.add_argument("--curve", default="lora,loha,lokr", help="kinds run at every strength")
     parser.add_argument("--out-dir", type=Path, default=Path("build/esd_concept_world"))
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--ship", action="store_true", help="ship the colour LoRA")
     parser.add_argument("--threads", type=int, default=1)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(
+        NAME, "ESD erasure on the concept world: LoRA, LoHa, LoKr", first_paragraph(__doc__)
+    )
     torch.set_num_threads(args.threads)
     console = Console(width=140)
 
@@ -127,23 +118,24 @@ def main() -> None:
     seeds = list(range(args.seeds))
     tasks = {key: erasure_task(concept) for key, concept in CONCEPTS.items()}
     kinds = args.kinds.split(",")
-    report: dict[str, Any] = {"seeds_per_prompt": args.seeds, "kinds": KIND_SETTINGS, "tasks": {}}
-    costs = Table(title="adapter cost (anchored ESD-x, one concept)")
-    for column in ("task", "adapter", "rank", "trainable params", "file size", "s/step",
-                   "training s", "steps (best)"):  # fmt: skip
-        costs.add_column(column, justify="left" if column in ("task", "adapter") else "right")
+    costs = ReportTable(  # printed (and recorded) after the erasure tables
+        "adapter cost (anchored ESD-x, one concept)",
+        ["task", "adapter", "rank", "trainable params", "file size", "s/step", "training s",
+         "steps (best)"],
+        justify=["left", "left", "right", "right", "right", "right", "right", "right"],
+    )  # fmt: skip
 
     for key in args.concepts.split(","):
         task = tasks[key]
         base = erasure_scores(pipe, task, seeds=seeds)
-        entry: dict[str, Any] = {"base": base, "adapters": {}}
         name = f"erase {task.attribute} {task.concept}"
-        table = Table(title=f"{name}: {args.seeds} images per prompt")
         kept = " and ".join(task.kept) + " kept"
         others = [f"other {a}s" for a in task.others]
-        for column in ("adapter", "strength", f"{task.concept} rate", f"{kept} (target)",
-                       *others, "paraphrase rate", "neighbour kept", "bar at 1.0"):  # fmt: skip
-            table.add_column(column, justify="left" if column == "adapter" else "right")
+        table = report.table(
+            f"{name}: {args.seeds} images per prompt",
+            ["adapter", "strength", f"{task.concept} rate", f"{kept} (target)", *others,
+             "paraphrase rate", "neighbour kept", "bar at 1.0"],
+        )  # fmt: skip
         table.add_row("base", "0", *(_pct(base[k]) for k in base), "")
         for kind in kinds:
             out = args.out_dir / f"erase_{task.concept}_{kind}.safetensors"
@@ -156,40 +148,25 @@ def main() -> None:
                 f"{result.steps} ({result.best_step})",
             )  # fmt: skip
             load_adapter(pipe.unet, out, adapter_name="erase")
-            rows: dict[str, dict[str, float]] = {}
             strengths = STRENGTHS[1:] if kind in args.curve.split(",") else (1.0,)
             for strength in strengths:
                 pipe.unet.set_adapters(["erase"], [strength])
-                row = rows[str(strength)] = erasure_scores(pipe, task, seeds=seeds)
+                row = erasure_scores(pipe, task, seeds=seeds)
                 verdict = ("yes" if meets_bar(row, base) else "NO") if strength == 1.0 else ""
                 table.add_row(kind, str(strength), *(_pct(v) for v in row.values()), verdict)
             pipe.unet.unload_lora()
-            entry["adapters"][kind] = {
-                "strengths": rows,
-                "meets_bar": meets_bar(rows["1.0"], base),
-                "trainable_parameters": result.trainable_parameters,
-                "file_bytes": size,
-                "seconds_per_step": result.seconds_per_step,
-                "training_seconds": result.seconds,
-                "steps": result.steps,
-                "best_step": result.best_step,
-                "val_losses": result.val_losses,
-            }
             if args.ship and key == "colour" and kind == "lora":
                 SHIPPED.mkdir(parents=True, exist_ok=True)
                 target = SHIPPED / "concept_world_erase_red.safetensors"
                 shutil.copyfile(out, target)
                 digest = hashlib.sha256(target.read_bytes()).hexdigest()
-                entry["shipped"] = {"path": str(target), "sha256": digest}
+                shipped = f"shipped {target.name} sha256 {digest}"
                 console.print(f"shipped {target} sha256 {digest}")
-        console.print(table)
-        report["tasks"][name] = entry
-    console.print(costs)
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(_strict(report), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-        )
+                table.note(shipped)
+        console.print(table.rich())
+    report.add(costs)
+    console.print(costs.rich())
+    report.save(args)
 
 
 if __name__ == "__main__":

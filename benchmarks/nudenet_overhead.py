@@ -5,6 +5,7 @@ PIL -> BGR conversion and the score mapping. Both use one onnxruntime thread and
 in alternation, swapping which goes first each round (best and median of ``--rounds``).
 
     .venv/bin/python benchmarks/nudenet_overhead.py [--repeat 4] [--rounds 5] [--batch-size 4]
+        [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import cv2
 import nudenet
 import numpy as np
 import skimage.data
+from _report import Report, add_arguments, first_paragraph
 from nudenet import NudeDetector
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.classifiers.nudenet import NudeNetClassifier, onnx_session
 
+NAME = "nudenet_overhead"
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png", "moon.png"]
 
 
@@ -39,7 +41,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=4, help="copies of each sample photo")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "NudeNet backend overhead", first_paragraph(__doc__))
 
     folder = Path(skimage.data.__file__).parent
     pil = [Image.open(folder / name).convert("RGB") for name in PHOTOS] * args.repeat
@@ -66,9 +70,10 @@ def main() -> None:
             ours_t.append(_timed(run_ours))
 
     n = len(pil)
-    table = Table(title=f"nudenet backend overhead ({n} images, batch {args.batch_size}, 1 thread)")
-    for col in ("variant", "best s", "median s", "ms / image", "ratio (best)", "ratio (median)"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
+    table = report.table(
+        f"nudenet backend overhead ({n} images, batch {args.batch_size}, 1 thread)",
+        ["variant", "best s", "median s", "ms / image", "ratio (best)", "ratio (median)"],
+    )
     base, base_median = min(raw_t), float(np.median(raw_t))
     for label, t in (("raw detect_batch", raw_t), ("safety_lora nudenet", ours_t)):
         table.add_row(
@@ -79,7 +84,8 @@ def main() -> None:
             f"{min(t) / base:.3f}",
             f"{float(np.median(t)) / base_median:.3f}",
         )
-    Console(width=120).print(table)
+    Console(width=120).print(table.rich())
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ process: the wrapper alone (no adapter, static classifier), dynamic (unfused) st
 fused steering; then peak RSS of a fresh process running the raw vs the wrapped pipeline.
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--steps 20] [--repeats 15]
+        [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _report import Report, ReportTable, add_arguments, first_paragraph
 
 from safety_lora.pipeline import SafePipeline
 from safety_lora.policies.schema import Policy
 from safety_lora.testing import tiny_lora_file, tiny_pipeline
 
+NAME = "pipeline_overhead"
 PROMPT = "a photo of a cat"
 _ZERO: list[dict[str, Any]] = [{"kind": "static", "scores": {"sexual": 0.0}}]
 STATIC: dict[str, Any] = {"prompt": {"classifiers": _ZERO}, "classifiers": _ZERO}
@@ -39,7 +42,7 @@ def _classifier_s(out: Any) -> float:
     return sum(sum(d.timings_ms.values()) for d in out.decisions) / 1e3
 
 
-def timings(steps: int, repeats: int) -> None:
+def timings(steps: int, repeats: int, report: Report) -> ReportTable:
     """Each variant wraps its own copy of the tiny pipeline; raw and wrapped calls alternate,
     so machine load drifts cancel out of the ratio."""
     raw_pipe = tiny_pipeline()
@@ -70,10 +73,29 @@ def timings(steps: int, repeats: int) -> None:
             pairs = [(raw(), wrapped()) for _ in range(repeats)]
             base = statistics.median(r for r, _ in pairs)
             rows.append((label, base, statistics.median(w for _, w in pairs)))
-    print(f"\ntiny SD pipeline, {steps} steps, median of {repeats} alternating pairs, 1 thread")
-    print(f"{'variant':<22}{'raw ms':>10}{'wrapped ms':>12}{'ratio':>8}")
+    table = report.table(
+        f"tiny SD pipeline, {steps} steps, median of {repeats} alternating pairs, 1 thread",
+        ["variant", "raw ms", "wrapped ms", "ratio"],
+    )
     for label, base, t in rows:
-        print(f"{label:<22}{base * 1e3:>10.1f}{t * 1e3:>12.1f}{t / base:>7.3f}x")
+        table.add_row(label, f"{base * 1e3:.1f}", f"{t * 1e3:.1f}", f"{t / base:.3f}x")
+    print_plain(table)
+    return table
+
+
+#: The printed width of each column of the timings table (the first left-aligned).
+WIDTHS = (22, 10, 12, 8)
+
+
+def print_plain(table: ReportTable) -> None:
+    """The timings table as plain fixed-width text."""
+    print(f"\n{table.title}")
+    for cells in [table.columns, *table.rows]:
+        first, *rest = cells
+        print(
+            f"{first:<{WIDTHS[0]}}"
+            + "".join(f"{c:>{w}}" for c, w in zip(rest, WIDTHS[1:], strict=True))
+        )
 
 
 def rss(mode: str, steps: int) -> None:
@@ -94,21 +116,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--rss", choices=["raw", "wrapped"], help=argparse.SUPPRESS)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.rss:
         rss(args.rss, args.steps)
         return
-    timings(args.steps, args.repeats)
+    report = Report(NAME, "SafePipeline overhead", first_paragraph(__doc__))
+    table = timings(args.steps, args.repeats, report)
     peak = {}
     for mode in ("raw", "wrapped"):
         cmd = [sys.executable, __file__, "--rss", mode, "--steps", str(args.steps)]
         peak[mode] = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     unet_mib = sum(p.numel() * p.element_size() for p in tiny_pipeline().unet.parameters()) / 2**20
-    print(
-        f"\npeak RSS (fresh process): raw {peak['raw']:.1f} MiB, wrapped {peak['wrapped']:.1f} "
+    memory = (
+        f"peak RSS (fresh process): raw {peak['raw']:.1f} MiB, wrapped {peak['wrapped']:.1f} "
         f"MiB, +{peak['wrapped'] - peak['raw']:.1f} MiB (UNet weights {unet_mib:.2f} MiB)"
     )
+    table.note(memory)
+    print(f"\n{memory}")
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Prompt-classifier quality on the shared dev sets: TPR/FPR per category and ROC-AUC.
 
 Run: ``.venv/bin/python benchmarks/prompt_eval.py [--threshold 0.5] [--out build/prompt_eval]``
+(``--results PATH`` / ``--no-results``: where the printed tables are recorded).
 
 A prompt is *flagged* when any category except ``minors`` (which alone is not unsafe)
 scores >= threshold, or when sexual and minors both do. Reported:
@@ -33,9 +34,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from _data import I2P_CATEGORIES, I2PRow, read_coco, read_i2p
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
+NAME = "prompt_eval"
 Scorer = Callable[[Sequence[str]], list[dict[str, float]]]
 UNSAFE = [c for c in I2P_CATEGORIES.values()]
 
@@ -72,11 +74,14 @@ def report(
     coco_scores: list[dict[str, float]],
     threshold: float,
     console: Console,
+    rep: Report,
 ) -> None:
     t = threshold
-    table = Table(title=f"{name} @ threshold {t}")
-    for col in ("set", "all", "even (reviewed)", "odd (held out)"):
-        table.add_column(col)
+    table = rep.table(
+        f"{name} @ threshold {t}",
+        ["set", "all", "even (reviewed)", "odd (held out)"],
+        justify="left",
+    )
 
     def row(
         label: str, keep: Callable[[I2PRow], bool], hit: Callable[[dict[str, float]], bool]
@@ -119,7 +124,7 @@ def report(
         neg = [risk(s) for r, s in sel if r.inappropriate == 0]
         aucs.append(f"{auc(pos, neg):.3f}")
     table.add_row("AUC i2p >=50 vs ==0", *aucs)
-    console.print(table)
+    console.print(table.rich())
 
 
 def rules_scorer() -> Scorer:
@@ -158,12 +163,14 @@ def summary(
     i2p: list[I2PRow],
     threshold: float,
     console: Console,
+    rep: Report,
 ) -> None:
     """One column per classifier: the headline rates and AUC, all rows (no parity split)."""
-    table = Table(title=f"comparison @ threshold {threshold} (learned, minilm: 5-fold CV)")
-    table.add_column("set")
-    for name in results:
-        table.add_column(name)
+    table = rep.table(
+        f"comparison @ threshold {threshold} (learned, minilm: 5-fold CV)",
+        ["set", *results],
+        justify="left",
+    )
 
     def i2p_rate(keep: Callable[[I2PRow], bool], scores: list[dict[str, float]]) -> str:
         return rate([risk(s) >= threshold for r, s in zip(i2p, scores, strict=True) if keep(r)])
@@ -191,7 +198,7 @@ def summary(
     rows.append(("AUC i2p >=50 vs ==0", auc_cell))
     for label, cell in rows:
         table.add_row(label, *(cell(i, c) for i, c in results.values()))
-    console.print(table)
+    console.print(table.rich())
 
 
 def combine(a: list[dict[str, float]], b: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -221,7 +228,7 @@ def learned_cv_scores(i2p: list[I2PRow], coco: list[str]) -> list[dict[str, floa
 
 def operating_points(
     i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
-    console: Console,
+    console: Console, rep: Report,
 ) -> None:  # fmt: skip
     """TPR / FPR of the learned model's max category score at thresholds, and at 1% COCO FPR."""
     pos = [risk(s) for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate >= 50]
@@ -230,9 +237,11 @@ def operating_points(
             if "sexual" in r.categories and r.nudity >= 50]  # fmt: skip
     coco = sorted(risk(s) for s in scores[1])
     at_1pct = coco[int(0.99 * len(coco))]
-    table = Table(title="learned (5-fold CV): operating points")
-    for col in ("threshold", "TPR i2p>=50", "TPR sexual&nudity>=50", "FPR i2p==0", "FPR coco"):
-        table.add_column(col, justify="right")
+    table = rep.table(
+        "learned (5-fold CV): operating points",
+        ["threshold", "TPR i2p>=50", "TPR sexual&nudity>=50", "FPR i2p==0", "FPR coco"],
+        justify="right",
+    )
     for t in (at_1pct, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0):
         label = f"{t:.3f} (coco 1%)" if t == at_1pct else f"{t:.2f}"
         table.add_row(
@@ -242,12 +251,12 @@ def operating_points(
             rate([s >= t for s in zero]),
             rate([s >= t for s in coco]),
         )
-    console.print(table)
+    console.print(table.rich())
 
 
 def reliability(
     i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
-    out: Path, console: Console,
+    out: Path, console: Console, rep: Report,
 ) -> None:  # fmt: skip
     """Held-out calibrated score vs observed positive rate, per category (table and plot)."""
     import matplotlib
@@ -256,10 +265,10 @@ def reliability(
     import matplotlib.pyplot as plt
 
     edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
-    table = Table(title="learned (5-fold CV): reliability, mean score -> observed rate (n)")
-    table.add_column("category")
-    for lo, hi in itertools.pairwise(edges):
-        table.add_column(f"{lo:.1f}-{min(hi, 1.0):.1f}", justify="right")
+    table = rep.table(
+        "learned (5-fold CV): reliability, mean score -> observed rate (n)",
+        ["category", *(f"{lo:.1f}-{min(hi, 1.0):.1f}" for lo, hi in itertools.pairwise(edges))],
+    )
     figure, axes = plt.subplots(figsize=(6, 6))
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     for cat in UNSAFE:
@@ -289,13 +298,13 @@ def reliability(
     axes.legend(fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     figure.savefig(out / "reliability.png", dpi=120, bbox_inches="tight")
-    console.print(table)
+    console.print(table.rich())
     console.print(f"reliability plot: {out / 'reliability.png'}")
 
 
 def preset_shares(
     i2p: list[I2PRow], scores: tuple[list[dict[str, float]], list[dict[str, float]]],
-    console: Console,
+    console: Console, rep: Report,
 ) -> None:  # fmt: skip
     """Each preset's refuse / steer / allow shares from the held-out learned scores."""
     from safety_lora.classifiers.base import PromptScores
@@ -307,10 +316,9 @@ def preset_shares(
         "i2p ==0": [s for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate == 0],
         "i2p >=50": [s for r, s in zip(i2p, scores[0], strict=True) if r.inappropriate >= 50],
     }
-    table = Table(title="presets on held-out learned scores: refuse / steer / allow")
-    table.add_column("preset")
-    for name in sets:
-        table.add_column(name, justify="right")
+    table = rep.table(
+        "presets on held-out learned scores: refuse / steer / allow", ["preset", *sets]
+    )
 
     class Fixed:  # replays the held-out scores through the preset's own engine
         name, fingerprint = "learned (cv)", "cv"
@@ -334,10 +342,10 @@ def preset_shares(
             n = max(1, len(values))
             cells.append(" / ".join(f"{100 * counts[a] / n:.1f}%" for a in counts))
         table.add_row(preset, *cells)
-    console.print(table)
+    console.print(table.rich())
 
 
-def speed(prompts: Sequence[str], console: Console) -> None:
+def speed(prompts: Sequence[str], console: Console, rep: Report) -> None:
     """Prompts per second on one core: rules, learned batched, learned one by one, cached."""
     import statistics
     import time
@@ -367,9 +375,7 @@ def speed(prompts: Sequence[str], console: Console) -> None:
         single.append(time.perf_counter() - began)
     recent = list(prompts[:2000])  # within the cache's 4,096 prompts
     cached.classify(recent)
-    table = Table(title=f"speed on one core ({len(prompts)} prompts)")
-    table.add_column("classifier")
-    table.add_column("prompts/s", justify="right")
+    table = rep.table(f"speed on one core ({len(prompts)} prompts)", ["classifier", "prompts/s"])
     table.add_row("prompt_rules", f"{best(lambda: rules.classify(prompts), len(prompts), 15):,.0f}")
     table.add_row(
         "learned, batched", f"{best(lambda: learned.classify(prompts), len(prompts)):,.0f}"
@@ -380,7 +386,7 @@ def speed(prompts: Sequence[str], console: Console) -> None:
         f"p50 {1e3 * statistics.median(single):.2f} ms, p99 "
         f"{1e3 * sorted(single)[int(0.99 * len(single))]:.2f} ms",
     )
-    console.print(table)
+    console.print(table.rich())
 
 
 def main() -> None:
@@ -389,15 +395,17 @@ def main() -> None:
     parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM head")
     parser.add_argument("--cache", type=Path, default=Path("build/minilm_embeddings.npz"))
     parser.add_argument("--out", type=Path, default=Path("build/prompt_eval"))
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    rep = Report(NAME, "Prompt classifiers: quality and speed", first_paragraph(__doc__))
     console = Console(width=160)
     i2p, coco = read_i2p(), read_coco()
     score = rules_scorer()
     rules = (score([r.prompt for r in i2p]), score(coco))
-    report("prompt_rules (bundled)", i2p, *rules, args.threshold, console)
+    report("prompt_rules (bundled)", i2p, *rules, args.threshold, console, rep)
     cv = learned_cv_scores(i2p, coco)
     learned = (cv[len(coco) :], cv[: len(coco)])
-    report("learned (5-fold CV)", i2p, *learned, args.threshold, console)
+    report("learned (5-fold CV)", i2p, *learned, args.threshold, console, rep)
     results = {"rules": rules, "learned": learned}
     results["max(rules, learned)"] = (combine(rules[0], learned[0]), combine(rules[1], learned[1]))
     if not args.no_minilm:
@@ -405,11 +413,12 @@ def main() -> None:
         minilm = (mcv[len(coco) :], mcv[: len(coco)])
         results["minilm"] = minilm
         results["max(rules, minilm)"] = (combine(rules[0], minilm[0]), combine(rules[1], minilm[1]))
-    summary(results, i2p, args.threshold, console)
-    operating_points(i2p, learned, console)
-    reliability(i2p, learned, args.out, console)
-    preset_shares(i2p, learned, console)
-    speed(coco + [r.prompt for r in i2p], console)
+    summary(results, i2p, args.threshold, console, rep)
+    operating_points(i2p, learned, console, rep)
+    reliability(i2p, learned, args.out, console, rep)
+    preset_shares(i2p, learned, console, rep)
+    speed(coco + [r.prompt for r in i2p], console, rep)
+    rep.save(args)
 
 
 if __name__ == "__main__":

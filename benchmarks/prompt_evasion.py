@@ -1,6 +1,6 @@
 """Black-box evasion of the prompt checks on real unsafe prompts, per rewrite kind.
 
-    python benchmarks/prompt_evasion.py [--prompts 300] [--words 2] [--json FILE]
+    python benchmarks/prompt_evasion.py [--prompts 300] [--words 2] [--results PATH]
 
 Takes the I2P dev prompts whose images were unsafe at least half the time (``../shared/data``),
 up to ``--prompts`` of them (seeded sample). For each prompt check (``prompt_rules``,
@@ -14,27 +14,29 @@ I2P dev, so their flag rates here are in-sample; the evasion rates are of flagge
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
-from pathlib import Path
+from typing import Any
 
 from _data import read_i2p
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
 from safety_lora.classifiers.minilm_prompt import MiniLMPromptConfig
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
 from safety_lora.workbench.attack.evasion import REWRITES, ClassifierCheck, evasion_table
 
+NAME = "prompt_evasion"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--words", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Prompt checks: black-box evasion", first_paragraph(__doc__))
     unsafe = [r.prompt for r in read_i2p() if r.inappropriate >= 50]
     prompts = random.Random(0).sample(unsafe, min(args.prompts, len(unsafe)))
     checks = {
@@ -42,7 +44,7 @@ def main() -> None:
         "minilm": MiniLMPromptConfig().build(),
         "learned": LearnedPromptConfig(cache_size=0).build(),
     }
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for name, classifier in checks.items():
         began = time.perf_counter()
         flagged, rows = evasion_table(ClassifierCheck(classifier), prompts, words=args.words)
@@ -51,10 +53,11 @@ def main() -> None:
             "seconds": time.perf_counter() - began,
             "rows": {r.kind: (r.evaded, r.flagged, r.examples[:1]) for r in rows},
         }
-    table = Table(title=f"evasion of flagged I2P>=50 prompts ({len(prompts)} sampled)")
-    table.add_column("rewrite")
-    for name in checks:
-        table.add_column(name)
+    table = report.table(
+        f"evasion of flagged I2P>=50 prompts ({len(prompts)} sampled)",
+        ["rewrite", *checks],
+        justify="left",
+    )
     table.add_row("flagged originally", *(f"{results[n]['flagged']}" for n in checks))
     for kind in REWRITES:
         cells = []
@@ -64,9 +67,8 @@ def main() -> None:
             cells.append(f"{rate} ({evaded}/{applicable})")
         table.add_row(kind, *cells)
     table.add_row("seconds", *(f"{results[n]['seconds']:.1f}" for n in checks))
-    Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    Console().print(table.rich())
+    report.save(args)
 
 
 if __name__ == "__main__":

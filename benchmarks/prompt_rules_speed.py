@@ -7,15 +7,18 @@ process, so the ratios hold across machines.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Sequence
 
 from _data import read_coco, read_i2p
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.classifiers.normalize import normalize
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
+
+NAME = "prompt_rules_speed"
 
 
 def best_rate(
@@ -31,6 +34,10 @@ def best_rate(
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    add_arguments(parser, NAME)
+    args = parser.parse_args()
+    report = Report(NAME, "Prompt rules: speed", first_paragraph(__doc__))
     prompts = read_coco() + [r.prompt for r in read_i2p()]
     clf = PromptRulesConfig().build()
     rows = [
@@ -38,15 +45,18 @@ def main() -> None:
         ("normalize", best_rate(lambda ps: [normalize(p) for p in ps], prompts)),
         ("prompt_rules.classify", best_rate(clf.classify, prompts)),
     ]
-    table = Table(title=f"prompt_rules speed, {len(prompts)} COCO+I2P prompts, one thread")
-    table.add_column("step")
-    table.add_column("prompts/s", justify="right")
-    table.add_column("x slower than str.lower", justify="right")
+    table = report.table(
+        f"prompt_rules speed, {len(prompts)} COCO+I2P prompts, one thread",
+        ["step", "prompts/s", "x slower than str.lower"],
+    )
     for name, rate in rows:
         table.add_row(name, f"{rate:,.0f}", f"{rows[0][1] / rate:,.1f}")
-    Console().print(table)
+    Console().print(table.rich())
     verdict = "meets" if rows[-1][1] >= 50_000 else "MISSES"
-    print(f"classify: {rows[-1][1]:,.0f} prompts/s ({verdict} the 50,000/s target)")
+    conclusion = f"classify: {rows[-1][1]:,.0f} prompts/s ({verdict} the 50,000/s target)"
+    table.note(conclusion)
+    print(conclusion)
+    report.save(args)
 
 
 if __name__ == "__main__":

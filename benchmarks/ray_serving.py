@@ -13,6 +13,7 @@ Everything on this machine, on 127.0.0.1, with the NudeNet policy:
    (fresh processes, Ray start-up included, ``--batch-rounds`` A/B pairs).
 
     .venv/bin/python benchmarks/ray_serving.py [--requests 48] [--rounds 3] [--images 2000]
+        [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ import ray
 from PIL import Image
 from ray import serve
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.service import BackgroundServer, ServiceSettings, create_app
 from safety_lora.service.ray_app import build_app
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _report import Report, add_arguments, first_paragraph
 from service_load import NUDENET_POLICY, percentile, photo_png
 
+NAME = "ray_serving"
 CONCURRENCY = 4
 
 
@@ -88,7 +90,7 @@ def _sequential(url: str, route: str, body: dict[str, object], n: int) -> float:
     return statistics.median(times)
 
 
-def serving(args: argparse.Namespace, policy: Path, console: Console) -> None:
+def serving(args: argparse.Namespace, policy: Path, console: Console, report: Report) -> None:
     body = {"input": base64.b64encode(photo_png()).decode("ascii")}
     base = {
         "policy": str(policy),
@@ -119,12 +121,12 @@ def serving(args: argparse.Namespace, policy: Path, console: Console) -> None:
             for _ in range(args.rounds):
                 for name, url in setups.items():
                     results[name].append(asyncio.run(_load(url, body, args.requests, CONCURRENCY)))
-            table = Table(
-                title=f"image moderation, concurrency {CONCURRENCY}, "
-                f"{args.rounds} x {args.requests} requests per row, interleaved"
+            table = report.table(
+                f"image moderation, concurrency {CONCURRENCY}, "
+                f"{args.rounds} x {args.requests} requests per row, interleaved",
+                ["setup", "req/s", "vs plain", "p50 ms", "p99 ms"],
+                justify="right",
             )
-            for column in ("setup", "req/s", "vs plain", "p50 ms", "p99 ms"):
-                table.add_column(column, justify="right")
             plain_rps = statistics.median(r["rps"] for r in results["plain service"])
             for name, rows in results.items():
                 rps = statistics.median(r["rps"] for r in rows)
@@ -135,11 +137,13 @@ def serving(args: argparse.Namespace, policy: Path, console: Console) -> None:
                     f"{statistics.median(r['p50'] for r in rows):.0f}",
                     f"{statistics.median(r['p99'] for r in rows):.0f}",
                 )
-            console.print(table)
+            console.print(table.rich())
 
-            overhead = Table(title="ingress overhead at concurrency 1 (median ms, interleaved)")
-            for column in ("request", "plain", "ray", "ratio"):
-                overhead.add_column(column, justify="right")
+            overhead = report.table(
+                "ingress overhead at concurrency 1 (median ms, interleaved)",
+                ["request", "plain", "ray", "ratio"],
+                justify="right",
+            )
             ray_url = urls["ray, 1 judge"]
             cases = {
                 "prompt check": ("/v1/moderations/prompt", {"input": "a cat on a sofa"}),
@@ -152,13 +156,15 @@ def serving(args: argparse.Namespace, policy: Path, console: Console) -> None:
                     b.append(_sequential(ray_url, route, payload, 20))
                 pa, pb = statistics.median(a), statistics.median(b)
                 overhead.add_row(label, f"{pa:.1f}", f"{pb:.1f}", f"{pb / pa:.2f}x")
-            console.print(overhead)
+            console.print(overhead.rich())
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def batch(args: argparse.Namespace, policy: Path, root: Path, console: Console) -> None:
+def batch(
+    args: argparse.Namespace, policy: Path, root: Path, console: Console, report: Report
+) -> None:
     folder = root / "images"
     folder.mkdir()
     photo = Image.open(io.BytesIO(photo_png())).convert("RGB")
@@ -183,14 +189,16 @@ def batch(args: argparse.Namespace, policy: Path, root: Path, console: Console) 
             seconds[name].append(time.perf_counter() - began)
             if done.returncode not in (0, 1):
                 raise RuntimeError(f"{name} failed: {done.stderr.decode()[-2000:]}")
-    table = Table(title=f"batch moderation of {args.images} images (wall, process start-up in)")
-    for column in ("command", "seconds", "images/s", "vs one process"):
-        table.add_column(column, justify="right")
+    table = report.table(
+        f"batch moderation of {args.images} images (wall, process start-up in)",
+        ["command", "seconds", "images/s", "vs one process"],
+        justify="right",
+    )
     base = statistics.median(seconds["moderate (one process)"])
     for name, values in seconds.items():
         s = statistics.median(values)
         table.add_row(name, f"{s:.1f}", f"{args.images / s:.1f}", f"{base / s:.2f}x")
-    console.print(table)
+    console.print(table.rich())
 
 
 def main() -> None:
@@ -199,17 +207,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-rounds", type=int, default=1)
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Ray Serve and Ray Data vs one process", first_paragraph(__doc__))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     try:
         policy = root / "policy.yaml"
         policy.write_text(NUDENET_POLICY, encoding="utf-8")
-        serving(args, policy, console)
-        batch(args, policy, root, console)
+        serving(args, policy, console, report)
+        batch(args, policy, root, console, report)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Normal requests with abusive ones present: does one bad client slow everyone else down?
 
     .venv/bin/python benchmarks/service_abuse.py [--requests 40] [--rounds 3]
+        [--results PATH | --no-results]
 
 The service runs the embedded model on 127.0.0.1 (uvicorn in a thread of this process).
 A normal client sends ``--requests`` generations (32x32, 12 steps) one after another and
@@ -25,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.service import BackgroundServer, ServiceSettings, create_app
 
+NAME = "service_abuse"
 POLICY = """
 name: bench-abuse
 classifiers: [{kind: concept_world, unsafe: {sexual: [red]}}]
@@ -111,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40, help="normal requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="quiet/abusive pairs")
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Service under abusive clients", first_paragraph(__doc__))
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "policy.yaml"
@@ -126,17 +130,22 @@ def main() -> None:
             for _ in range(args.rounds):
                 quiet += round_(server.url, args.requests, abusive=False)
                 abused += round_(server.url, args.requests, abusive=True)
-    table = Table(title=f"normal generations, {args.rounds} x {args.requests} per column")
-    for column in ("", "quiet", "with abusive clients", "ratio"):
-        table.add_column(column, justify="right")
+    table = report.table(
+        f"normal generations, {args.rounds} x {args.requests} per column",
+        ["", "quiet", "with abusive clients", "ratio"],
+        justify="right",
+    )
     for label, q in (("p50", 0.5), ("p99", 0.99)):
         a, b = percentile(quiet, q), percentile(abused, q)
         table.add_row(label, f"{a * 1e3:.0f} ms", f"{b * 1e3:.0f} ms", f"{b / a:.2f}x")
     table.add_row("mean", f"{statistics.mean(quiet) * 1e3:.0f} ms",
                   f"{statistics.mean(abused) * 1e3:.0f} ms", "")  # fmt: skip
-    console.print(table)
+    console.print(table.rich())
     ratio = percentile(abused, 0.99) / percentile(quiet, 0.99)
-    console.print(f"bar (p99 within 2x): {'met' if ratio <= 2.0 else 'NOT met'} ({ratio:.2f}x)")
+    verdict = f"bar (p99 within 2x): {'met' if ratio <= 2.0 else 'NOT met'} ({ratio:.2f}x)"
+    table.note(verdict)
+    console.print(verdict)
+    report.save(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 Server and client share this process (uvicorn in a thread, httpx client on loopback).
 
     .venv/bin/python benchmarks/service_load.py [--requests 48] [--max-concurrency 2]
+        [--results PATH | --no-results]
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from pathlib import Path
 
 import httpx
 import skimage.data
+from _report import Report, add_arguments, first_paragraph
 from fastapi import FastAPI
 from fastapi.responses import Response
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
 
 from safety_lora.middleware import GuardedRoute, SafetyMiddleware
 from safety_lora.policies.schema import Policy
 from safety_lora.service import BackgroundServer, ServiceSettings, create_app
 
+NAME = "service_load"
 NUDENET_POLICY = """
 name: bench-nudenet
 categories: {sexual: {threshold: 0.5, action: blur}}
@@ -95,7 +97,9 @@ def sequential(url: str, path: str, n: int) -> list[float]:
         return out
 
 
-def bench_service(folder: Path, image: bytes, args: argparse.Namespace, console: Console) -> None:
+def bench_service(
+    folder: Path, image: bytes, args: argparse.Namespace, console: Console, report: Report
+) -> None:
     policy = folder / "nudenet.yaml"
     policy.write_text(NUDENET_POLICY, encoding="utf-8")
     settings = ServiceSettings(
@@ -107,11 +111,11 @@ def bench_service(folder: Path, image: bytes, args: argparse.Namespace, console:
         audit_path=folder / "audit.jsonl",
     )
     body = {"input": base64.b64encode(image).decode("ascii")}
-    table = Table(
-        title=f"POST /v1/moderations/image, nudenet, max_concurrency={args.max_concurrency}"
+    table = report.table(
+        f"POST /v1/moderations/image, nudenet, max_concurrency={args.max_concurrency}",
+        ["client concurrency", "requests", "req/s", "p50 ms", "p99 ms", "failures"],
+        justify="right",
     )
-    for column in ("client concurrency", "requests", "req/s", "p50 ms", "p99 ms", "failures"):
-        table.add_column(column, justify="right")
     with BackgroundServer(create_app(settings)) as server:
         asyncio.run(load(server.url, body, 1, 2))  # warm-up: onnxruntime session, caches
         for concurrency in (1, 4, 16):
@@ -126,11 +130,11 @@ def bench_service(folder: Path, image: bytes, args: argparse.Namespace, console:
                 f"{1e3 * percentile(latencies, 0.99):.1f}",
                 str(failures),
             )
-    console.print(table)
+    console.print(table.rich())
 
 
 def bench_middleware(
-    folder: Path, image: bytes, args: argparse.Namespace, console: Console
+    folder: Path, image: bytes, args: argparse.Namespace, console: Console, report: Report
 ) -> None:
     def app() -> FastAPI:
         api = FastAPI()
@@ -155,27 +159,32 @@ def bench_middleware(
     for name, asgi in variants.items():
         with BackgroundServer(asgi) as server:
             medians[name] = statistics.median(sequential(server.url, "/generate", args.requests))
-    table = Table(title="SafetyMiddleware overhead (512x512 PNG response, sequential)")
-    for column in ("variant", "median ms", "vs bare", "added ms"):
-        table.add_column(column, justify="right")
+    table = report.table(
+        "SafetyMiddleware overhead (512x512 PNG response, sequential)",
+        ["variant", "median ms", "vs bare", "added ms"],
+        justify="right",
+    )
     bare = medians["bare route"]
     for name, median in medians.items():
         table.add_row(
             name, f"{1e3 * median:.2f}", f"{median / bare:.2f}x", f"{1e3 * (median - bare):.2f}"
         )
-    console.print(table)
+    console.print(table.rich())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48, help="requests per measurement")
     parser.add_argument("--max-concurrency", type=int, default=2, help="server worker slots")
+    add_arguments(parser, NAME)
     args = parser.parse_args()
+    report = Report(NAME, "Service load and middleware overhead", first_paragraph(__doc__))
     console = Console()
     image = photo_png()
     with tempfile.TemporaryDirectory() as tmp:
-        bench_service(Path(tmp), image, args, console)
-        bench_middleware(Path(tmp), image, args, console)
+        bench_service(Path(tmp), image, args, console, report)
+        bench_middleware(Path(tmp), image, args, console, report)
+    report.save(args)
 
 
 if __name__ == "__main__":
