@@ -156,3 +156,16 @@ def test_no_adapter_format_module_imports_the_registry() -> None:
     for name in ("kohya_format", "lycoris_format", "peft_format", "kohya_keys", "base"):
         found = {m for m, _ in imports(FILES[f"safety_lora.adapters.{name}"])}
         assert "safety_lora.adapters.formats" not in found, name
+
+
+def test_the_workbench_commands_import_the_runtime_cli_only_when_run() -> None:
+    """``safety_lora.cli`` registers them at import: a module-level import back is a cycle."""
+    bad = [
+        f"{module} -> {name}"
+        for module, path in FILES.items()
+        if module.startswith(f"{WORKBENCH}.cli")
+        for name, inside_function in imports(path)
+        if not inside_function
+        and (name == "safety_lora.cli" or name.startswith("safety_lora.cli."))
+    ]
+    assert not bad, bad

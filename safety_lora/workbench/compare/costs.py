@@ -25,7 +25,7 @@ from safety_lora.workbench.compare.methods import (
     SLDMethod,
 )
 from safety_lora.workbench.compare.metrics import mean_interval
-from safety_lora.workbench.compare.plan import Results
+from safety_lora.workbench.compare.rows import Cost, Results
 from safety_lora.workbench.compare.state import Run
 
 __all__ = ["cost_rows"]
@@ -76,7 +76,7 @@ def _steered(
 
 def _row(
     state: Run, name: str, mode: str, generate: Callable[[list[str], list[int]], object]
-) -> dict[str, Any]:
+) -> Cost:
     n = min(_BATCH, len(state.prompts.target))
     prompts, seeds = list(state.prompts.target[:n]), list(range(n))
     pairs = _pairs(
@@ -87,19 +87,19 @@ def _row(
     steps = state.sampler.num_inference_steps
     ratios = [b / a for a, b in pairs]
     mean, (lo, hi) = sum(ratios) / len(ratios), mean_interval(ratios)
-    return {
-        "method": name,
-        "mode": mode,
-        "seconds_per_step": sum(b for _, b in pairs) / len(pairs) / steps,
-        "base_seconds_per_step": sum(a for a, _ in pairs) / len(pairs) / steps,
-        "vs_base": mean,
-        "vs_base_ci": [lo, hi],
-        "pairs": len(pairs),
-        "batch": n,
-    }
+    return Cost(
+        method=name,
+        mode=mode,
+        seconds_per_step=sum(b for _, b in pairs) / len(pairs) / steps,
+        base_seconds_per_step=sum(a for a, _ in pairs) / len(pairs) / steps,
+        vs_base=mean,
+        vs_base_ci=(lo, hi),
+        pairs=len(pairs),
+        batch=n,
+    )
 
 
-def cost_rows(state: Run, results: Results) -> list[dict[str, Any]]:
+def cost_rows(state: Run, results: Results) -> list[Cost]:
     """One row per method (adapters: dynamic and fused, from the seed-0 adapters)."""
     from safety_lora.progress import ticker
 
@@ -107,9 +107,9 @@ def cost_rows(state: Run, results: Results) -> list[dict[str, Any]]:
     free: list[Any] = [BaseModel(sampler), NegativePrompt(sampler, config.erase)]
     free += [SLDMethod(sampler, config.erase, p) for p in config.sld_presets]
     free.append(ClassifierOnly(sampler, state.check))
-    main = [t for t in results.training if t["role"] == "adapter" and t["seed"] == 0]
-    files = [(t["method"], Path(t["path"])) for t in main if t["budget"] == config.ranks[0]]
-    files += [("closed form", Path(s["path"])) for s in results.solves]
+    main = [t for t in results.training if t.role == "adapter" and t.seed == 0]
+    files = [(t.method, Path(t.path)) for t in main if t.budget == config.ranks[0]]
+    files += [("closed form", Path(s.path)) for s in results.solves]
     files += [(f"file {p.stem}", p) for p in config.adapters]
     rows = []
     with ticker(config.progress, "compare (costs)", len(free) + 2 * len(files)) as tick:
@@ -118,12 +118,13 @@ def cost_rows(state: Run, results: Results) -> list[dict[str, Any]]:
                 name, generate = "base (control)", sampler.sample
             else:
                 name, generate = method.name, partial(method.generate, strength=1.0)
-            rows.append(_row(state, name, "", generate))
+            row = _row(state, name, "", generate)
             if isinstance(method, SLDMethod):
                 method.extra_calls = 0
                 method.generate(list(state.prompts.target[:1]), [0], 1.0)
-                steps = sampler.num_inference_steps
-                rows[-1]["extra_unet_calls_per_step"] = method.extra_calls / steps
+                extra = method.extra_calls / sampler.num_inference_steps
+                row = row.model_copy(update={"extra_unet_calls_per_step": extra})
+            rows.append(row)
             tick(name)
         for name, path in files:
             for mode in ("dynamic", "fused"):

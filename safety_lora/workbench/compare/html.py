@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from safety_lora.workbench.compare.config import CompareConfig
+    from safety_lora.workbench.compare.report import Report
+    from safety_lora.workbench.compare.sections import Section
 
 __all__ = ["html_report"]
 
@@ -48,8 +50,8 @@ def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
     )
 
 
-def html_report(config: CompareConfig, data: dict[str, Any], sections: list[dict[str, Any]]) -> str:
-    """The page for ``data`` (report.json's) and its ``sections`` (the Markdown's tables)."""
+def html_report(config: CompareConfig, report: Report, sections: list[Section]) -> str:
+    """The page for ``report`` and its ``sections`` (the Markdown's tables)."""
     out = config.out
     model = config.base or "concept world (bundled)"
     parts = [
@@ -57,7 +59,7 @@ def html_report(config: CompareConfig, data: dict[str, Any], sections: list[dict
         f"<title>Compare: erasing {escape(config.erase)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Compare: erasing <code>{escape(config.erase)}</code> on {escape(model)}</h1>",
-        f"<p>{escape(data['reading'])}</p>",
+        f"<p>{escape(report.reading)}</p>",
     ]
     figures = {
         "scatter": "Erasure vs preservation: one colour and marker per method, 95% intervals "
@@ -68,17 +70,17 @@ def html_report(config: CompareConfig, data: dict[str, Any], sections: list[dict
         "learning rate.",
     }
     for i, section in enumerate(sections):
-        parts.append(f"<h2>{escape(section['title'])}</h2><p>{escape(section['text'])}</p>")
-        if section["header"]:
+        parts.append(f"<h2>{escape(section.title)}</h2><p>{escape(section.text)}</p>")
+        if section.header:
             table_id = "verdict" if i == 0 else f"table-{i}"
-            parts.append(_table(section["header"], section["rows"], table_id))
+            parts.append(_table(section.header, section.rows, table_id))
         if i == 0:  # the plots right after the verdict
             parts.append("<h2>Figures</h2>")
             for key, caption in figures.items():
-                image = _image(out / data["files"][key], key)
+                image = _image(out / getattr(report.files, key), key)
                 parts.append(f"<figure>{image}<figcaption>{escape(caption)}</figcaption></figure>")
     parts.append("<h2>Images per method (seed 0, one row per strength)</h2>")
-    for method, name in data["files"]["grids"].items():
+    for method, name in report.files.grids.items():
         parts.append(f"<h3>{escape(method)}</h3>{_image(out / name, method)}")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -244,9 +244,6 @@ class Scores:
     paraphrase_rate: float | None = None
     neighbour_kept: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _delivered(images: Sequence[Image | None]) -> list[Image]:
     return [image for image in images if image is not None]
@@ -331,12 +328,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def bootstrap(
-    units: Sequence[dict[str, Any]], measure: str, *, draws: int = 2000, level: float = 0.95
+    units: Sequence[Mapping[str, Sequence[float] | None]],
+    measure: str,
+    *,
+    draws: int = 2000,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval of ``measure`` over seeds and prompts.
 
-    ``units`` are one method's evaluations at one strength, one per seed, each with the
-    per-image values of :class:`Scores`. Each draw resamples the seeds, then the images within
+    ``units`` are the per-image values (:attr:`Scores.each`) of one method's evaluations at
+    one strength, one per seed. Each draw resamples the seeds, then the images within
     each drawn seed (both with replacement). ``measure``: ``concept_rate``, ``erasure``,
     ``kept``, ``other``, ``preservation`` (the mean of ``kept`` and ``other``, as
     :func:`score`), ``paraphrase_rate`` or ``neighbour_kept``. The generator is fixed, so a
@@ -347,7 +348,7 @@ def bootstrap(
     picks = rng.integers(len(units), size=(draws, len(units)))
 
     def mean_of(key: str) -> np.ndarray:
-        rows = [np.asarray(u["each"][key], dtype=np.float64) for u in units]
+        rows = [np.asarray(u[key], dtype=np.float64) for u in units]
         out = np.zeros(draws)
         for j in range(len(units)):  # the j-th drawn seed of every draw
             for i, values in enumerate(rows):
@@ -363,11 +364,11 @@ def bootstrap(
         values = values if measure == "concept_rate" else 1.0 - values
     elif measure == "preservation":
         other = mean_of("other")
-        has_kept = units[0]["each"]["kept"] is not None
+        has_kept = units[0]["kept"] is not None
         values = (mean_of("kept") + other) / 2 if has_kept else other
     elif measure in ("kept", "other", *probes):
         key = probes.get(measure, measure)
-        if any(u["each"].get(key) is None for u in units):
+        if any(u.get(key) is None for u in units):
             raise ValueError(f"bootstrap: {measure!r} was not measured for these units")
         values = mean_of(key)
     else:

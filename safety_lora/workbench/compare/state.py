@@ -1,32 +1,65 @@
 """The state of one compare run and its unit cache: pipeline, judge, prompts, seeds.
 
-Every unit's result is cached as JSON under ``out/units/`` (so ``resume`` skips finished
+Every unit's row is cached as JSON under ``out/units/`` (so ``resume`` skips finished
 ones). Sampling seeds depend only on the seed index and the image's position, so every
 method sees the same noise.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
 from safety_lora.workbench.compare.methods import Method, Sampler
-from safety_lora.workbench.compare.metrics import Judge, PromptSet, score
+from safety_lora.workbench.compare.metrics import (
+    ClassifierJudge,
+    ConceptWorldJudge,
+    Judge,
+    PromptSet,
+    concept_world_prompts,
+    generic_prompts,
+    score,
+)
+from safety_lora.workbench.compare.rows import Attack, Evaluation, Row
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 __all__ = ["Run", "slug"]
 
+R = TypeVar("R", bound=Row)
+
 
 def slug(text: str) -> str:
     """``text`` as a file-name part."""
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def _judge_and_prompts(config: CompareConfig) -> tuple[Judge, PromptSet, Any]:
+    """The judge, prompt set and the concept check used by classifier-only."""
+    n = config.prompts_per_concept
+    if config.base is None:
+        from safety_lora.classifiers.concept_world import ConceptWorldClassifier
+        from safety_lora.taxonomy import Category
+
+        judge: Judge = ConceptWorldJudge(config.erase)
+        prompts = concept_world_prompts(config.erase, n)
+        classifier = ConceptWorldClassifier(unsafe={Category.SEXUAL: [config.erase]})
+        return judge, prompts, ClassifierJudge(classifier, category="sexual")
+    from pydantic import TypeAdapter
+
+    from safety_lora.classifiers.registry import ImageClassifierConfig
+
+    assert config.classifier is not None
+    built = TypeAdapter(ImageClassifierConfig).validate_python(config.classifier).build()
+    judge = ClassifierJudge(built, category=config.category, threshold=config.threshold)
+    prompts = generic_prompts(config.erase, config.preserve, n, config.templates)
+    return judge, prompts, judge
 
 
 @dataclass
@@ -42,18 +75,47 @@ class Run:
     advance: Callable[[str], None] = field(default=lambda _: None)
     _references: dict[int, list[Image]] = field(default_factory=dict)
 
+    @classmethod
+    def open(cls, config: CompareConfig, pipe: Any | None = None) -> Run:
+        """The run's state on ``pipe`` (else the pipeline ``config.base`` names)."""
+        if pipe is None:
+            from safety_lora.loading import load_pipeline
+
+            pipe, _ = load_pipeline(config.base, config.device)
+        if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
+            denoiser = type(getattr(pipe, denoiser_part(pipe))).__name__
+            raise ValueError(
+                f"compare on a transformer denoiser ({denoiser}): SLD presets and the attack "
+                "harness need a UNet; pass --sld none and --attack-budget 0"
+            )
+        judge, prompts, check = _judge_and_prompts(config)
+        if config.base is None:
+            from safety_lora.models import CONCEPT_WORLD_DEFAULTS
+
+            steps = int(CONCEPT_WORLD_DEFAULTS["num_inference_steps"])
+            guidance = float(CONCEPT_WORLD_DEFAULTS["guidance_scale"])
+        else:
+            steps, guidance = 30, 7.5
+        sampler = Sampler(
+            pipe,
+            num_inference_steps=config.num_inference_steps or steps,
+            guidance_scale=guidance if config.guidance_scale is None else config.guidance_scale,
+            batch_size=config.batch_size,
+        )
+        return cls(config, pipe, judge, prompts, sampler, check=check)
+
     # -- cache -----------------------------------------------------------------------------
 
-    def cached(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The unit ``key``'s result from ``out/units`` or computed now and written there."""
+    def cached(self, key: str, row: type[R], compute: Callable[[], R]) -> R:
+        """The unit ``key``'s ``row`` from ``out/units`` or computed now and written there."""
         path = self.config.out / "units" / f"{key}.json"
         if path.is_file():
-            result: dict[str, Any] = json.loads(path.read_text())
+            result = row.model_validate_json(path.read_text())
         else:
             result = compute()
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
+            tmp.write_text(result.model_dump_json(indent=1))
             tmp.replace(path)
         self.advance(key)
         return result
@@ -70,7 +132,7 @@ class Run:
             self._references[index] = self.sampler.sample(self.prompts.other, seeds)
         return self._references[index]
 
-    def evaluate(self, method: Method, strength: float, index: int) -> dict[str, Any]:
+    def evaluate(self, method: Method, strength: float, index: int) -> Evaluation:
         """Scores of ``method`` at ``strength`` on seed index ``index``; a strip for the grid.
 
         The paraphrase and neighbour probes are sampled at strength 1.0 (the bar's) and for the
@@ -88,12 +150,13 @@ class Run:
             probes[name] = method.generate(asked, seeds, strength) if asked and probed else None
         seconds = time.perf_counter() - began
         refs = self.references(index) if self.judge.needs_references else None
-        result = score(self.judge, p, target, other, refs, **probes).to_json()
-        result.update(method=method.name, kind=method.kind, strength=strength, seed=index)
-        result["seconds"] = seconds
+        scores = asdict(score(self.judge, p, target, other, refs, **probes))
         if index == 0:
             self.save_strip(method.name, strength, target[: self.config.grid_images])
-        return result
+        return Evaluation(
+            method=method.name, kind=method.kind, strength=strength, seed=index, seconds=seconds,
+            **scores,
+        )  # fmt: skip
 
     def save_strip(self, name: str, strength: float, images: list[Image | None]) -> None:
         from safety_lora.workbench.compare.plots import strip
@@ -111,13 +174,13 @@ class Run:
         images = self.sampler.sample(p.target, self.seeds(index, len(p.target), PROBE_OFFSET))
         return sum(self.judge.shows(images)) / len(images)
 
-    def attack(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def attack(self, name: str, fields: dict[str, Any]) -> Attack:
         """The white-box attacks' success on ``name`` at strength 1.0 (a cached unit)."""
         from safety_lora.workbench.attack import AttackConfig, run_attack
 
         config = self.config
 
-        def compute() -> dict[str, Any]:
+        def compute() -> Attack:
             attack = AttackConfig(
                 erase=config.erase,
                 prompts=list(dict.fromkeys(self.prompts.target))[:3],
@@ -137,13 +200,13 @@ class Run:
             )
             report = run_attack(attack, pipe=self.pipe)
             soft, tokens = report.row("soft"), report.row("tokens")
-            return {
-                "method": name,
-                "clean": soft.clean_rate,
-                "soft_asr": soft.asr,
-                "token_asr": tokens.asr,
-                "budget": config.attack_budget,
-                "seconds_per_attempt": (soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
-            }
+            return Attack(
+                method=name,
+                clean=soft.clean_rate,
+                soft_asr=soft.asr,
+                token_asr=tokens.asr,
+                budget=config.attack_budget,
+                seconds_per_attempt=(soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
+            )
 
-        return self.cached(f"attack/{slug(name)}", compute)
+        return self.cached(f"attack/{slug(name)}", Attack, compute)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,12 @@ from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
 from safety_lora.workbench.compare.methods import AdapterMethod
 from safety_lora.workbench.compare.metrics import BAR
+from safety_lora.workbench.compare.rows import KohyaCheck, Probe, Solve, TrainingRun
 from safety_lora.workbench.compare.state import Run
+
+if TYPE_CHECKING:
+    from safety_lora.workbench.training import TrainConfig
+    from safety_lora.workbench.training.esd import EsdTrainer
 
 __all__ = [
     "FAMILY_SETTINGS",
@@ -159,24 +164,15 @@ def _erasure(config: CompareConfig) -> tuple[Any, list[str], dict[str, Any]]:
     )
 
 
-def train_unit(state: Run, job: Training) -> dict[str, Any]:
-    """Train one adapter, probing its concept rate every :data:`CHUNK` steps.
-
-    Early stopping watches erasure itself: a run with early stopping ends at the first probe
-    at or under the bar (:data:`BAR`), or after :data:`_PATIENCE` probes without a lower
-    rate, and keeps the adapter of its best probe; without, it trains the whole budget. The
-    probes sample the target prompts on seeds the evaluation never uses.
-    """
+def _train_config(config: CompareConfig, job: Training, budget: int) -> TrainConfig:
+    """The trainer's settings for ``job``: its family's rate (x its scale) and retain weight,
+    the concept's erasure, and the retain prompts unless its variant leaves them out."""
     from safety_lora.workbench.training import TrainConfig
-    from safety_lora.workbench.training.esd import EsdTrainer
 
-    config = state.config
     settings = FAMILY_SETTINGS[job.kind]
-    budget = config.steps or settings.budget
     erasure, keep, extra = _erasure(config)
-    preserve, early = VARIANTS[job.variant]
-    path = job.path(config.out)
-    train_config = TrainConfig(
+    preserve, _ = VARIANTS[job.variant]
+    return TrainConfig(
         base=config.base,
         erase=[erasure],
         preserve=keep if preserve else [],
@@ -189,73 +185,99 @@ def train_unit(state: Run, job: Training) -> dict[str, Any]:
         batch=4,
         seed=job.seed,
         eval_every=None,
-        out=path,
+        out=job.path(config.out),
         device=config.device,
         progress=False,
         **extra,
     )
-    trainer = EsdTrainer(state.pipe, train_config)
-    curve: list[dict[str, Any]] = []
+
+
+def _fit(
+    state: Run, trainer: EsdTrainer, seed: int, budget: int, *, early: bool
+) -> tuple[list[Probe], int]:
+    """Train ``budget`` steps in chunks of :data:`CHUNK`, probing after each; with ``early``,
+    stop at the bar or when patience runs out and restore the best probe's adapter. Returns
+    the erasure curve and the step whose adapter is kept."""
+    curve: list[Probe] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     seconds = 0.0
+    while trainer.step < budget:
+        began = time.perf_counter()
+        for _ in range(min(CHUNK, budget - trainer.step)):
+            trainer.train_step()
+        seconds += time.perf_counter() - began
+        rate = state.probe_rate(seed)  # the trainer's adapter is live at strength 1
+        curve.append(Probe(step=trainer.step, seconds=seconds, concept_rate=rate))
+        if best is None or rate < best[0]:
+            params = {k: v.detach().clone() for k, v in trainer.params.items()}
+            best = (rate, trainer.step, params)
+        if early and (rate <= BAR or len(curve) - _index(curve, best[1]) > _PATIENCE):
+            break
+    assert best is not None
+    if not early:
+        return curve, trainer.step
+    with torch.no_grad():  # keep the best probe's adapter
+        for name, param in trainer.params.items():
+            param.copy_(best[2][name])
+    return curve, best[1]
+
+
+def train_unit(state: Run, job: Training) -> TrainingRun:
+    """Train one adapter, probing its concept rate every :data:`CHUNK` steps.
+
+    Early stopping watches erasure itself: a run with early stopping ends at the first probe
+    at or under the bar (:data:`BAR`), or after :data:`_PATIENCE` probes without a lower
+    rate, and keeps the adapter of its best probe; without, it trains the whole budget. The
+    probes sample the target prompts on seeds the evaluation never uses.
+    """
+    from safety_lora.workbench.training.esd import EsdTrainer
+
+    config = state.config
+    budget = config.steps or FAMILY_SETTINGS[job.kind].budget
+    path = job.path(config.out)
+    train_config = _train_config(config, job, budget)
+    trainer = EsdTrainer(state.pipe, train_config)
     try:
-        while trainer.step < budget:
-            began = time.perf_counter()
-            for _ in range(min(CHUNK, budget - trainer.step)):
-                trainer.train_step()
-            seconds += time.perf_counter() - began
-            rate = state.probe_rate(job.seed)  # the trainer's adapter is live at strength 1
-            curve.append({"step": trainer.step, "seconds": seconds, "concept_rate": rate})
-            if best is None or rate < best[0]:
-                best = (
-                    rate,
-                    trainer.step,
-                    {k: v.detach().clone() for k, v in trainer.params.items()},
-                )
-            if early and (rate <= BAR or len(curve) - _index(curve, best[1]) > _PATIENCE):
-                break
-        assert best is not None
-        if early:  # keep the best probe's adapter
-            with torch.no_grad():
-                for name, param in trainer.params.items():
-                    param.copy_(best[2][name])
+        curve, kept = _fit(state, trainer, job.seed, budget, early=VARIANTS[job.variant][1])
         trainer.save_adapter(path)
         parameters = sum(p.numel() for p in trainer.params.values())
+        steps = trainer.step
     finally:
         trainer.close()
-    reached = next((c for c in curve if c["concept_rate"] <= BAR), None)
-    return {
-        "method": job.method,
-        "role": job.role,
-        "family": job.kind,
-        "rank": job.rank,
-        "budget": job.budget_rank,
-        "seed": job.seed,
-        "variant": job.variant,
-        "lr": train_config.lr,
-        "lr_scale": job.lr_scale,
-        "step_budget": budget,
-        "path": str(path),
-        "trainable_parameters": parameters,
-        "file_bytes": path.stat().st_size,
-        "seconds_per_step": seconds / trainer.step,
-        "training_seconds": seconds,
-        "steps": trainer.step,
-        "kept_step": best[1] if early else trainer.step,
-        "stopped_early": trainer.step < budget,
-        "curve": curve,
-        "reached_bar": reached is not None,
-        "steps_to_bar": None if reached is None else reached["step"],
-        "seconds_to_bar": None if reached is None else reached["seconds"],
-    }
+    reached = next((c for c in curve if c.concept_rate <= BAR), None)
+    seconds = curve[-1].seconds
+    return TrainingRun(
+        method=job.method,
+        role=job.role,
+        family=job.kind,
+        rank=job.rank,
+        budget=job.budget_rank,
+        seed=job.seed,
+        variant=job.variant,
+        lr=train_config.lr,
+        lr_scale=job.lr_scale,
+        step_budget=budget,
+        path=str(path),
+        trainable_parameters=parameters,
+        file_bytes=path.stat().st_size,
+        seconds_per_step=seconds / steps,
+        training_seconds=seconds,
+        steps=steps,
+        kept_step=kept,
+        stopped_early=steps < budget,
+        curve=curve,
+        reached_bar=reached is not None,
+        steps_to_bar=None if reached is None else reached.step,
+        seconds_to_bar=None if reached is None else reached.seconds,
+    )
 
 
-def _index(curve: list[dict[str, Any]], step: int) -> int:
+def _index(curve: list[Probe], step: int) -> int:
     """The position of ``step``'s probe in ``curve`` (counted from 1)."""
-    return next(i for i, c in enumerate(curve, 1) if c["step"] == step)
+    return next(i for i, c in enumerate(curve, 1) if c.step == step)
 
 
-def closed_form_unit(state: Run, path: Path) -> dict[str, Any]:
+def closed_form_unit(state: Run, path: Path) -> Solve:
     """Solve the closed-form erasure (UCE's edit pushed past the anchor, ``push`` 1) to ``path``;
     on the concept world, also on the task's two-object contexts (they keep the neighbour)."""
     from safety_lora.closed_form import ClosedFormConfig, erase
@@ -273,13 +295,13 @@ def closed_form_unit(state: Run, path: Path) -> dict[str, Any]:
         )
     began = time.perf_counter()
     erase(solved, out=path, pipe=state.pipe, base=config.base)
-    return {"path": str(path), "seconds": time.perf_counter() - began}
+    return Solve(path=str(path), seconds=time.perf_counter() - began)
 
 
 # -- the kohya file of a PEFT adapter -------------------------------------------------------
 
 
-def kohya_unit(state: Run, job: Training) -> dict[str, Any]:
+def kohya_unit(state: Run, job: Training) -> KohyaCheck:
     """``job``'s PEFT adapter rewritten as a kohya file, evaluated at strength 1.0, and whether
     the two give the same images on the target prompts (same math, other file layout)."""
     import numpy as np
@@ -306,4 +328,4 @@ def kohya_unit(state: Run, job: Training) -> dict[str, Any]:
         float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
         for a, b in zip(images["peft"], images["kohya"], strict=True)
     )
-    return {"seed": job.seed, "max_pixel_difference": diff, "identical": diff == 0, **scores}
+    return KohyaCheck(**scores.model_dump(), max_pixel_difference=diff, identical=diff == 0)

@@ -10,12 +10,15 @@ difference (its rows say which parts were).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from safety_lora.workbench.compare.metrics import BAR, bootstrap, mean_interval, overlap
+from safety_lora.workbench.compare.rows import Evaluation, Interval, TrainingRun
 
-__all__ = ["Comparison", "claims", "compare"]
+__all__ = ["Comparison", "Verdict", "claims", "compare", "summary"]
+
+#: A value and its 95% interval.
+Measured = tuple[float, Interval]
 
 SUPPORTED, REFUTED, SAME = "supported", "refuted", "no measurable difference"
 
@@ -29,18 +32,22 @@ class Comparison:
     a: str
     b: str
     a_value: float
-    a_ci: tuple[float, float]
+    a_ci: Interval
     b_value: float
-    b_ci: tuple[float, float]
+    b_ci: Interval
     verdict: str
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim's verdict and the comparisons that decided it (none: intervals overlap)."""
+
+    claim: str
+    verdict: str
+    decided_by: list[str]
 
 
-def compare(
-    a: tuple[float, tuple[float, float]], b: tuple[float, tuple[float, float]], *, lower: bool
-) -> str:
+def compare(a: Measured, b: Measured, *, lower: bool) -> str:
     """The verdict on "A is better than B" (``lower``: lower values are better)."""
     (_, a_ci), (_, b_ci) = a, b
     if overlap(a_ci, b_ci):
@@ -49,23 +56,21 @@ def compare(
     return SUPPORTED if a_better else REFUTED
 
 
-def _units(evaluations: Sequence[dict[str, Any]], method: str, seeds: Sequence[int]) -> list[Any]:
-    return [
-        e
-        for e in evaluations
-        if e["method"] == method and float(e["strength"]) == 1.0 and e["seed"] in seeds
-    ]
+def _units(
+    evaluations: Sequence[Evaluation], method: str, seeds: Sequence[int]
+) -> list[Evaluation]:
+    return [e for e in evaluations if e.method == method and e.strength == 1.0 and e.seed in seeds]
 
 
-def _scored(units: Sequence[dict[str, Any]], measure: str) -> tuple[float, tuple[float, float]]:
+def _scored(units: Sequence[Evaluation], measure: str) -> Measured:
     """Mean over seeds and images, and the bootstrap interval over both."""
-    mean = sum(u[measure] for u in units) / len(units)
-    return mean, bootstrap(units, measure)
+    mean = sum(getattr(u, measure) for u in units) / len(units)
+    return mean, bootstrap([u.each for u in units], measure)
 
 
-def _spread(units: Sequence[dict[str, Any]], measure: str) -> tuple[float, tuple[float, float]]:
+def _spread(units: Sequence[Evaluation], measure: str) -> Measured:
     """Standard deviation over seeds of the per-seed value, and its bootstrap interval."""
-    values = [float(u[measure]) for u in units]
+    values = [float(getattr(u, measure)) for u in units]
     mean = sum(values) / len(values)
     std = (
         (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
@@ -75,25 +80,91 @@ def _spread(units: Sequence[dict[str, Any]], measure: str) -> tuple[float, tuple
     return std, mean_interval(values, spread=True)
 
 
-def _share(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
+def _share(values: Sequence[float]) -> Measured:
     return sum(values) / len(values), mean_interval(values)
 
 
-#: The probes a claim also compares where measured: (measure, label, lower is better).
+def _to_bar(main: Sequence[TrainingRun], method: str) -> list[float] | None:
+    """Training seconds to the bar of ``method``'s runs; None when one did not reach it."""
+    times = [t.seconds_to_bar for t in main if t.method == method]
+    return None if None in times else [s for s in times if s is not None]
+
+
+def _measured(units: Sequence[Evaluation], measure: str) -> bool:
+    """Whether every unit measured ``measure`` (the probes: concept world, strength 1.0)."""
+    return bool(units) and all(getattr(u, measure) is not None for u in units)
+
+
+def _comparison(
+    claim: str, measure: str, a: str, b: str, av: Measured, bv: Measured, *, lower: bool
+) -> Comparison:
+    verdict = compare(av, bv, lower=lower)
+    return Comparison(claim, measure, a, b, av[0], av[1], bv[0], bv[1], verdict)
+
+
+#: What the factorised claim always compares at strength 1.0: (measure, label, lower is better).
+_ACCURACY = (("concept_rate", "concept shown", True), ("preservation", "preservation", False))
+#: The probes a claim also compares where measured.
 _PROBES = (
     ("paraphrase_rate", "paraphrases shown", True),
     ("neighbour_kept", "neighbour kept", False),
 )
 
 
-def _measured(units: Sequence[dict[str, Any]], measure: str) -> bool:
-    """Whether every unit measured ``measure`` (the probes: concept world, strength 1.0)."""
-    return bool(units) and all(u.get(measure) is not None for u in units)
+def _factorised(
+    evaluations: Sequence[Evaluation], main: Sequence[TrainingRun], lora: str, f: str
+) -> list[Comparison]:
+    """Factorised family ``f`` against ``lora``: training time to the bar (when every run
+    reached it), then accuracy at strength 1.0 over every main seed."""
+    claim = "the factorised family is faster and more accurate"
+    seeds = sorted({t.seed for t in main})
+    mine, theirs = _units(evaluations, f, seeds), _units(evaluations, lora, seeds)
+    out = []
+    fast, slow = _to_bar(main, f), _to_bar(main, lora)
+    if fast is not None and slow is not None:
+        measure = "training seconds to the bar"
+        out.append(_comparison(claim, measure, f, lora, _share(fast), _share(slow), lower=True))
+    measured = [m for m in _PROBES if _measured([*mine, *theirs], m[0])]
+    for measure, label, lower in [*_ACCURACY, *measured]:
+        a, b = _scored(mine, measure), _scored(theirs, measure)
+        out.append(_comparison(claim, f"{label} at strength 1.0", f, lora, a, b, lower=lower))
+    return out
+
+
+def _regularity(
+    evaluations: Sequence[Evaluation], lora: str, original: str, stability_seeds: int
+) -> list[Comparison]:
+    """``lora`` against ``original`` (no preservation, no early stopping) on the stability
+    seeds, where both have every one: spread, share at the bar, concept and paraphrases."""
+    seeds = list(range(stability_seeds))
+    reg, none = _units(evaluations, lora, seeds), _units(evaluations, original, seeds)
+    if not len(reg) == len(none) == len(seeds):
+        return []
+    on = f"({len(seeds)} seeds, the runs without regularisation have)"
+    claim = "PEFT LoRA with regularisation and early stopping is more stable"
+    out = [
+        _comparison(claim, f"spread over seeds of {label} at 1.0 (std) {on}", lora, original,
+                    _spread(reg, measure), _spread(none, measure), lower=True)
+        for measure, label in (("preservation", "preservation"), ("concept_rate", "concept shown"))
+    ]  # fmt: skip
+    passed = [_share([float(u.concept_rate <= BAR) for u in us]) for us in (reg, none)]
+    measure = f"share of seeds at or under the bar at 1.0 {on}"
+    out.append(_comparison(claim, measure, lora, original, *passed, lower=False))
+    # effective = erasing: the concept shown at the bar's strength
+    claim = "the original LoRA without regularisation is less effective"
+    said = [("concept_rate", "concept shown")]
+    if _measured([*reg, *none], "paraphrase_rate"):
+        said.append(("paraphrase_rate", "paraphrases shown"))
+    for measure, label in said:
+        a, b = _scored(reg, measure), _scored(none, measure)
+        out.append(_comparison(claim, f"{label} at strength 1.0 {on}", lora, original, a, b,
+                               lower=True))  # fmt: skip
+    return out
 
 
 def claims(
-    evaluations: Sequence[dict[str, Any]],
-    training: Sequence[dict[str, Any]],
+    evaluations: Sequence[Evaluation],
+    training: Sequence[TrainingRun],
     *,
     lora: str | None,
     factorised: Sequence[str],
@@ -103,105 +174,16 @@ def claims(
     """Every comparison the run can make: ``lora`` and ``factorised`` name the main rows of
     the families (``None``/empty when not trained), ``original`` LoRA without preservation or
     early stopping (``None`` without regularity runs)."""
-    out: list[Comparison] = []
-    main = [t for t in training if t["role"] == "adapter"]
-    all_seeds = sorted({t["seed"] for t in main})
-
-    def add(claim: str, measure: str, a: str, b: str, av: Any, bv: Any, lower: bool) -> None:
-        out.append(
-            Comparison(
-                claim, measure, a, b, av[0], av[1], bv[0], bv[1], compare(av, bv, lower=lower)
-            )
-        )
-
-    if lora is not None:
-        lora_units = _units(evaluations, lora, all_seeds)
-        for f in factorised:
-            claim = "the factorised family is faster and more accurate"
-            f_units = _units(evaluations, f, all_seeds)
-            times = {m: [t["seconds_to_bar"] for t in main if t["method"] == m] for m in (f, lora)}
-            if all(v is not None for m in (f, lora) for v in times[m]):
-                add(
-                    claim,
-                    "training seconds to the bar",
-                    f,
-                    lora,
-                    _share(times[f]),
-                    _share(times[lora]),
-                    lower=True,
-                )
-            add(
-                claim,
-                "concept shown at strength 1.0",
-                f,
-                lora,
-                _scored(f_units, "concept_rate"),
-                _scored(lora_units, "concept_rate"),
-                True,
-            )
-            add(
-                claim,
-                "preservation at strength 1.0",
-                f,
-                lora,
-                _scored(f_units, "preservation"),
-                _scored(lora_units, "preservation"),
-                False,
-            )
-            for measure, label, lower in _PROBES:
-                if _measured([*f_units, *lora_units], measure):
-                    args = (_scored(f_units, measure), _scored(lora_units, measure))
-                    add(claim, f"{label} at strength 1.0", f, lora, *args, lower)
-    if lora is not None and original is not None:
-        seeds = list(range(stability_seeds))
-        reg, none = _units(evaluations, lora, seeds), _units(evaluations, original, seeds)
-        if len(reg) == len(none) == len(seeds):
-            on = f"({len(seeds)} seeds, the runs without regularisation have)"
-            claim = "PEFT LoRA with regularisation and early stopping is more stable"
-            for measure, label in (
-                ("preservation", "preservation"),
-                ("concept_rate", "concept shown"),
-            ):
-                add(
-                    claim,
-                    f"spread over seeds of {label} at 1.0 (std) {on}",
-                    lora,
-                    original,
-                    _spread(reg, measure),
-                    _spread(none, measure),
-                    lower=True,
-                )
-            passed = {
-                m: [float(u["concept_rate"] <= BAR) for u in us]
-                for m, us in ((lora, reg), (original, none))
-            }
-            add(
-                claim,
-                f"share of seeds at or under the bar at 1.0 {on}",
-                lora,
-                original,
-                _share(passed[lora]),
-                _share(passed[original]),
-                lower=False,
-            )
-            # effective = erasing: the concept shown at the bar's strength
-            claim = "the original LoRA without regularisation is less effective"
-            add(
-                claim,
-                f"concept shown at strength 1.0 {on}",
-                lora,
-                original,
-                _scored(reg, "concept_rate"),
-                _scored(none, "concept_rate"),
-                lower=True,
-            )
-            if _measured([*reg, *none], "paraphrase_rate"):
-                args = (_scored(reg, "paraphrase_rate"), _scored(none, "paraphrase_rate"))
-                add(claim, f"paraphrases shown at strength 1.0 {on}", lora, original, *args, True)
+    if lora is None:
+        return []
+    main = [t for t in training if t.role == "adapter"]
+    out = [c for f in factorised for c in _factorised(evaluations, main, lora, f)]
+    if original is not None:
+        out += _regularity(evaluations, lora, original, stability_seeds)
     return out
 
 
-def summary(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+def summary(comparisons: Sequence[Comparison]) -> list[Verdict]:
     """One verdict per claim (rule in the module docstring), with the parts that decided it."""
     out = []
     for claim in dict.fromkeys(c.claim for c in comparisons):
@@ -209,5 +191,5 @@ def summary(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
         verdicts = {c.verdict for c in mine}
         verdict = SUPPORTED if verdicts == {SUPPORTED} else REFUTED if REFUTED in verdicts else SAME
         parts = [f"{c.a} vs {c.b}, {c.measure}: {c.verdict}" for c in mine if c.verdict != SAME]
-        out.append({"claim": claim, "verdict": verdict, "decided_by": parts})
+        out.append(Verdict(claim, verdict, parts))
     return out

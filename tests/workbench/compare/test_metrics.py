@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from PIL import Image
 
@@ -96,10 +94,10 @@ def test_score_reads_the_probes_at_one_strength() -> None:
     assert score(judge, prompts, target, other, neighbour=damaged).neighbour_kept == 0.0
     plain = score(judge, prompts, target, other)  # not sampled: not measured
     assert plain.paraphrase_rate is None and plain.each["neighbour"] is None
-    units = [scores.to_json(), scores.to_json()]
+    units = [scores.each, scores.each]
     assert bootstrap(units, "paraphrase_rate")[0] < 0.5 < bootstrap(units, "paraphrase_rate")[1]
     with pytest.raises(ValueError, match="'neighbour_kept' was not measured"):
-        bootstrap([plain.to_json()], "neighbour_kept")
+        bootstrap([plain.each], "neighbour_kept")
 
 
 def test_score_counts_withheld_images_as_nothing() -> None:
@@ -123,8 +121,9 @@ def test_pareto_front_and_mean_std() -> None:
 
 def _unit(
     shown: list[float], other: list[float], kept: list[float] | None = None
-) -> dict[str, Any]:
-    return {"each": {"shown": shown, "other": other, "kept": kept}}
+) -> dict[str, list[float] | None]:
+    """A unit's per-image values (``Scores.each``)."""
+    return {"shown": shown, "other": other, "kept": kept}
 
 
 def test_bootstrap_interval_over_seeds_and_prompts() -> None:

@@ -1,5 +1,6 @@
-"""``safety-lora compare --quick`` on the bundled model, end to end with its worker process,
-and its report.html opened in a real headless Chromium (Debian's, driven by Selenium)."""
+"""``safety-lora compare`` on the bundled model with a smoke config, end to end with its pool
+of two worker processes, and its report.html opened in a real headless Chromium (Debian's,
+driven by Selenium)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,26 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+#: The smallest run that still answers every claim: every family (their regularity variants
+#: give the two claims about the original recipe) on one seed, at strength 1.0, with the step
+#: budget LoRA needs to erase some red; no SLD, attack or closed form.
+SMOKE: dict[str, Any] = {
+    "erase": "red", "seeds": 1, "stability_seeds": 1, "prompts_per_concept": 4, "steps": 25,
+    "strengths": [1.0], "lr_scales": [], "sld_presets": [], "closed_form": False,
+    "attack_budget": 0, "cost_pairs": 1, "grid_images": 2, "workers": 2,
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("quick") / "cmp"
-    command = [str(Path(sys.executable).with_name("safety-lora")), "compare", "--erase", "red"]
-    command += ["--quick", "--workers", "2", "--out", str(out)]
+    folder = tmp_path_factory.mktemp("quick")
+    settings, out = folder / "smoke.json", folder / "cmp"
+    settings.write_text(json.dumps(SMOKE))
+    command = [str(Path(sys.executable).with_name("safety-lora")), "compare"]
+    command += ["--config", str(settings), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (out / "logs" / "worker-2.log").is_file()  # the second worker ran
@@ -39,7 +52,7 @@ def test_quick_run_answers_every_claim(quick: tuple[Path, dict[str, Any]]) -> No
     base = next(r for r in data["rows"] if r["kind"] == "base")
     assert base["concept_rate"] >= 0.9  # the bundled model draws red when asked
     lora = next(r for r in data["rows"] if r["method"] == "lora r4" and r["strength"] == 1.0)
-    assert lora["concept_rate"] < base["concept_rate"]  # 50 steps already erase some red
+    assert lora["concept_rate"] < base["concept_rate"]  # 25 steps already erase some red
     assert data["kohya"]["identical"] is True
 
 

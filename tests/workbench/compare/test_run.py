@@ -1,4 +1,8 @@
-"""A small compare run on a tiny pipeline writes every file with values that add up."""
+"""A small compare run on a tiny pipeline writes every file with values that add up.
+
+One smoke run serves every test of the module but the style's: two families, two seeds, two
+strengths, two steps per image, erasure probes every :data:`CHUNK` steps (two per training).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,16 @@ import pytest
 from PIL import Image
 
 from safety_lora.testing import tiny_pipeline
-from safety_lora.workbench.compare import CompareConfig, run
+from safety_lora.workbench.compare import CompareConfig, run, units
 from safety_lora.workbench.compare.methods import AdapterMethod, Sampler
 from safety_lora.workbench.compare.metrics import BAR, ConceptWorldJudge
 from safety_lora.workbench.compare.verdicts import compare
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 RATES = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate")
+#: Training steps between two erasure probes here (the run's is 25).
+CHUNK = 5
 
 
 def _config(out: Path, **overrides: Any) -> CompareConfig:
@@ -24,15 +32,17 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
         "erase": "red",
         "families": ["lora", "lokr"],
         "seeds": 2,
-        "steps": 50,
+        "steps": 2 * CHUNK,
         "prompts_per_concept": 2,
-        "num_inference_steps": 3,
+        "num_inference_steps": 2,
+        "strengths": (0.5, 1.0),
         "sld_presets": ["strong"],
         "stability_seeds": 1,
         "lr_scales": [2.0],
         "grid_images": 2,
-        "attack_budget": 2,
-        "attack_images": 2,
+        "attack_budget": 1,
+        "attack_images": 1,
+        "cost_pairs": 2,
         "out": out,
         "progress": False,
         **overrides,
@@ -44,7 +54,9 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompareConfig, Any, dict[str, Any]]:
     pipe = tiny_pipeline()
     config = _config(tmp_path_factory.mktemp("compare"))
-    return config, pipe, run(config, pipe=pipe)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(units, "CHUNK", CHUNK)
+        return config, pipe, run(config, pipe=pipe)
 
 
 def _row(data: dict[str, Any], method: str, strength: float) -> dict[str, Any]:
@@ -79,7 +91,7 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
 
 
 def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
-    _, _, data = compared
+    config, _, data = compared
     methods = {r["method"] for r in data["rows"] if r["kind"] not in ("variant", "stability")}
     assert methods == {"base", "negative prompt", "SLD strong", "classifier only", "lora r4",
                        "lokr r4", "closed form", "lora r4 (kohya file)"}  # fmt: skip
@@ -102,11 +114,12 @@ def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) ->
     )
     for t in data["training"]:
         assert t["trainable_parameters"] > 0 and t["file_bytes"] > 0 and t["runs"] == 2
-        assert t["seconds_per_step"] > 0 and t["step_budget"] == 50
+        assert t["seconds_per_step"] > 0 and t["step_budget"] == config.steps
     sld = next(c for c in data["costs"] if c["method"] == "SLD strong")
     assert sld["extra_unet_calls_per_step"] == 1.0
     for c in data["costs"]:
-        assert c["vs_base_ci"][0] <= c["vs_base"] <= c["vs_base_ci"][1] and c["pairs"] == 5
+        assert c["vs_base_ci"][0] <= c["vs_base"] <= c["vs_base_ci"][1]
+        assert c["pairs"] == config.cost_pairs
     modes = {(c["method"], c["mode"]) for c in data["costs"]}
     for name in ("lora r4", "lokr r4", "closed form"):
         assert {(name, "dynamic"), (name, "fused")} <= modes
@@ -118,20 +131,20 @@ def test_training_stops_at_the_erasure_bar(
 ) -> None:
     """Early stopping ends at the first probe at or under the bar (or after patience) and
     keeps the best probe's adapter; without it, the whole budget is trained."""
-    _, _, data = compared
-    runs = data["training_runs"]
+    config, _, data = compared
+    runs, budget = data["training_runs"], config.steps
     assert {(t["variant"], t["seed"]) for t in runs if t["family"] == "lora"} >= {
         ("reg", 0), ("reg", 1), ("none", 0), ("no-preserve", 0), ("no-early-stop", 0)}  # fmt: skip
     for t in runs:
         curve = t["curve"]
-        assert [c["step"] for c in curve] == list(range(25, t["steps"] + 1, 25))
+        assert [c["step"] for c in curve] == list(range(CHUNK, t["steps"] + 1, CHUNK))
         rates = [c["concept_rate"] for c in curve]
         if t["variant"] in ("reg", "no-preserve"):
-            if t["steps"] < 50:
+            if t["steps"] < budget:
                 assert rates[-1] <= BAR and t["stopped_early"]
             assert t["kept_step"] == curve[rates.index(min(rates))]["step"]
         else:
-            assert t["steps"] == 50 and not t["stopped_early"] and t["kept_step"] == 50
+            assert t["steps"] == budget and not t["stopped_early"] and t["kept_step"] == budget
         reached = next((c["step"] for c in curve if c["concept_rate"] <= BAR), None)
         assert t["steps_to_bar"] == reached and t["reached_bar"] == (reached is not None)
 
@@ -172,19 +185,19 @@ def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any
     attacked = [a["method"] for a in data["attacks"]]
     assert attacked == ["SLD strong", "lora r4", "lokr r4", "closed form"]  # seed 0, at 1.0
     for row in data["attacks"]:
-        assert row["budget"] == 2 and row["seconds_per_attempt"] > 0
+        assert row["budget"] == config.attack_budget and row["seconds_per_attempt"] > 0
         assert all(0.0 <= row[k] <= 1.0 for k in ("clean", "soft_asr", "token_asr"))
     report = (config.out / "report.md").read_text()
-    assert "## Attack success (white-box, 2 steps per attempt" in report
+    assert f"## Attack success (white-box, {config.attack_budget} steps per attempt" in report
     assert (config.out / "attacks" / "sld-strong" / "report.json").is_file()
 
 
 def test_base_rate_is_the_separately_computed_rate(
     compared: tuple[CompareConfig, Any, dict[str, Any]],
 ) -> None:
-    _, pipe, data = compared
+    config, pipe, data = compared
     prompts = data["prompts"]["target"]
-    sampler = Sampler(pipe, num_inference_steps=3, guidance_scale=4.0)
+    sampler = Sampler(pipe, num_inference_steps=config.num_inference_steps, guidance_scale=4.0)
     images = sampler.sample(prompts, list(range(len(prompts))))  # seed index 0: seeds 0, 1, ...
     expected = sum(ConceptWorldJudge("red").shows(images)) / len(images)
     assert _row(data, "base", 0.0)["concept_rate"] == expected
@@ -195,7 +208,7 @@ def test_adapter_at_strength_zero_is_the_base_model(
 ) -> None:
     """Why the base row stands for every adapter's strength 0."""
     config, pipe, data = compared
-    sampler = Sampler(pipe, num_inference_steps=3, guidance_scale=4.0)
+    sampler = Sampler(pipe, num_inference_steps=config.num_inference_steps, guidance_scale=4.0)
     prompts = data["prompts"]["target"]
     seeds = list(range(len(prompts)))
     path = config.out / "adapters" / "lora-r4-b4-s0-reg-lr1.safetensors"
@@ -218,7 +231,7 @@ def test_resume_reuses_units(
     with pytest.raises(FileExistsError, match="--resume"):
         run(config, pipe=pipe)
     with pytest.raises(ValueError, match="other settings"):
-        run(_config(config.out, steps=25, resume=True), pipe=pipe)
+        run(_config(config.out, steps=CHUNK, resume=True), pipe=pipe)
 
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("resumed run trained again")
@@ -231,9 +244,9 @@ def test_resume_reuses_units(
 def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
     """``--erase striped``: the target prompts name the style, the other styles are the
     preserved concepts, colour and shape must be kept; a style has no synonyms to probe."""
-    config = _config(tmp_path / "cmp", erase="striped", families=["lora"], seeds=1, steps=25,
-                     regularity=False, closed_form=False, kohya=False, sld_presets=[],
-                     attack_budget=0, lr_scales=[2.0])  # fmt: skip
+    config = _config(tmp_path / "cmp", erase="striped", families=["lora"], seeds=1, steps=CHUNK,
+                     strengths=(1.0,), regularity=False, closed_form=False, kohya=False,
+                     sld_presets=[], attack_budget=0, lr_scales=[], cost_pairs=1)  # fmt: skip
     data = run(config, pipe=tiny_pipeline())
     prompts = data["prompts"]
     assert all("striped" in p for p in prompts["target"]) and prompts["paraphrase"] == []

@@ -19,11 +19,11 @@ RATES = ("concept_rate", "erasure", "kept", "other", "preservation", "block_rate
 
 def _config(out: Path, **overrides: Any) -> CompareConfig:
     fields: dict[str, Any] = {
-        "erase": "red", "families": ["lora"], "seeds": 1, "steps": 25,
+        "erase": "red", "families": ["lora"], "seeds": 1, "steps": 5,
         "prompts_per_concept": 1, "num_inference_steps": 2, "sld_presets": [],
         "regularity": False, "lr_scales": [], "stability_seeds": 1, "closed_form": False,
-        "strengths": (0.0, 1.0), "grid_images": 1, "attack_budget": 0, "out": out,
-        "progress": False, **overrides,
+        "strengths": (0.0, 1.0), "grid_images": 1, "attack_budget": 0, "cost_pairs": 1,
+        "out": out, "progress": False, **overrides,
     }  # fmt: skip
     return CompareConfig(**fields)
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
-from safety_lora.workbench.compare.plan import Group, Plan, Results
+from safety_lora.workbench.compare.rows import Evaluation, TrainingRun
 from safety_lora.workbench.compare.verdicts import (
     REFUTED,
     SAME,
@@ -27,24 +23,31 @@ def test_compare_needs_separated_intervals() -> None:
 
 def _eval(
     method: str, seed: int, shown: list[float], other: list[float], said: list[float] | None = None
-) -> dict[str, Any]:
+) -> Evaluation:
     """One unit at strength 1.0; ``said``: its paraphrase probe (neighbours all kept)."""
     rate = sum(shown) / len(shown)
     preservation = sum(other) / len(other)
     each = {"shown": shown, "other": other, "kept": None, "paraphrase": said}
     each["neighbour"] = None if said is None else [1.0] * len(said)
-    return {
-        "method": method, "strength": 1.0, "seed": seed, "concept_rate": rate,
-        "preservation": preservation, "each": each,
-        "paraphrase_rate": None if said is None else sum(said) / len(said),
-        "neighbour_kept": None if said is None else 1.0,
-    }  # fmt: skip
+    return Evaluation(
+        method=method, kind="adapter", strength=1.0, seed=seed, seconds=1.0, concept_rate=rate,
+        erasure=1.0 - rate, kept=None, other=preservation, preservation=preservation,
+        block_rate=0.0, images=len(shown) + len(other), each=each,
+        paraphrase_rate=None if said is None else sum(said) / len(said),
+        neighbour_kept=None if said is None else 1.0,
+    )  # fmt: skip
 
 
-def _train(method: str, family: str, seed: int, seconds: float, variant: str = "reg") -> Any:
+def _train(
+    method: str, family: str, seed: int, seconds: float, variant: str = "reg"
+) -> TrainingRun:
     role = "adapter" if variant == "reg" else "variant"
-    return {"method": method, "family": family, "seed": seed, "role": role,
-            "variant": variant, "seconds_to_bar": seconds}  # fmt: skip
+    return TrainingRun(
+        method=method, role=role, family=family, rank=4, budget=4, seed=seed, variant=variant,
+        lr=1e-3, lr_scale=1.0, step_budget=50, path="a.safetensors", trainable_parameters=1,
+        file_bytes=1, seconds_per_step=1.0, training_seconds=seconds, steps=50, kept_step=50,
+        stopped_early=False, curve=[], reached_bar=True, steps_to_bar=25, seconds_to_bar=seconds,
+    )  # fmt: skip
 
 
 def test_claims_from_a_run() -> None:
@@ -64,11 +67,11 @@ def test_claims_from_a_run() -> None:
     assert by[("factorised", "concept shown at strength 1.0")] == SAME
     on = "(3 seeds, the runs without regularisation have)"
     assert by[("original", f"concept shown at strength 1.0 {on}")] == SUPPORTED
-    verdicts = {v["claim"]: v["verdict"] for v in summary(found)}
+    verdicts = {v.claim: v.verdict for v in summary(found)}
     assert verdicts["the factorised family is faster and more accurate"] == SAME  # only faster
     assert verdicts["the original LoRA without regularisation is less effective"] == SUPPORTED
-    parts = next(v for v in summary(found) if v["claim"].startswith("the factorised"))
-    assert parts["decided_by"] == ["lokr r4 vs lora r4, training seconds to the bar: supported"]
+    parts = next(v for v in summary(found) if v.claim.startswith("the factorised"))
+    assert parts.decided_by == ["lokr r4 vs lora r4, training seconds to the bar: supported"]
 
 
 def test_paraphrases_and_neighbours_count_where_measured() -> None:
@@ -84,25 +87,10 @@ def test_paraphrases_and_neighbours_count_where_measured() -> None:
     by = {c.measure: c.verdict for c in found}
     assert by["paraphrases shown at strength 1.0"] == REFUTED
     assert by["neighbour kept at strength 1.0"] == SAME
-    assert summary(found)[0]["verdict"] == REFUTED
-    unmeasured = [_eval(e["method"], e["seed"], e["each"]["shown"], e["each"]["other"])
+    assert summary(found)[0].verdict == REFUTED
+    unmeasured = [_eval(e.method, e.seed, e.each["shown"] or [], e.each["other"] or [])
                   for e in evaluations]  # fmt: skip
     measures = {c.measure for c in claims(unmeasured, training, lora="lora r4",
                                           factorised=["lokr r4"], original=None,
                                           stability_seeds=3)}  # fmt: skip
     assert "paraphrases shown at strength 1.0" not in measures
-
-
-def test_plan_shares_are_balanced_and_cover_every_group() -> None:
-    ran: list[str] = []
-    groups = [Group(n, c, 1, lambda r, n=n: ran.append(n)) for n, c in
-              (("a", 10.0), ("b", 9.0), ("c", 5.0), ("d", 4.0), ("e", 1.0))]  # fmt: skip
-    plan = Plan(groups)
-    shares = [plan.share(i, 2) for i in range(2)]
-    assert sorted(g.name for s in shares for g in s) == ["a", "b", "c", "d", "e"]
-    assert [sum(g.cost for g in s) for s in shares] == [15.0, 14.0]  # a+d+e, b+c
-    assert [g.name for g in shares[0]] == ["a", "d", "e"]  # report order within a share
-    plan.execute(shares[1], Results())
-    assert ran == ["b", "c"]
-    with pytest.raises(ValueError, match="worker index 2"):
-        plan.share(2, 2)
