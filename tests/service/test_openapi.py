@@ -44,9 +44,7 @@ def test_every_reference_resolves(document: dict[str, Any]) -> None:
     "model",
     [GenerationRequest, ImageModerationRequest, PromptModerationRequest, ModerationsRequest],
 )
-def test_every_example_is_a_valid_request(
-    model: type[BaseModel], document: dict[str, Any]
-) -> None:
+def test_every_example_is_a_valid_request(model: type[BaseModel], document: dict[str, Any]) -> None:
     examples = document["components"]["schemas"][model.__name__]["examples"]
     assert examples
     for example in examples:
