@@ -16,6 +16,10 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 PIP = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
 
@@ -26,8 +30,6 @@ from typer.main import get_command
 from typer.testing import CliRunner
 import safety_lora
 from safety_lora.cli import app
-
-pytestmark = pytest.mark.slow  # make test-fast leaves it out
 runner = CliRunner()
 codes = {}
 for name in sorted(get_command(app).commands):
