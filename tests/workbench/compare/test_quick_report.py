@@ -5,8 +5,6 @@ driven by Selenium)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,6 @@ import pytest
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 #: The smallest run that still answers every claim: every family (their regularity variants
 #: give the two claims about the original recipe) on one seed, at strength 1.0, with the step
 #: budget LoRA needs to erase some red; no SLD, attack or closed form.
@@ -56,38 +53,23 @@ def test_quick_run_answers_every_claim(quick: tuple[Path, dict[str, Any]]) -> No
     assert data["kohya"]["identical"] is True
 
 
-def test_report_html_renders_in_a_browser(quick: tuple[Path, dict[str, Any]]) -> None:
-    if CHROMIUM is None or DRIVER is None:
-        missing = "needs Debian's chromium and chromium-driver (.ci/run installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must run this test, not skip it")
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_report_html_renders_in_a_browser(
+    quick: tuple[Path, dict[str, Any]], chromium: Any
+) -> None:
     from selenium.webdriver.common.by import By
 
     out, data = quick
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"):  # fmt: skip
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={out.parent / 'chromium'}")
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
-    try:
-        driver.get((out / "report.html").as_uri())
-        first = driver.find_element(By.TAG_NAME, "table")
-        assert first.get_attribute("id") == "verdict"
-        rows = first.find_elements(By.CSS_SELECTOR, "tbody tr")
-        shown = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
-        assert shown == [v["verdict"] for v in data["verdicts"]]
-        images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) == 4 + len(data["files"]["grids"])
-        for image in images:  # decoded and laid out: a broken data URI has no natural width
-            width = driver.execute_script(
-                "return arguments[0].complete && arguments[0].naturalWidth", image
-            )
-            assert width and width > 0, image.get_attribute("alt")
-    finally:
-        driver.quit()
+    driver = chromium
+    driver.get((out / "report.html").as_uri())
+    first = driver.find_element(By.TAG_NAME, "table")
+    assert first.get_attribute("id") == "verdict"
+    rows = first.find_elements(By.CSS_SELECTOR, "tbody tr")
+    shown = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+    assert shown == [v["verdict"] for v in data["verdicts"]]
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 4 + len(data["files"]["grids"])
+    for image in images:  # decoded and laid out: a broken data URI has no natural width
+        width = driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", image
+        )
+        assert width and width > 0, image.get_attribute("alt")
