@@ -39,6 +39,9 @@ def test_schema_is_json(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
     assert runner.invoke(app, ["policy", "schema", "-o", str(out)]).exit_code == 0
     assert json.loads(out.read_text())["title"] == "Policy"
+    missing = runner.invoke(app, ["policy", "schema", "-o", str(tmp_path / "no" / "x.json")])
+    assert missing.exit_code == 2
+    assert "cannot write (No such file or directory)" in missing.output
 
 
 def policy_file(tmp_path: Path, sequence: list[dict[str, float]]) -> Path:

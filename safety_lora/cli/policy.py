@@ -88,8 +88,12 @@ def schema(
     text = json.dumps(Policy.model_json_schema(), indent=2) + "\n"
     if output is None:
         typer.echo(text, nl=False)
-    else:
+        return
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print_error(f"--output {output}: cannot write ({e.strerror or e})")
+        raise typer.Exit(code=2) from e
 
 
 def register(app: typer.Typer) -> None:
