@@ -22,7 +22,7 @@ import safety_lora.policies
 #: Bottom to top; a module belongs to the first layer one of whose prefixes it starts with.
 #: The package root (the public surface) and the workbench are outside the ladder.
 LAYERS: list[tuple[str, ...]] = [
-    ("taxonomy", "textfiles", "templates", "seeds", "internals", "progress"),
+    ("taxonomy", "textfiles", "templates", "seeds", "internals", "progress", "console"),
     (
         "classifiers.base",
         "decisions",

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 
 if TYPE_CHECKING:  # the adapters package imports torch: only on use, keeping --help fast
     from safety_lora.adapters.names import ModuleIndex

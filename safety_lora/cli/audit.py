@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from safety_lora.audit import merge_audit_logs
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 
 audit_app = typer.Typer(help="Work with audit logs (JSONL).", no_args_is_help=True)
 

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from safety_lora.cli.errors import print_error
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.config_cli import CliField, ConfigArgs, add_config_command
+from safety_lora.console import print_error
 
 if TYPE_CHECKING:  # the solver imports torch: only on use, keeping --help fast
     from safety_lora.adapters import FormatName

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
 from safety_lora.taxonomy import Category
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 from safety_lora.guard import SafetyGuard
 from safety_lora.image_codec import open_image_file
 from safety_lora.policies.schema import Policy, PolicyError

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 from safety_lora.policies.schema import AdapterSpec, Policy, PolicyError
 
 policy_app = typer.Typer(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from safety_lora.cli.errors import print_error
+from safety_lora.console import print_error
 from safety_lora.policies.schema import PolicyError
 from safety_lora.service.settings import ServiceSettings, hash_api_key
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from safety_lora.adapters import AdapterIntegrityError
 from safety_lora.policies.schema import AdapterSpec, ClosedFormSpec, SLDGuidance, SteeringPolicy
@@ -99,11 +99,11 @@ def adapter_file(pipe: Any, spec: AdapterSpec | ClosedFormSpec) -> AdapterFile:
     return ADAPTER_SOURCES[type(spec)](pipe, spec)
 
 
-def single(method: Method, *, mode: str = "dynamic") -> SteeringPolicy:
+def single(method: Method, *, mode: Literal["dynamic", "fused"] = "dynamic") -> SteeringPolicy:
     """A steering section holding ``method`` alone: how the workbench steers with one method."""
     if isinstance(method, SLDGuidance):
-        return SteeringPolicy(guidance=method, mode=mode)  # type: ignore[arg-type]
-    return SteeringPolicy(adapters=[method], mode=mode)  # type: ignore[arg-type]
+        return SteeringPolicy(guidance=method, mode=mode)
+    return SteeringPolicy(adapters=[method], mode=mode)
 
 
 def file_method(path: Path, *, name: str, strength: float = 1.0) -> AdapterSpec:

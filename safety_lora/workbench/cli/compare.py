@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from safety_lora.config_cli import CliField, ConfigArgs, add_config_command
+from safety_lora.console import print_error
 from safety_lora.workbench.cli.extra import require_workbench
 
 if TYPE_CHECKING:  # the compare package imports torch: only on use, keeping --help fast
@@ -65,8 +66,6 @@ def compare(
     try:
         data = run(settings)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        from safety_lora.cli.errors import print_error  # safety_lora.cli imports this module
-
         print_error(f"{e}", mark="compare:")
         raise typer.Exit(1) from e
     console.print(data["reading"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+
+from safety_lora.console import print_error
 
 __all__ = ["require_workbench"]
 
@@ -18,13 +18,8 @@ def require_workbench(command: str) -> None:
     """Exit with the exact install hint when the ``workbench`` extra is missing."""
     missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        Console(stderr=True).print(
-            "[red]✗[/red] "
-            + escape(
-                f"`safety-lora {command}` needs the workbench extra ({', '.join(missing)} is "
-                f"not installed): pip install 'safety-lora[workbench]'"
-            ),
-            highlight=False,
-            soft_wrap=True,
+        print_error(
+            f"`safety-lora {command}` needs the workbench extra ({', '.join(missing)} is not "
+            f"installed): pip install 'safety-lora[workbench]'"
         )
         raise typer.Exit(code=2)

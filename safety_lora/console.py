@@ -1,4 +1,8 @@
-"""One way the CLI prints an error: red mark, then the message as plain text."""
+"""One way the command line prints an error: a red mark, then the message as plain text.
+
+Outside the `cli` package so the workbench's commands (which `safety_lora.cli` registers) can
+import it at load without importing the CLI back.
+"""
 
 from __future__ import annotations
 
