@@ -60,18 +60,15 @@ def check_source(base: str | Path) -> None:
 
 
 def _from_pretrained(name: str) -> Any:
-    """diffusers' loader, its errors as one that names the model and what to check."""
-    import os
-
+    """diffusers' loader (after :func:`check_source`), its error naming the model."""
     from diffusers import DiffusionPipeline
 
     try:
         return DiffusionPipeline.from_pretrained(name)  # type: ignore[no-untyped-call]
     except (OSError, ValueError) as e:
-        if Path(name).is_dir():
-            hint = "the folder is not a diffusers pipeline (it needs a model_index.json)"
-        elif os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(e).lower():
-            hint = "hub downloads are off here (HF_HUB_OFFLINE): pass a local pipeline folder"
-        else:
-            hint = "neither a local folder nor a hub id that could be fetched"
-        raise PipelineLoadError(f"cannot load the model {name!r}: {hint} ({e})") from e
+        what = (
+            "a pipeline folder that could not be read"
+            if Path(name).is_dir()
+            else ("a hub id that could not be fetched")
+        )
+        raise PipelineLoadError(f"cannot load the model {name!r}: {what} ({e})") from e
