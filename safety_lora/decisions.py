@@ -67,6 +67,8 @@ class Decision:
     for the generation, ``closed_form`` the cache key of each adapter solved at start-up.
     ``frame`` is the frame whose verdict is the image's (the worst; 0 for a still), and
     ``policy_sha256`` identifies the policy that decided (:meth:`Policy.sha256`).
+    ``input_name`` names the request's input image a decision is about (``image[0]``,
+    ``mask_image``...): set on the verdicts of input images and on images refused for one.
     """
 
     action: Action
@@ -86,6 +88,7 @@ class Decision:
     closed_form: dict[str, str] = field(default_factory=dict)
     frame: int = 0
     policy_sha256: str = ""
+    input_name: str = ""
 
     @property
     def flagged(self) -> bool:
@@ -94,7 +97,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (used by the CLI, the service and the audit log)."""
-        return {
+        out: dict[str, Any] = {
             "action": self.action.value,
             "rule": self.rule,
             "scores": {c.value: round(s, 6) for c, s in self.scores.items()},
@@ -116,3 +119,6 @@ class Decision:
             "policy_sha256": self.policy_sha256,
             "prompt": None if self.prompt_decision is None else self.prompt_decision.to_dict(),
         }
+        if self.input_name:
+            out["input"] = self.input_name
+        return out

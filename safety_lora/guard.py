@@ -121,6 +121,34 @@ class SafetyGuard:
                 raise ValueError(f"prompt decision {i} was made for another prompt")
         return list(checked)
 
+    def check_inputs(
+        self,
+        inputs: Sequence[tuple[str, Image.Image]],
+        *,
+        prompt: str | None = None,
+        prompt_decision: PromptDecision | None = None,
+        request_id: str | None = None,
+    ) -> list[Decision]:
+        """The verdict on each image a request brings, ``(name, image)`` pairs, audited (kind
+        ``input``): ``block`` refuses the request (:meth:`input_refusals`), ``blur``/``replace``
+        mean generating from the input as :meth:`render` shows it, ``allow`` from it as is."""
+        if not inputs:
+            return []
+        names = [name for name, _ in inputs]
+        images = _checked_images([image for _, image in inputs])
+        verdicts = self.engine.judge_inputs(
+            images,
+            names,
+            prompt_decision=prompt_decision,
+            request_id=request_id or new_request_id(),
+        )
+        self.engine.record(verdicts, prompt=prompt, kind="input")
+        return verdicts
+
+    def input_refusals(self, verdict: Decision, n: int) -> list[Decision]:
+        """Decisions for ``n`` images not generated because input ``verdict`` refused them."""
+        return self.engine.refused_for_input(verdict, n)
+
     def refusals(self, prompt_decision: PromptDecision, n: int) -> list[Decision]:
         """Decisions for ``n`` images not generated because ``prompt_decision`` refused them."""
         return self.engine.refused(prompt_decision, n, **self.provenance)

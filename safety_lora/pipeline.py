@@ -32,6 +32,7 @@ from PIL import Image
 
 from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.guard import SafetyGuard
+from safety_lora.inputs import InputImage, find_inputs, owners, substitute
 from safety_lora.internals import without_safety_checker
 from safety_lora.policies.engine import PolicyEngine
 from safety_lora.policies.schema import Policy
@@ -56,6 +57,7 @@ _PER_PROMPT = (
     "negative_pooled_prompt_embeds",
     "image",
     "mask_image",
+    "control_image",
 )
 #: Arguments holding one entry per image.
 _PER_IMAGE = ("generator", "latents")
@@ -141,10 +143,7 @@ class SafePipeline:
             adapters=self.steering.sha256,
             closed_form=self.steering.closed_form,
         )
-        self._signature = inspect.signature(pipe.__call__)
-        self._var_keyword = next(
-            (p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD), ""
-        )
+        self._signature, self._var_keyword = _call_signature(pipe)
 
     @classmethod
     def from_pretrained(
@@ -155,6 +154,28 @@ class SafePipeline:
 
         pipe = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)  # type: ignore[no-untyped-call]
         return cls(pipe, policy)
+
+    def derive(self, pipe: DiffusionPipeline) -> SafePipeline:
+        """This wrapper around ``pipe``, another pipeline of the same components (diffusers'
+        ``from_pipe``: image-to-image, inpainting, ControlNet), sharing this one's steering
+        (adapters loaded once, one lock) and guard. :meth:`close` on either closes both."""
+        part = self.steering.part
+        if getattr(pipe, part, None) is not self.steering.denoiser:
+            raise ValueError(
+                f"`pipe` must share this pipeline's `{part}` (make it with "
+                f"`{type(pipe).__name__}.from_pipe(safe.pipe)`), got another one"
+            )
+        if self.steering.guidance is not None:
+            from safety_lora.steering.sld import check_pipeline
+
+            check_pipeline(pipe)
+        derived = object.__new__(SafePipeline)
+        derived.__dict__.update(self.__dict__)
+        derived.pipe = pipe
+        derived._signature, derived._var_keyword = _call_signature(pipe)
+        checker = getattr(pipe, "safety_checker", None)
+        derived.disabled_safety_checker = type(checker).__name__ if checker is not None else None
+        return derived
 
     def close(self) -> None:
         """Remove the safety adapters from the denoiser and text encoders (unfusing first)."""
@@ -206,6 +227,7 @@ class SafePipeline:
         call.update(call.pop(self._var_keyword, None) or {})
         output_type = call.get("output_type", "pil") or "pil"
         prompts = self._prompts(call)
+        inputs = find_inputs(call)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}")
         per = int(call.get("num_images_per_prompt") or 1)
@@ -218,6 +240,8 @@ class SafePipeline:
             refusals = self.guard.refusals(checks[p], per)
             for slot, decision in zip(slots[p * per : (p + 1) * per], refusals, strict=True):
                 slot.decision = decision
+        if inputs and len(refused) < len(prompts):
+            self._check_inputs(call, inputs, slots, refused, prompts, request_id)
         has_nsfw = self._generate_first(call, slots, checks, refused, per, request_id)
         self._escalate(call, slots, checks, request_id)
         images = self._finish(slots, prompts, call, output_type)
@@ -245,6 +269,37 @@ class SafePipeline:
         embeds = call.get("prompt_embeds")
         return [None] * (int(embeds.shape[0]) if isinstance(embeds, torch.Tensor) else 1)
 
+    def _check_inputs(
+        self,
+        call: dict[str, Any],
+        inputs: list[InputImage],
+        slots: list[_Slot],
+        refused: set[int],
+        prompts: list[str | None],
+        request_id: str,
+    ) -> None:
+        """Judge the call's input images: a refused one refuses the prompts it serves (their
+        slots decided, ``refused`` extended); blurred/replaced ones go into ``call``."""
+        verdicts = self.guard.check_inputs(
+            [(item.name, item.image) for item in inputs],
+            prompt=prompts[0] if len(prompts) == 1 else None,
+            request_id=request_id,
+        )
+        per = len(slots) // len(prompts)
+        replacements = {}
+        for item, verdict in zip(inputs, verdicts, strict=True):
+            if verdict.action is Action.BLOCK:
+                for p in owners(item, call, len(prompts)):
+                    if p in refused:
+                        continue
+                    refused.add(p)
+                    mine = slots[p * per : (p + 1) * per]
+                    for slot, decision in zip(mine, self.guard.input_refusals(verdict, per)):
+                        slot.decision = decision
+            elif verdict.action is not Action.ALLOW:
+                replacements[item.argument, item.path] = self.guard.render(item.image, verdict)
+        substitute(call, replacements)
+
     def _seeds(self, call: dict[str, Any], n: int) -> list[int]:
         """Each image's base seed (see the module docstring); installs one when none was given."""
         generator = call.get("generator")
@@ -263,7 +318,8 @@ class SafePipeline:
         """Everything the wrapper changes on the pipeline for one inner call, restored after:
         adapters, strengths and step callbacks (under the steering lock), and the pipeline's
         own safety checker off (the policy judges instead). Yields the call's kwargs."""
-        with self.steering.apply(scales, call) as kwargs, without_safety_checker(self.pipe):
+        steer = self.steering.apply(scales, call, pipe=self.pipe)
+        with steer as kwargs, without_safety_checker(self.pipe):
             yield kwargs
 
     def _run(self, call: dict[str, Any], scales: dict[str, float]) -> tuple[list[Any], bool]:
@@ -394,6 +450,13 @@ class SafePipeline:
         denoiser = getattr(self.pipe, self.steering.part, None)
         side = int(getattr(getattr(denoiser, "config", None), "sample_size", None) or 64) * factor
         return int(call.get("width") or side), int(call.get("height") or side)
+
+
+def _call_signature(pipe: Any) -> tuple[inspect.Signature, str]:
+    """``pipe.__call__``'s signature and the name of its ``**kwargs`` ("" when it has none)."""
+    signature = inspect.signature(pipe.__call__)
+    var = (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
+    return signature, next(var, "")
 
 
 def _subset(call: dict[str, Any], prompts: list[int], per: int, n_prompts: int) -> dict[str, Any]:

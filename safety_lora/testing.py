@@ -40,7 +40,7 @@ from transformers import (
 
 from safety_lora.adapters.names import denoiser_part
 
-__all__ = ["TINY_WORDS", "tiny_lora_file", "tiny_pipeline", "tiny_tokenizer"]
+__all__ = ["TINY_WORDS", "tiny_controlnet", "tiny_lora_file", "tiny_pipeline", "tiny_tokenizer"]
 
 #: Words the tiny tokenizer has BPE merges for; anything else falls back to byte tokens.
 TINY_WORDS: tuple[str, ...] = (
@@ -305,6 +305,19 @@ def tiny_pipeline(
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_controlnet(pipe: Any, *, seed: int = 0) -> Any:
+    """A random ControlNet for ``pipe``'s tiny UNet (diffusers' ``ControlNetModel.from_unet``),
+    ~120k parameters: ``StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=...)``."""
+    from diffusers import ControlNetModel
+
+    blocks = len(pipe.unet.config.block_out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ControlNetModel.from_unet(
+            pipe.unet, conditioning_embedding_out_channels=(4, 8, 8, 8)[:blocks]
+        )
 
 
 def tiny_lora_file(

@@ -93,8 +93,10 @@ class Steering:
         self.pipe: Any = pipe
         self.mode = config.mode
         self.window = (float(config.window[0]), float(config.window[1]))
-        if config.guidance is not None and self.part != "unet":
-            raise ValueError(f"SLD guidance needs a pipeline with a `unet`, got {type(pipe)}")
+        if config.guidance is not None:
+            from safety_lora.steering.sld import check_pipeline
+
+            check_pipeline(pipe)
         self.base_scales = {a.adapter_name: float(a.scale) for a in config.adapters}
         self.guidance = config.guidance
         #: The extra UNet passes SLD guidance has run so far, and their wall time (its cost).
@@ -328,9 +330,16 @@ class Steering:
 
     @contextmanager
     def apply(
-        self, scales: Mapping[str, float], kwargs: dict[str, Any] | None = None
+        self,
+        scales: Mapping[str, float],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        pipe: Any = None,
     ) -> Iterator[dict[str, Any]]:
         """Hold the lock, set ``scales`` for one pipeline call, yield its kwargs, then restore.
+
+        ``pipe`` is the pipeline about to be called, when it is not the one this owner was
+        built on but shares its denoiser (``from_pipe``: image-to-image, inpainting).
 
         The yielded kwargs carry our step callback when a window is set (chained after the
         user's ``callback_on_step_end``, whose returned tensors are still honoured). SLD
@@ -364,7 +373,7 @@ class Steering:
                         kwargs = self._with_window(kwargs, wanted, off, user_scale)
                 if self.guidance is not None:
                     strength = float(scales.get(self.guidance.adapter_name, self.guidance.scale))
-                    hook = stack.enter_context(self._sld(strength))
+                    hook = stack.enter_context(self._sld(strength, pipe or self.pipe))
                     stack.callback(self._count, hook)
                 yield kwargs
             finally:
@@ -375,13 +384,13 @@ class Steering:
         self.guidance_passes += hook.extra_calls
         self.guidance_seconds += hook.extra_seconds
 
-    def _sld(self, strength: float) -> Any:
-        """SLD guidance at ``strength`` for one call (nothing at all at strength 0)."""
+    def _sld(self, strength: float, pipe: Any) -> Any:
+        """SLD guidance at ``strength`` for one call of ``pipe`` (nothing at strength 0)."""
         from safety_lora.steering.sld import SafetyGuidance, sld_preset
 
         assert self.guidance is not None
         return SafetyGuidance(
-            self.pipe,
+            pipe,
             concept=self.guidance.concept,
             config=sld_preset(self.guidance.preset),
             strength=strength,

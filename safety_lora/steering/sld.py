@@ -10,7 +10,10 @@ The update rule and the presets are those of diffusers' ``StableDiffusionPipelin
 ``safety = (concept - uncond) * scale + momentum_scale * momentum``;
 ``momentum = beta * momentum + (1 - beta) * safety``; applied from step ``warmup_steps`` on.
 As in diffusers, guidance is off unless ``guidance_scale > 1`` and the pipeline uses CFG, and
-the step index counts the pipeline's UNet calls (one per step for single-call schedulers).
+the step index counts the pipeline's UNet calls (one per step for single-call schedulers),
+from the first call's place in the scheduler's whole schedule: image-to-image at
+``strength`` 0.5 starts half-way, past a 10-of-20-step warm-up. ControlNet residuals are
+those of the text half; pipelines with three-way guidance (InstructPix2Pix) are refused.
 
 ``strength`` scales the applied term (``text - strength * safety``), as a policy scales an
 adapter: 1 is the preset, 0 leaves the pipeline untouched (no hook, no extra UNet pass), and
@@ -29,7 +32,39 @@ import torch
 
 from safety_lora.internals import execution_device
 
-__all__ = ["SLD_PRESETS", "SLDConfig", "SafetyGuidance", "safety_term", "sld_preset"]
+__all__ = [
+    "SLD_PRESETS",
+    "SLDConfig",
+    "SafetyGuidance",
+    "check_pipeline",
+    "safety_term",
+    "sld_preset",
+]
+
+#: Pipelines whose guidance is not SLD's two-way ``[uncond, text]`` batch.
+THREE_WAY_GUIDANCE = (
+    "StableDiffusionInstructPix2PixPipeline",
+    "StableDiffusionXLInstructPix2PixPipeline",
+)
+#: UNet keyword arguments holding per-sample residuals (ControlNet, T2I-Adapter).
+_RESIDUALS = (
+    "down_block_additional_residuals",
+    "mid_block_additional_residual",
+    "down_intrablock_additional_residuals",
+)
+
+
+def check_pipeline(pipe: Any) -> None:
+    """Raise ``ValueError`` naming ``pipe``'s class when SLD cannot steer it."""
+    name = type(pipe).__name__
+    if name in THREE_WAY_GUIDANCE:
+        raise ValueError(
+            f"SLD guidance cannot steer {name}: its guidance is three-way (text, image, "
+            f"unconditional), not SLD's [unconditional, text]; steer it with an adapter method "
+            f"(a file or closed_form entry) instead"
+        )
+    if getattr(pipe, "unet", None) is None or not hasattr(pipe, "encode_prompt"):
+        raise ValueError(f"SLD guidance needs a pipeline with a `unet` and `encode_prompt`: {name}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +141,7 @@ class SafetyGuidance:
             raise ValueError(f"SafetyGuidance: `concept` must not be empty, got {concept!r}")
         if not (strength >= 0.0 and strength < float("inf")):
             raise ValueError(f"SafetyGuidance: `strength` must be >= 0 and finite, got {strength}")
+        check_pipeline(pipe)
         self.pipe = pipe
         self.concept = concept
         self.config = config
@@ -164,6 +200,12 @@ class SafetyGuidance:
             value = call.get(key)
             if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == 2 * n:
                 call[key] = value[n:]
+        for key in _RESIDUALS:  # the text half's residuals stand for the concept's
+            value = call.get(key)
+            if isinstance(value, torch.Tensor) and len(value) == 2 * n:
+                call[key] = value[n:]
+            elif isinstance(value, (list, tuple)):
+                call[key] = type(value)(r[n:] if len(r) == 2 * n else r for r in value)
         added = call.get("added_cond_kwargs")
         if added:
             added = {k: v[n:] for k, v in added.items()}
@@ -180,17 +222,30 @@ class SafetyGuidance:
         self.extra_calls += 1
         return eps
 
+    def _schedule_step(self, t: float) -> int:
+        """The step of timestep ``t`` in the scheduler's whole schedule (0 when not found)."""
+        scheduler = getattr(self.pipe, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if not isinstance(timesteps, torch.Tensor):
+            return 0
+        found = (timesteps.float() == t).nonzero().flatten()
+        order = int(getattr(scheduler, "order", 1) or 1)
+        return int(found[0]) // order if len(found) else 0
+
     def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         if self._inside or not getattr(self.pipe, "do_classifier_free_guidance", False):
             return None
         pred: torch.Tensor = output[0] if isinstance(output, tuple) else output.sample
         if len(pred) % 2:
-            return None
+            raise RuntimeError(
+                f"SLD guidance: {type(self.pipe).__name__} called its UNet with a batch of "
+                f"{len(pred)} under guidance, not [unconditional, text]; SLD cannot steer it"
+            )
         n = len(pred) // 2
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = float(torch.as_tensor(timestep).flatten()[0])
         if self._last_t is None or t > self._last_t or self._momentum is None:
-            self._step, self._momentum = 0, None  # a new generation starts
+            self._step, self._momentum = self._schedule_step(t), None  # a new generation
         self._last_t = t
         with torch.no_grad():
             eps_concept = self._concept_eps(module, args, kwargs, n)
