@@ -11,8 +11,13 @@ Seeds for regeneration: attempt 1 uses the caller's generator(s) unchanged. Imag
 the call (prompt-major order, as diffusers orders its outputs) has a base seed ``s_i``: the
 ``initial_seed()`` of ``generator[i]`` for a generator list, of the single ``generator``
 otherwise, or a seed drawn by the wrapper when no generator was passed (then attempt 1 runs
-with ``torch.Generator().manual_seed(s_i)``). Attempt ``k >= 2`` runs with
-``manual_seed(derive_seed(s_i, i, k))``: the same request always regenerates the same way.
+with ``torch.Generator().manual_seed(s_i)``, one generator per image under ``seed: same``).
+With the policy's ``escalation.seed: same`` (the default), attempt ``k >= 2`` runs from the
+state image ``i``'s generator had before attempt 1 (and the caller's latents for it): the same
+initial noise, steered harder, so the picture keeps its composition; this needs one generator
+per image (a list, or one image per call), and an image sharing one generator with others
+falls back to ``derived``, saying so in its reasons. With ``derived``, attempt ``k`` runs with
+``manual_seed(derive_seed(s_i, i, k))``. Either way the same request regenerates the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import inspect
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -101,6 +106,10 @@ class _Slot:
     native: Any = None
     decision: Decision | None = None
     scales: tuple[dict[str, float], ...] = ()
+    #: Its generator's state before attempt 1 (``seed: same``), when it has a generator alone.
+    state: torch.Tensor | None = None
+    #: What set each regeneration's strengths (added to the final decision's reasons).
+    notes: tuple[str, ...] = ()
 
 
 class SafePipeline:
@@ -233,8 +242,11 @@ class SafePipeline:
         per = int(call.get("num_images_per_prompt") or 1)
         request_id = safety_request_id or new_request_id()
         checks = self.guard.admit(prompts, request_id=request_id, checked=safety_prompt_checks)
-        seeds = self._seeds(call, len(prompts) * per)
-        slots = [_Slot(index=i, prompt=i // per, seed=seeds[i]) for i in range(len(seeds))]
+        seeds, states = self._seeds(call, len(prompts) * per)
+        slots = [
+            _Slot(index=i, prompt=i // per, seed=seeds[i], state=states[i])
+            for i in range(len(seeds))
+        ]
         refused = {p for p, pd in enumerate(checks) if pd.refused}
         for p in refused:
             refusals = self.guard.refusals(checks[p], per)
@@ -293,25 +305,39 @@ class SafePipeline:
                     if p in refused:
                         continue
                     refused.add(p)
-                    mine = slots[p * per : (p + 1) * per]
-                    for slot, decision in zip(mine, self.guard.input_refusals(verdict, per)):
+                    refusals = self.guard.input_refusals(verdict, per)
+                    for slot, decision in zip(
+                        slots[p * per : (p + 1) * per], refusals, strict=True
+                    ):
                         slot.decision = decision
             elif verdict.action is not Action.ALLOW:
                 replacements[item.argument, item.path] = self.guard.render(item.image, verdict)
         substitute(call, replacements)
 
-    def _seeds(self, call: dict[str, Any], n: int) -> list[int]:
-        """Each image's base seed (see the module docstring); installs one when none was given."""
+    def _seeds(self, call: dict[str, Any], n: int) -> tuple[list[int], list[torch.Tensor | None]]:
+        """Each image's base seed and, under ``seed: same``, its generator's state where it has
+        a generator of its own (see the module docstring); installs generators when none was
+        given."""
+        same = self.policy.escalation.seed == "same"
         generator = call.get("generator")
+        if generator is None:
+            seed = secrets.randbits(63)
+            if same and n > 1:
+                seeds = [derive_seed(seed, i, 1) for i in range(n)]
+                call["generator"] = [torch.Generator().manual_seed(s) for s in seeds]
+                return seeds, [g.get_state() for g in call["generator"]]
+            generator = call["generator"] = torch.Generator().manual_seed(seed)
         if isinstance(generator, (list, tuple)):
             if len(generator) != n:
                 raise ValueError(f"`generator` is a list of {len(generator)}, expected {n} images")
-            return [int(g.initial_seed()) for g in generator]
-        if isinstance(generator, torch.Generator):
-            return [int(generator.initial_seed())] * n
-        seed = secrets.randbits(63)
-        call["generator"] = torch.Generator().manual_seed(seed)
-        return [seed] * n
+            states = [g.get_state() if same else None for g in generator]
+            return [int(g.initial_seed()) for g in generator], states
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"`generator` must be a torch.Generator or a list of them, got {type(generator)}"
+            )
+        state = generator.get_state() if same and n == 1 else None
+        return [int(generator.initial_seed())] * n, [state] * n
 
     @contextmanager
     def _one_call(self, call: dict[str, Any], scales: dict[str, float]) -> Iterator[dict[str, Any]]:
@@ -338,8 +364,7 @@ class SafePipeline:
         scales: dict[str, float],
         request_id: str,
     ) -> None:
-        # one prompt's images share the strengths of every attempt (they depend on its
-        # check and the attempt only): the history of any of them is theirs
+        # the slots judged together share the strengths of every attempt (grouped so)
         history = (*slots[0].scales, dict(scales))
         decisions = self.guard.judge(
             [_to_pil(s.native) for s in slots],
@@ -350,6 +375,8 @@ class SafePipeline:
             request_id=request_id,
         )
         for slot, decision in zip(slots, decisions, strict=True):
+            if slot.notes:
+                decision = replace(decision, reasons=(*decision.reasons, *slot.notes))
             slot.scales, slot.decision = history, decision
 
     def _generate_first(
@@ -389,28 +416,72 @@ class SafePipeline:
         checks: list[PromptDecision],
         request_id: str,
     ) -> None:
-        """Attempts 2..max: regenerate flagged images, one inner call per prompt and attempt."""
+        """Attempts 2..max: regenerate flagged images, steered by their own evidence (the
+        flagged scores) and the prompt's risk; one inner call per group of images of one
+        prompt that share their strengths (now and before)."""
         n_prompts = len(checks)
         per = len(slots) // max(1, n_prompts)
         for attempt in range(2, self.policy.escalation.max_attempts + 1):
-            todo = [s for s in slots if s.decision and s.decision.action is Action.REGENERATE]
-            if not todo:
+            groups: dict[tuple[Any, ...], list[_Slot]] = {}
+            plans: dict[tuple[Any, ...], dict[str, float]] = {}
+            for slot in slots:
+                if not (slot.decision and slot.decision.action is Action.REGENERATE):
+                    continue
+                evidence = self.engine.evidence(slot.decision)
+                plan = self.engine.steering_plan(checks[slot.prompt], attempt, evidence)
+                scales = {name: strength for name, (strength, _) in plan.items()}
+                past = tuple(tuple(sorted(h.items())) for h in slot.scales)
+                key = (slot.prompt, past, tuple(sorted(scales.items())))
+                groups.setdefault(key, []).append(slot)
+                plans[key] = scales
+                slot.notes += tuple(
+                    f"attempt {attempt}: {name} at {strength:.2f} from {why}"
+                    for name, (strength, why) in plan.items()
+                )
+            if not groups:
                 return
-            for p in sorted({s.prompt for s in todo}):
-                mine = [s for s in todo if s.prompt == p]
-                scales = self.engine.steering_scales(checks[p], attempt)
-                sub = _subset(call, [p], per, n_prompts)
-                sub["num_images_per_prompt"] = len(mine)
-                sub.pop("latents", None)  # fixed latents would regenerate the same image
-                device = _generator_device(call.get("generator"))
-                sub["generator"] = [
-                    torch.Generator(device).manual_seed(derive_seed(s.seed, s.index, attempt))
-                    for s in mine
-                ]
-                native, _ = self._run(sub, scales)
-                for slot, image in zip(mine, native, strict=True):
-                    slot.native = image
-                self._judge(mine, checks[p], attempt, scales, request_id)
+            for key, mine in groups.items():
+                self._regenerate(call, mine, key[0], attempt, plans[key], per, n_prompts)
+                self._judge(mine, checks[key[0]], attempt, plans[key], request_id)
+
+    def _regenerate(
+        self,
+        call: dict[str, Any],
+        mine: list[_Slot],
+        prompt: int,
+        attempt: int,
+        scales: dict[str, float],
+        per: int,
+        n_prompts: int,
+    ) -> None:
+        """One inner call for ``mine`` (images of ``prompt``) at ``scales``: from each image's
+        own generator state (``seed: same``) or a derived seed."""
+        sub = _subset(call, [prompt], per, n_prompts)
+        sub["num_images_per_prompt"] = len(mine)
+        device = _generator_device(call.get("generator"))
+        in_place = [s.state is not None for s in mine]
+        generators = []
+        for slot in mine:
+            generator = torch.Generator(device)
+            if slot.state is not None:
+                generators.append(generator.set_state(slot.state))
+            else:
+                generators.append(
+                    generator.manual_seed(derive_seed(slot.seed, slot.index, attempt))
+                )
+                if self.policy.escalation.seed == "same":
+                    slot.notes += (
+                        f"attempt {attempt}: a new seed (the image shares its generator with "
+                        f"others; pass one generator per image to regenerate in place)",
+                    )
+        sub["generator"] = generators
+        latents = sub.pop("latents", None)  # fixed latents would regenerate the same image
+        if all(in_place) and isinstance(latents, torch.Tensor):
+            rows = [s.index - prompt * per for s in mine]
+            sub["latents"] = latents[rows] if latents.shape[0] == per and per > 1 else latents
+        native, _ = self._run(sub, scales)
+        for slot, image in zip(mine, native, strict=True):
+            slot.native = image
 
     def _finish(
         self,

@@ -116,3 +116,57 @@ def test_a_mistyped_preset_lists_the_presets(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "'balance' is neither a preset (strict, balanced, permissive)" in result.output
     assert "did you mean 'balanced'?" in result.output
+
+
+def test_generate_edits_an_image_and_judges_it_first(tmp_path: Path) -> None:
+    from safety_lora.demo import demo_policy
+
+    policy = tmp_path / "demo.yaml"
+    policy.write_text(demo_policy().model_dump_json())
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGB", (32, 32), (30, 30, 220)).save(tmp_path / "blue.png")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(tmp_path / "mask.png")
+    common = ["--policy", str(policy), "--strength", "0.6"]
+
+    refused = CliRunner().invoke(
+        _app(), ["generate", "a circle", "--image", str(tmp_path / "red.png"), *common,
+                 "--out", str(tmp_path / "a")],
+    )  # fmt: skip
+    assert refused.exit_code == 0, refused.output
+    (record,) = json.loads((tmp_path / "a" / "decisions.json").read_text())
+    assert (record["action"], record["rule"], record["input"]) == (
+        "block",
+        "inputs.action",
+        "image",
+    )
+    audit = [json.loads(x) for x in (tmp_path / "a" / "audit.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["action"]) for r in audit] == [
+        ("prompt", "allow"), ("input", "block"), ("image", "block"),
+    ]  # fmt: skip
+
+    edited = CliRunner().invoke(
+        _app(), ["generate", "a blue circle", "--image", str(tmp_path / "blue.png"), "--mask",
+                 str(tmp_path / "mask.png"), "-n", "2", *common, "--out", str(tmp_path / "b")],
+    )  # fmt: skip
+    assert edited.exit_code == 0, edited.output
+    records = json.loads((tmp_path / "b" / "decisions.json").read_text())
+    assert [r["attempts"] >= 1 for r in records] == [True, True]
+    audit = [json.loads(x) for x in (tmp_path / "b" / "audit.jsonl").read_text().splitlines()]
+    assert [r.get("input") for r in audit if r["kind"] == "input"] == ["image", "mask_image"]
+
+
+def test_generate_input_errors_name_the_option(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    cases = {
+        "--image": ["--image", str(tmp_path / "bad.png")],
+        "--mask needs --image": ["--mask", str(tmp_path / "bad.png")],
+    }
+    for expected, args in cases.items():
+        result = CliRunner().invoke(
+            _app(), ["generate", "a circle", *args, "--out", str(tmp_path / "o")]
+        )
+        assert result.exit_code == 2, result.output
+        assert expected in result.output
+    assert not (tmp_path / "o" / "decisions.json").exists()

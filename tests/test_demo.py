@@ -52,11 +52,17 @@ def test_the_demo_rows_show_every_part_of_the_layer(tmp_path: Path) -> None:
     assert steered.decision.prompt_decision.action is PromptAction.STEER  # type: ignore[union-attr]
     assert _red(steered.columns["base model"]) and not _red(steered.columns["steering only"])
     assert (steered.decision.action, steered.decision.attempts) == (Action.ALLOW, 1)
-    caught = by_prompt["a square"]  # not steered, drawn red, caught, regenerated
+    caught = by_prompt["a square"]  # not steered, drawn red, caught, redirected in place
     assert _red(caught.columns["steering only"])
     assert (caught.decision.action, caught.decision.attempts) == (Action.ALLOW, 2)
-    replaced = by_prompt["a shape"]  # red on every attempt
+    assert caught.decision.steering_scales == ({"erase_red": 0.0}, {"erase_red": 1.5})
+    (kept,) = analyse(caught.columns["safety layer"]).objects  # the square, not red now
+    (first,) = analyse(caught.columns["steering only"]).objects
+    assert (first.colour, first.shape, kept.shape) == ("red", "square", "square")
+    assert kept.colour != "red" and abs(kept.box[0] - first.box[0]) <= 4  # same place
+    replaced = by_prompt["a shape"]  # red on every attempt, steered harder each time
     assert (replaced.decision.action, replaced.decision.attempts) == (Action.REPLACE, 3)
+    assert [s["erase_red"] for s in replaced.decision.steering_scales] == [0.0, 1.5, 2.0]
     benign = by_prompt["a blue circle"]  # untouched: exactly the base model's image
     assert benign.columns["safety layer"].tobytes() == benign.columns["base model"].tobytes()
     refused = by_prompt["a red circle covered in gore"]

@@ -91,23 +91,56 @@ def _escalating(lora: Path, **extra: Any) -> Policy:
     )
 
 
-def test_escalation_regenerates_with_derived_seed_and_next_strength(
-    pipe: Any, tmp_path: Path
+@pytest.mark.parametrize("seed", ["same", "derived"])
+def test_escalation_regenerates_at_the_next_strength_in_place_or_with_a_derived_seed(
+    pipe: Any, tmp_path: Path, seed: str
 ) -> None:
     lora = tiny_lora_file(pipe, tmp_path / "safe.safetensors")
-    safe = SafePipeline(pipe, _escalating(lora))
+    escalation = {"max_attempts": 3, "ladder": [1.0, 2.0], "final_action": "block", "seed": seed}
+    safe = SafePipeline(pipe, _escalating(lora, escalation=escalation))
     out = safe("a cat", num_inference_steps=2, generator=_gen(7), output_type="np")
     (decision,) = out.decisions
     assert decision.action is Action.ALLOW
     assert decision.attempts == 2
     assert decision.steering_scales == ({"safe": 1.0}, {"safe": 2.0})
+    assert "attempt 2: safe at 2.00 from image evidence sexual 0.90, ladder x2" in decision.reasons
     assert out.nsfw_content_detected == [False]
-    # The kept image is attempt 2: seed derive_seed(7, 0, 2) at strength 2.
+    # The kept image is attempt 2 at strength 2: from seed 7's own noise in place, or from
+    # seed derive_seed(7, 0, 2).
+    regenerated = _gen(7) if seed == "same" else _gen(derive_seed(7, 0, 2))
     with safe.steering.apply({"safe": 2.0}, {}):
         expected = pipe(
-            "a cat", num_inference_steps=2, generator=_gen(derive_seed(7, 0, 2)), output_type="np"
+            "a cat", num_inference_steps=2, generator=regenerated, output_type="np"
         ).images
     np.testing.assert_array_equal(out.images, expected)
+
+
+def test_a_flagged_image_is_regenerated_steered_even_at_resting_strength_zero(
+    pipe: Any, tmp_path: Path
+) -> None:
+    lora = tiny_lora_file(pipe, tmp_path / "safe.safetensors")
+    policy = _escalating(lora)
+    data = policy.model_dump(mode="json")
+    data["steering"]["adapters"][0].update(scale=0.0, risk_boost=0.0)
+    data["classifiers"] = [{"kind": "static", "sequence": [{"sexual": 0.9}, {"sexual": 0.8},
+                                                           {"sexual": 0.1}]}]  # fmt: skip
+    safe = SafePipeline(pipe, Policy.model_validate(data))
+    out = safe("a cat", num_inference_steps=2, generator=_gen(7), output_type="np")
+    (decision,) = out.decisions
+    # the rungs times the flagged score, never a reroll at 0
+    assert decision.steering_scales == ({"safe": 0.0}, {"safe": 1.8}, {"safe": 1.6})
+    assert decision.attempts == 3 and decision.action is Action.ALLOW
+
+
+def test_an_image_sharing_its_generator_regenerates_with_a_new_seed_and_says_so(
+    pipe: Any, tmp_path: Path
+) -> None:
+    lora = tiny_lora_file(pipe, tmp_path / "safe.safetensors")
+    safe = SafePipeline(pipe, _escalating(lora))
+    out = safe("a cat", num_images_per_prompt=2, num_inference_steps=2, generator=_gen(7))
+    first = out.decisions[0]
+    assert first.attempts >= 2
+    assert any("a new seed (the image shares its generator" in r for r in first.reasons)
 
 
 def test_escalation_ends_with_the_final_action_per_image(pipe: Any, tmp_path: Path) -> None:

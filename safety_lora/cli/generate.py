@@ -48,13 +48,43 @@ def generate(
     guidance: Annotated[
         float | None, typer.Option("--guidance", help="Guidance scale (default: model's).")
     ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="Start from this image (image-to-image; judged first)."),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", help="Repaint only the white part of --image (inpainting)."),
+    ] = None,
+    strength: Annotated[
+        float,
+        typer.Option("--strength", min=0.01, max=1.0, help="How far from --image to go (0..1]."),
+    ] = 0.8,
+    provenance_key: Annotated[
+        Path | None,
+        typer.Option("--provenance-key", help="PEM key signing a C2PA manifest in each image."),
+    ] = None,
+    provenance_cert: Annotated[
+        Path | None,
+        typer.Option("--provenance-cert", help="PEM certificate chain of --provenance-key."),
+    ] = None,
 ) -> None:
-    """Generate N images for PROMPT under the policy and explain every decision."""
+    """Generate N images for PROMPT under the policy and explain every decision.
+
+    With --image (and --mask), edit that image instead: it is judged under the policy's
+    `inputs` rules before anything is generated, and a refused input is a decision too.
+    """
     import torch
 
-    from safety_lora.pipeline import SafePipeline
-
     err = Console(stderr=True)
+    if mask is not None and image is None:
+        print_error("--mask needs --image (the image whose masked part is repainted)")
+        raise typer.Exit(code=2)
+    inputs = _read_inputs(image, mask)
+    from safety_lora.cli.provenance import provenance_settings
+    from safety_lora.provenance import generator_name, mark_image
+
+    marking = provenance_settings(provenance_key, provenance_cert)  # no key: unsigned record
     out.mkdir(parents=True, exist_ok=True)
     try:
         chosen = _policy(policy, list(adapter or []), out)
@@ -77,10 +107,12 @@ def generate(
     from safety_lora.adapters import AdapterFormatError, AdapterIntegrityError
 
     try:
-        safe = SafePipeline(pipe, chosen)
+        safe = _wrapped(pipe, chosen, inputs)
     except (AdapterFormatError, AdapterIntegrityError) as e:  # bad --adapter or policy file
         print_error(f"{e}")
         raise typer.Exit(code=1) from e
+    if inputs:
+        inputs["strength"] = strength
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err
     ) as progress:
@@ -102,11 +134,15 @@ def generate(
             **sampling,
             generator=torch.Generator().manual_seed(seed),
             callback_on_step_end=on_step,
+            **inputs,
         )
     records = []
-    for i, (image, decision) in enumerate(zip(result.images, result.decisions, strict=True)):
+    for i, (im, decision) in enumerate(zip(result.images, result.decisions, strict=True)):
         name = f"image_{i:03d}.png"
-        image.save(out / name)
+        marked = mark_image(
+            im, decision, index=i, generator=generator_name(model), settings=marking
+        )
+        (out / name).write_bytes(marked)
         records.append({"file": name, **decision.to_dict()})
     (out / "decisions.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     console = Console()
@@ -118,6 +154,37 @@ def generate(
         )
     images = "image" if len(records) == 1 else "images"
     console.print(f"wrote {len(records)} {images}, decisions.json and audit to {out}")
+
+
+def _read_inputs(image: Path | None, mask: Path | None) -> dict[str, Any]:
+    """``--image``/``--mask`` decoded (within the service's pixel budget), as call kwargs."""
+    from safety_lora.image_codec import ImageDecodeError, open_image_file
+
+    found: dict[str, Any] = {}
+    for option, path, key in (("--image", image, "image"), ("--mask", mask, "mask_image")):
+        if path is None:
+            continue
+        try:
+            found[key] = open_image_file(path).convert("L" if key == "mask_image" else "RGB")
+        except (ImageDecodeError, OSError) as e:
+            print_error(f"{option} {path}: {e}")
+            raise typer.Exit(code=2) from e
+    return found
+
+
+def _wrapped(pipe: Any, policy: Policy, inputs: dict[str, Any]) -> Any:
+    """``pipe`` under ``policy``; with inputs, its image-to-image or inpainting form."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    from safety_lora.pipeline import SafePipeline
+
+    safe = SafePipeline(pipe, policy)
+    if not inputs:
+        return safe
+    mode = AutoPipelineForInpainting if "mask_image" in inputs else AutoPipelineForImage2Image
+    edit = mode.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    return safe.derive(edit)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,8 @@
 
 Red stands in for an unsafe concept. Each row is one prompt and seed, chosen to show every
 part of the layer: prompts where steering alone suffices, prompts the prompt check lets
-through whose images the classifier catches (regenerated with stronger steering, then
-replaced), a benign prompt left as the base model draws it, and a refused prompt. The grid
+through whose images the classifier catches (regenerated from the same noise, steered by
+the image's own score on a rising ladder, then replaced), a benign prompt left as the base model draws it, and a refused prompt. The grid
 shows the base model's image, the image with the first attempt's steering alone, and what
 the whole layer lets through, with the prompt check's verdict and the final action.
 """
@@ -29,8 +29,8 @@ __all__ = ["DEMO_ROWS", "DemoRow", "demo_policy", "run_demo", "verdict"]
 DEMO_ROWS: tuple[tuple[str, int], ...] = (
     ("a red circle", 0),  # steered from the prompt; steering alone erases red
     ("a small red triangle on the left", 0),  # the same, on a longer prompt
-    ("a square", 4),  # not steered; drawn red, caught, regenerated, allowed at attempt 2
-    ("a shape", 24),  # not steered; red on every attempt: replaced
+    ("a square", 27),  # not steered; drawn red, caught, regenerated in place steered: green
+    ("a shape", 7),  # not steered; red on every attempt, steered harder each time: replaced
     ("a blue circle", 0),  # benign: exactly the base model's image
     ("a red circle covered in gore", 0),  # refused before any generation
 )
