@@ -24,6 +24,7 @@ folder/hub id in ``text_model`` with both at its root (for the original checker 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +49,7 @@ from safety_lora.classifiers.hf_image import (
     weights_fingerprint,
 )
 from safety_lora.taxonomy import Category
+from safety_lora.textfiles import MAX_ITEMS, Term, brief_repr
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -58,7 +60,7 @@ class Concept(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    phrase: str = Field(min_length=1)
+    phrase: Term
     category: Category
     threshold: StrictFloat = Field(ge=-1.0, le=1.0)
 
@@ -251,8 +253,8 @@ class ClipConceptsConfig(ClassifierConfig):
     HOW = "`concepts` phrases for it; needs local CLIP weights"
     kind: Literal["clip_concepts"] = "clip_concepts"
     model: str = Field(min_length=1)
-    concepts: list[Concept] = Field(default_factory=list)
-    special_care: list[Concept] = Field(default_factory=list)
+    concepts: list[Concept] = Field(default_factory=list, max_length=MAX_ITEMS)
+    special_care: list[Concept] = Field(default_factory=list, max_length=MAX_ITEMS)
     include_original: StrictBool = True
     category: Category = Category.SEXUAL
     special_care_category: Category | None = Category.MINORS
@@ -265,10 +267,9 @@ class ClipConceptsConfig(ClassifierConfig):
     @field_validator("concepts", "special_care")
     @classmethod
     def _unique_phrases(cls, value: list[Concept]) -> list[Concept]:
-        phrases = [c.phrase for c in value]
-        dupes = sorted({p for p in phrases if phrases.count(p) > 1})
+        dupes = sorted(p for p, n in Counter(c.phrase for c in value).items() if n > 1)
         if dupes:
-            raise ValueError(f"duplicate concept phrase(s) {dupes}")
+            raise ValueError(f"duplicate concept phrase(s) {brief_repr(dupes)}")
         return value
 
     @model_validator(mode="after")
@@ -277,7 +278,9 @@ class ClipConceptsConfig(ClassifierConfig):
             raise ValueError("include_original is false and `concepts` is empty: nothing to match")
         both = {c.phrase for c in self.concepts} & {c.phrase for c in self.special_care}
         if both:
-            raise ValueError(f"phrase(s) {sorted(both)} in both `concepts` and `special_care`")
+            raise ValueError(
+                f"phrase(s) {brief_repr(sorted(both))} in both `concepts` and `special_care`"
+            )
         return self
 
     @field_validator("model", "text_model")

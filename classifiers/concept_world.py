@@ -19,6 +19,7 @@ from safety_lora.classifiers.base import ImageScores, Region
 from safety_lora.classifiers.config import ClassifierConfig
 from safety_lora.concept_world.world import COLOURS, SHAPES, STYLES
 from safety_lora.taxonomy import Category
+from safety_lora.textfiles import Terms, brief_repr
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -94,7 +95,7 @@ class ConceptWorldConfig(ClassifierConfig):
 
     HOW = "colours/shapes/styles of the embedded model"
     kind: Literal["concept_world"] = "concept_world"
-    unsafe: dict[Category, list[str]] = Field(default_factory=dict)
+    unsafe: dict[Category, Terms] = Field(default_factory=dict)
 
     @field_validator("unsafe")
     @classmethod
@@ -103,8 +104,8 @@ class ConceptWorldConfig(ClassifierConfig):
         if bad:
             allowed = ", ".join([*COLOURS, *SHAPES, *STYLES])
             raise ValueError(
-                f"unknown concept_world term(s) {bad}; use a colour, a shape, a style or "
-                f"one of each ('striped red triangle') from: {allowed}"
+                f"unknown concept_world term(s) {brief_repr(bad)}; use a colour, a shape, a style "
+                f"or one of each ('striped red triangle') from: {allowed}"
             )
         return value
 

@@ -40,8 +40,13 @@ from pydantic import Field, StrictFloat, StrictInt, ValidationInfo, field_valida
 
 from safety_lora.classifiers.base import PromptScores
 from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
-from safety_lora.classifiers.prompt_rules import PromptRulesClassifier, PromptRulesConfig
+from safety_lora.classifiers.prompt_rules import (
+    PromptRulesClassifier,
+    PromptRulesConfig,
+    check_extra_terms,
+)
 from safety_lora.taxonomy import Category
+from safety_lora.textfiles import Terms
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -341,7 +346,7 @@ class LearnedPromptConfig(ClassifierConfig):
     HOW = "a model trained for it, or `extra_terms`"
     kind: Literal["learned"] = "learned"
     model: str = BUNDLED
-    extra_terms: dict[Category, list[str]] = Field(default_factory=dict)
+    extra_terms: dict[Category, Terms] = Field(default_factory=dict)
     passthrough: StrictFloat = Field(default=1.0, gt=0.0, le=1.0)
     cache_size: StrictInt = Field(default=4096, ge=0, le=1_000_000)
 
@@ -349,6 +354,11 @@ class LearnedPromptConfig(ClassifierConfig):
     @classmethod
     def _relative_to_policy(cls, value: str, info: ValidationInfo) -> str:
         return resolve_local(value, info)
+
+    @field_validator("extra_terms")
+    @classmethod
+    def _terms_match_something(cls, value: dict[Category, list[str]]) -> dict[Category, list[str]]:
+        return check_extra_terms(value)
 
     def categories(self) -> frozenset[Category]:
         """The model file's categories plus the bundled rules' and ``extra_terms``' (``minors``

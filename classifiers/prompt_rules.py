@@ -35,9 +35,16 @@ from safety_lora.classifiers.base import PromptScores
 from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
 from safety_lora.classifiers.normalize import deleet_variants, joined_variant, normalize
 from safety_lora.taxonomy import Category
-from safety_lora.textfiles import TextFileError, load_mapping, read_text
+from safety_lora.textfiles import (
+    MAX_ITEMS,
+    Terms,
+    TextFileError,
+    brief_repr,
+    load_mapping,
+    read_text,
+)
 
-__all__ = ["PromptRulesClassifier", "PromptRulesConfig", "load_rules_text"]
+__all__ = ["PromptRulesClassifier", "PromptRulesConfig", "check_extra_terms", "load_rules_text"]
 
 _PLURAL_SUFFIXES = ("", "s", "es")
 _CATEGORIES = tuple(Category)
@@ -51,9 +58,9 @@ class _Group(BaseModel):
 
     weight: StrictFloat = Field(gt=0.0, le=1.0)
     context: StrictBool = False
-    terms: list[str] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-    requires: list[str] = Field(default_factory=list)
+    terms: Terms = Field(default_factory=list)
+    regex: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
+    requires: Terms = Field(default_factory=list)
 
     @field_validator("terms")
     @classmethod
@@ -67,6 +74,8 @@ class _Group(BaseModel):
     @classmethod
     def _regex_compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
+            if not pattern.strip():
+                raise ValueError(f"regex {pattern!r} is blank: it would match every prompt")
             try:
                 re.compile(pattern)
             except re.error as e:
@@ -78,7 +87,7 @@ class _RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1]
-    allow: list[str] = Field(default_factory=list)
+    allow: Terms = Field(default_factory=list)
     categories: dict[Category, list[_Group]]
 
 
@@ -114,7 +123,8 @@ def _parse(source: str, text: str) -> _RuleFile:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ValueError(f"{source}: {where}: {first['msg']} (got {first.get('input')!r})") from e
+        got = brief_repr(first.get("input"))
+        raise ValueError(f"{source}: {where}: {first['msg']} (got {got})") from e
 
 
 def _one_per_category(entries: list[_Rule | int]) -> tuple[_Rule | int, ...]:
@@ -125,6 +135,19 @@ def _one_per_category(entries: list[_Rule | int]) -> tuple[_Rule | int, ...]:
             best[e.category] = e
     allow = (_ALLOW,) if _ALLOW in entries else ()
     return allow + tuple(best.values())
+
+
+def check_extra_terms(value: dict[Category, list[str]]) -> dict[Category, list[str]]:
+    """``extra_terms`` as given, once each term keeps some text after normalisation (a term
+    such as ``'!!!'`` or ``'*'`` would match nothing); the error names category and index."""
+    for category, terms in value.items():
+        for i, term in enumerate(terms):
+            if not normalize(term.rstrip("*")):
+                raise ValueError(
+                    f"{category.value}.{i}: term {brief_repr(term)} is empty after "
+                    f"normalisation (punctuation and spaces are dropped): it would match nothing"
+                )
+    return value
 
 
 class PromptRulesClassifier:
@@ -233,12 +256,17 @@ class PromptRulesConfig(ClassifierConfig):
     HOW = "`extra_terms` or a rules file"
     kind: Literal["prompt_rules"] = "prompt_rules"
     rules: str = BUNDLED
-    extra_terms: dict[Category, list[str]] = Field(default_factory=dict)
+    extra_terms: dict[Category, Terms] = Field(default_factory=dict)
 
     @field_validator("rules")
     @classmethod
     def _relative_to_policy(cls, value: str, info: ValidationInfo) -> str:
         return resolve_local(value, info)
+
+    @field_validator("extra_terms")
+    @classmethod
+    def _terms_match_something(cls, value: dict[Category, list[str]]) -> dict[Category, list[str]]:
+        return check_extra_terms(value)
 
     def categories(self) -> frozenset[Category]:
         """The categories with a rule group in the rules file, plus those given ``extra_terms``

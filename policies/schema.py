@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,7 +43,14 @@ from safety_lora.classifiers.registry import (
 )
 from safety_lora.closed_form.config import ClosedFormConfig
 from safety_lora.taxonomy import Action, Category
-from safety_lora.textfiles import TextFileError, load_mapping, read_text
+from safety_lora.textfiles import (
+    MAX_FILE_BYTES,
+    Terms,
+    TextFileError,
+    brief_repr,
+    load_mapping,
+    read_text,
+)
 
 __all__ = [
     "MINORS_MAX_THRESHOLD",
@@ -53,10 +61,14 @@ __all__ = [
     "CategoryRule",
     "ClosedFormSpec",
     "Escalation",
+    "InputPolicy",
+    "InputRule",
     "Policy",
     "PolicyError",
     "PromptPolicy",
     "PromptRule",
+    "ReviewRule",
+    "ReviewSettings",
     "SLDGuidance",
     "SteeringAdapter",
     "SteeringPolicy",
@@ -84,6 +96,32 @@ class CategoryRule(_Strict):
 
     threshold: Score = 0.5
     action: Action = Action.BLOCK
+
+
+#: What an unsafe input image gets: the request refused, or generation goes on from the input
+#: blurred / replaced by a neutral placeholder, or the input used as it is.
+InputAction = Literal["refuse", "blur", "replace", "allow"]
+
+
+class InputRule(_Strict):
+    """One category's rule for input images: ``action`` from ``threshold`` (``None``: the
+    image rule's threshold for the category, as outputs are judged)."""
+
+    threshold: Score | None = None
+    action: InputAction = "refuse"
+
+
+class InputPolicy(_Strict):
+    """The check of images a request brings (image-to-image, inpainting, ControlNet, image
+    prompts): judged by the policy's image classifiers before anything is generated.
+
+    A category the policy acts on (its image action is not ``allow``) flags an input from the
+    image rule's threshold, and the input gets ``action``; ``categories`` overrides both per
+    category. Sexual content involving minors is always refused, whatever this says.
+    """
+
+    action: InputAction = "refuse"
+    categories: dict[Category, InputRule] = Field(default_factory=dict)
 
 
 class PromptRule(_Strict):
@@ -128,7 +166,10 @@ class Escalation(_Strict):
     """Regeneration: up to ``max_attempts`` generations, attempt k steering at ``ladder[k-1]``x.
 
     When the ladder is shorter than ``max_attempts`` its last multiplier repeats. An image
-    still flagged ``regenerate`` at the last attempt gets ``final_action``.
+    still flagged ``regenerate`` at the last attempt gets ``final_action``. A regeneration is
+    steered by the flagged image's scores as well as the prompt's risk. ``seed: same``
+    regenerates from the image's own seed and initial noise (the picture keeps its
+    composition, steered harder); ``derived`` draws a new seed per attempt.
     """
 
     max_attempts: StrictInt = Field(default=3, ge=1, le=10)
@@ -136,6 +177,7 @@ class Escalation(_Strict):
         default_factory=lambda: [1.0, 1.5, 2.0], min_length=1
     )
     final_action: Action = Action.BLOCK
+    seed: Literal["same", "derived"] = "same"
 
     @field_validator("final_action")
     @classmethod
@@ -147,6 +189,47 @@ class Escalation(_Strict):
     def multiplier(self, attempt: int) -> float:
         """Steering multiplier for the 1-based ``attempt``."""
         return self.ladder[min(attempt, len(self.ladder)) - 1]
+
+
+class ReviewRule(_Strict):
+    """Hold an image for a person when its ``category`` score lies in ``between`` [lo, hi)
+    (a band reaching 1.0 holds 1.0 too): the caller gets ``interim`` (blur, replace or block)
+    and a review id meanwhile."""
+
+    category: Category
+    between: tuple[Score, Score]
+    interim: Literal["blur", "replace", "block"] = "blur"
+
+    @field_validator("between")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] >= value[1]:
+            raise ValueError(f"`between` must be [low, high) with low < high, got {list(value)}")
+        return value
+
+
+class ReviewSettings(_Strict):
+    """Human review: which images are held (``rules``), where held images are stored
+    (``store``: a folder, relative to the policy file, or an fsspec URL) and where the queue
+    lives (``database``: an SQLAlchemy URL; default an SQLite file in the store folder; a
+    PostgreSQL URL when several replicas share one queue)."""
+
+    rules: list[ReviewRule] = Field(default_factory=list)
+    store: str = "review"
+    database: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_relative_to_policy(cls, value: str, info: ValidationInfo) -> str:
+        return value if "://" in value else resolve_local(value, info)
+
+    def band(self, category: Category, score: float) -> ReviewRule | None:
+        """The first rule holding ``category`` at ``score``, or None."""
+        for rule in self.rules:
+            lo, hi = rule.between
+            if rule.category is category and (lo <= score < hi or score == hi == 1.0):
+                return rule
+        return None
 
 
 class AuditSettings(_Strict):
@@ -250,7 +333,7 @@ class SLDGuidance(_Strength):
 
     kind: Literal["sld"] = "sld"
     preset: Literal["weak", "medium", "strong", "max"] = "medium"
-    concepts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    concepts: Terms = Field(min_length=1)
 
     @property
     def adapter_name(self) -> str:
@@ -284,8 +367,7 @@ class SteeringPolicy(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> SteeringPolicy:
-        names = self.names
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(self.names).items() if k > 1)
         if dupes:
             raise ValueError(f"steering names must be unique, repeated: {dupes}")
         if self.mode == "fused" and tuple(self.window) != (0.0, 1.0):
@@ -323,9 +405,11 @@ class Policy(_Strict):
     multi_frame: Literal["judge_all", "refuse"] = "judge_all"
     max_frames: Annotated[StrictInt, Field(ge=1, le=10_000)] = 64
     prompt: PromptPolicy = Field(default_factory=PromptPolicy)
+    inputs: InputPolicy = Field(default_factory=InputPolicy)
     escalation: Escalation = Field(default_factory=Escalation)
     on_error: Action = Action.BLOCK
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     steering: SteeringPolicy = Field(default_factory=SteeringPolicy)
     blur: BlurSettings = Field(default_factory=BlurSettings)
 
@@ -386,6 +470,19 @@ class Policy(_Strict):
                     f"({_scores(self.prompt.classifiers)}); kinds that can: "
                     f"{_able(PROMPT_CONFIGS, category)}; or list it in `unjudged`"
                 )
+        for category, input_rule in self.inputs.categories.items():
+            if input_rule.action != "allow" and category not in image | listed:
+                problems.append(
+                    f"inputs.categories.{category}: action {input_rule.action}, but no image "
+                    f"classifier here scores {category} ({_scores(self.classifiers)}); or "
+                    f"list it in `unjudged`"
+                )
+        for i, review_rule in enumerate(self.review.rules):
+            if review_rule.category not in image:
+                problems.append(
+                    f"review.rules[{i}].category: {review_rule.category} is scored by no image "
+                    f"classifier here ({_scores(self.classifiers)}): the rule could never hold"
+                )
         for category in listed & image & prompt:
             problems.append(
                 f"unjudged: {category} is scored on images and on prompts here; remove it"
@@ -418,6 +515,17 @@ class Policy(_Strict):
         """The image rule for ``category``, or None when the policy does not act on it."""
         return self.categories.get(category)
 
+    def input_rule_for(self, category: Category) -> tuple[float, InputAction] | None:
+        """(threshold, action) for an input image scored in ``category``; None: not acted on."""
+        own = self.inputs.categories.get(category)
+        image = self.categories.get(category)
+        if own is not None:
+            fallback = image.threshold if image is not None else CategoryRule().threshold
+            return (own.threshold if own.threshold is not None else fallback), own.action
+        if image is None or image.action is Action.ALLOW:
+            return None
+        return image.threshold, self.inputs.action
+
     # -- loading ---------------------------------------------------------------------------
 
     @classmethod
@@ -425,7 +533,7 @@ class Policy(_Strict):
         """Read a YAML or JSON policy; relative adapter/audit paths resolve against its folder."""
         path = Path(path)
         try:
-            text = read_text(path)
+            text = read_text(path, max_bytes=MAX_FILE_BYTES)
         except TextFileError as e:
             raise PolicyError(f"{e} (policy file)") from e
         return cls.from_text(text, source=path)
@@ -503,12 +611,17 @@ def _able(configs: tuple[type[Any], ...], category: Category) -> str:
 
 #: Union tags pydantic puts in error paths after a list index (not keys the user wrote).
 _TAGS = KINDS | {"file", "closed_form"}
+#: The most problems one error lists (a list of 10,000 wrong entries has as many).
+MAX_PROBLEMS = 20
 
 
 def format_validation_error(source: Path, error: ValidationError) -> str:
-    """One line per problem: ``file: dotted.path: message (got value)``."""
+    """One line per problem: ``file: dotted.path: message (got value)``; a long value is
+    shown cut (:func:`~safety_lora.textfiles.brief_repr`), never expanded in full, and past
+    :data:`MAX_PROBLEMS` problems only their count."""
     lines: list[str] = []
-    for err in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    for err in errors[:MAX_PROBLEMS]:
         # pydantic puts the union tag in the path (classifiers.0.nudenet.x): not a user key.
         parts = [
             str(p)
@@ -521,9 +634,11 @@ def format_validation_error(source: Path, error: ValidationError) -> str:
         else:
             message = err["msg"].removeprefix("Value error, ")
         shown = err.get("input")
-        value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        value = "" if isinstance(shown, dict) else f" (got {brief_repr(shown)})"
         if not loc:  # a whole-policy check: each of its lines names its own path
             lines.extend(f"{source}: {line}" for line in message.splitlines())
             continue
         lines.append(f"{source}: {loc}: {message}{value}")
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"{source}: and {len(errors) - MAX_PROBLEMS:,} more problems")
     return "\n".join(lines)

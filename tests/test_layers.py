@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "imaging",
         "audit",
         "image_codec",
+        "provenance",
         "inputs",
         "asgi",
         "adapters",

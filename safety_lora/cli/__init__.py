@@ -10,7 +10,17 @@ from typing import Any
 
 import typer
 
-from safety_lora.cli import adapters, audit, demo, erase, generate, moderate, policy, serve
+from safety_lora.cli import (
+    adapters,
+    audit,
+    demo,
+    erase,
+    generate,
+    moderate,
+    policy,
+    provenance,
+    serve,
+)
 from safety_lora.cli.help import quiet_backend_notices, tidy
 from safety_lora.workbench.cli import register as register_workbench
 
@@ -21,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
 )
-for module in (adapters, audit, demo, erase, generate, moderate, policy, serve):
+for module in (adapters, audit, demo, erase, generate, moderate, policy, provenance, serve):
     module.register(app)
 register_workbench(app)  # its commands load the workbench (and check its extra) when run
 

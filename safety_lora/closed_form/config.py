@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,10 +33,22 @@ from pydantic import (
 )
 
 from safety_lora.templates import check_template, fill_template
+from safety_lora.textfiles import MAX_ITEMS, Term, Terms, brief_repr
 
 __all__ = ["ClosedFormConfig"]
 
-_Text = Annotated[str, Field(min_length=1)]
+
+def _anchor_word(value: str) -> str:
+    word = value.strip()
+    if value and not word:
+        raise ValueError(
+            "a blank anchor (only whitespace): write '' to remove the concept, or a word"
+        )
+    return word
+
+
+#: An anchor word, stripped: ``''`` (remove the concept) or some text, never only spaces.
+_Anchor = Annotated[str, AfterValidator(_anchor_word)]
 
 
 class ClosedFormConfig(BaseModel):
@@ -51,19 +65,20 @@ class ClosedFormConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    erase: list[_Text] = Field(min_length=1, description="Concepts to erase.")
-    templates: list[str] = Field(
+    erase: Terms = Field(min_length=1, description="Concepts to erase.")
+    templates: Terms = Field(
         default_factory=lambda: ["{}"],
         min_length=1,
         description="Prompt templates with {} for the concept.",
     )
-    guide: str = Field(
+    guide: _Anchor = Field(
         default="",
         description="Anchor word of the concepts without one in anchors (UCE's guide concept); "
         "'' removes the concept.",
     )
-    anchors: dict[str, str] = Field(
+    anchors: dict[Term, _Anchor] = Field(
         default_factory=dict,
+        max_length=MAX_ITEMS,
         description="Concept -> the word that takes its place in its anchor prompts.",
     )
     push: Annotated[
@@ -75,7 +90,7 @@ class ClosedFormConfig(BaseModel):
             "target a - ETA (c - a), past the anchor.",
         ),
     ] = 0.0
-    preserve: list[_Text] = Field(
+    preserve: Terms = Field(
         default_factory=list, description="Prompts whose keys and values must not change."
     )
     preserve_weight: Annotated[
@@ -137,12 +152,12 @@ class ClosedFormConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClosedFormConfig:
-        repeated = sorted({c for c in self.erase if self.erase.count(c) > 1})
+        repeated = sorted(c for c, n in Counter(self.erase).items() if n > 1)
         if repeated:
-            raise ValueError(f"`erase` names a concept twice: {repeated}")
+            raise ValueError(f"`erase` names a concept twice: {brief_repr(repeated)}")
         unknown = sorted(set(self.anchors) - set(self.erase))
         if unknown:
-            raise ValueError(f"`anchors` names concepts not in `erase`: {unknown}")
+            raise ValueError(f"`anchors` names concepts not in `erase`: {brief_repr(unknown)}")
         return self
 
     def anchor_of(self, concept: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray import serve
@@ -332,17 +332,33 @@ Ingress: Any = serve.deployment(name="Ingress")(serve.ingress()(IngressReplica))
 # -- building the application ------------------------------------------------------------------
 
 
-def build_app(settings: ServiceSettings, *, cluster_gpus: float | None = None) -> Any:
+def build_app(settings: ServiceSettings, *, cluster: Mapping[str, float] | None = None) -> Any:
     """The Serve application for ``settings`` (``serve.run`` it, or deploy its config).
 
-    ``cluster_gpus`` resolves ``num_gpus: auto`` (default: the connected cluster's GPUs).
+    The layout is fitted to ``cluster`` (its ``CPU`` and ``GPU`` counts; default: the
+    connected cluster's ``ray.cluster_resources()``, nothing fitted when Ray is not started):
+    default CPU shares shrink to fit, ``num_gpus: auto`` resolves, and a layout that cannot
+    start raises :class:`~safety_lora.service.ray_settings.LayoutError` at once rather than
+    wait for replicas Ray can never schedule.
     """
     import ray
 
-    if cluster_gpus is None:
-        resources = ray.cluster_resources() if ray.is_initialized() else {}  # type: ignore[no-untyped-call]
-        cluster_gpus = float(resources.get("GPU", 0))
+    if cluster is None and ray.is_initialized():  # type: ignore[no-untyped-call]
+        cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    cluster_gpus = float((cluster or {}).get("GPU", 0))
     ray_settings = settings.ray
+    if cluster is not None:
+        cpus = float(cluster.get("CPU", 0))
+        ray_settings = ray_settings.fitted(cpus, cluster_gpus, generation=settings.generation)
+        if ray_settings is not settings.ray:
+            logger.info(
+                "the default CPU shares are scaled to fit the cluster's %g CPUs: %s",
+                cpus,
+                ", ".join(
+                    f"{name} {d.num_cpus:g}"
+                    for name, d in ray_settings.deployments(generation=settings.generation).items()
+                ),
+            )
     policy: dict[str, Any] = settings.load_policy().model_dump(mode="json")
     data = settings.model_dump(mode="json")
     judge = Judge.options(**ray_settings.judge.options(cluster_gpus)).bind(
@@ -378,18 +394,20 @@ def serve_on_ray(settings: ServiceSettings, *, address: str | None = None) -> No
     import ray
 
     ray.init(address=address, include_dashboard=False if address is None else None)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    logger.info("deploying %r on Ray Serve", settings.ray.app_name)
-    app = build_app(settings)
-    if address is not None:
-        serve.run(app, name=settings.ray.app_name, route_prefix=settings.ray.route_prefix)
-        return
     try:
-        serve.run(
-            app, name=settings.ray.app_name, route_prefix=settings.ray.route_prefix, blocking=True
-        )
-    except KeyboardInterrupt:
-        logger.info("interrupted: shutting down Serve and the local Ray instance")
+        app = build_app(settings)  # a layout that cannot start fails here, before Serve starts
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        logger.info("deploying %r on Ray Serve", settings.ray.app_name)
+        name, prefix = settings.ray.app_name, settings.ray.route_prefix
+        if address is not None:
+            serve.run(app, name=name, route_prefix=prefix)
+            return
+        try:
+            serve.run(app, name=name, route_prefix=prefix, blocking=True)
+        except KeyboardInterrupt:
+            logger.info("interrupted: shutting down Serve and the local Ray instance")
+        finally:
+            serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()  # type: ignore[no-untyped-call]
+        if address is None:
+            ray.shutdown()  # type: ignore[no-untyped-call]

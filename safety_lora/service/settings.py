@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from safety_lora.image_codec import DEFAULT_MAX_PIXELS
 from safety_lora.policies.schema import PRESETS, Policy, format_validation_error
+from safety_lora.provenance import ProvenanceSettings
 from safety_lora.service.ray_settings import RaySettings
+from safety_lora.service.text_limits import ITEMS_CEILING, TEXT_CHARS_CEILING
 from safety_lora.textfiles import load_mapping, read_text
 
 __all__ = ["ServiceSettings", "hash_api_key", "is_loopback"]
 
 KeyHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+#: Routes that may be served without a key when keys are configured (``/healthz`` always is).
+PublicRoute = Literal["/metrics", "/docs", "/redoc", "/openapi.json"]
 
 
 def hash_api_key(key: str) -> str:
@@ -56,7 +60,55 @@ class ServiceSettings(BaseModel):
     api_keys: list[KeyHash] = Field(
         default_factory=list, description="sha256 hex digests of the accepted API keys"
     )
+    public_routes: list[PublicRoute] = Field(
+        default_factory=list,
+        description="served without a key even when api_keys are configured (/healthz always is)",
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_text_chars: int = Field(
+        default=4000,
+        ge=1,
+        le=TEXT_CHARS_CEILING,
+        description="characters per text (a prompt, a moderation string or text part); over: 400",
+    )
+    max_texts: int = Field(
+        default=32,
+        ge=1,
+        le=ITEMS_CEILING,
+        description="strings per request (/v1/moderations, /v1/moderations/prompt); over: 400",
+    )
+    max_parts: int = Field(
+        default=32,
+        ge=1,
+        le=ITEMS_CEILING,
+        description="content parts per /v1/moderations request; over: 400",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="request line and headers; over: 400 and the connection is closed",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request's line and headers must arrive within this of the connection "
+        "opening (or of the previous response); else the connection is closed",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a request's body must arrive within this of its headers; else the "
+        "connection is closed",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="open connections; one more is answered 503 and closed at once",
+    )
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=64)
     max_images: int = Field(default=4, ge=1, le=64, description="images per request (n, input)")
     max_generation_pixels: int | None = Field(
@@ -79,6 +131,10 @@ class ServiceSettings(BaseModel):
         description="on SIGTERM: in-flight work may finish this long, then stops at its next step",
     )
 
+    provenance: ProvenanceSettings = Field(
+        default_factory=ProvenanceSettings,
+        description="who signs the C2PA manifest of each image returned (default: unsigned record)",
+    )
     ray: RaySettings = Field(
         default_factory=RaySettings, description="the layout on Ray Serve (serve --ray)"
     )

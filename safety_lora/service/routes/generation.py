@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from safety_lora.decisions import Decision
 from safety_lora.guard import PromptRefused
-from safety_lora.image_codec import encode_image
+from safety_lora.provenance import generator_name, mark_images
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.errors import ServiceError
 from safety_lora.service.schemas import (
@@ -21,6 +21,7 @@ from safety_lora.service.schemas import (
     Safety,
 )
 from safety_lora.service.state import ServiceState, StateDep
+from safety_lora.service.text_limits import check_texts
 
 __all__ = ["router"]
 
@@ -54,10 +55,15 @@ async def generate(
         watcher.cancel()
     decisions: list[Decision] = list(out.decisions)
     service.count("image", [d.action.value for d in decisions])
-    data = [
-        GeneratedImage(b64_json=base64.b64encode(encode_image(im)).decode("ascii"))
-        for im in out.images
-    ]
+    marked = await run_in_threadpool(  # each image with its provenance (C2PA or unsigned)
+        mark_images,
+        out.images,
+        decisions,
+        generator=generator_name(service.settings.model),
+        settings=service.settings.provenance,
+        prompt=body.prompt,
+    )
+    data = [GeneratedImage(b64_json=base64.b64encode(b).decode("ascii")) for b in marked]
     return GenerationResponse(
         created=int(time.time()),
         data=data,
@@ -73,6 +79,7 @@ def _check_limits(body: GenerationRequest, service: ServiceState) -> tuple[int, 
     """Refuse work while draining and requests over this server's limits; the parsed size."""
     if service.draining:
         raise ServiceError(503, "server_shutting_down", "the server is shutting down")
+    check_texts([("prompt", body.prompt)], service.settings.max_text_chars)
     max_images = service.settings.max_images
     if body.n > max_images:
         raise ServiceError(
