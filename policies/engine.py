@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from safety_lora.audit import AuditLog, image_records, prompt_record, prompt_sha256
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
 from safety_lora.decisions import Decision, PromptDecision, new_request_id
-from safety_lora.imaging import View, frame_count, views
+from safety_lora.imaging import Page, View, pages, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
 
@@ -25,6 +25,13 @@ __all__ = ["HARD_RULE", "Decision", "PolicyEngine", "PromptDecision", "hard_rule
 MAX_FRAME_PIXELS = 64 * 1024 * 1024
 #: The rule no policy can relax: sexual content involving minors is always blocked/refused.
 HARD_RULE = "hard:minors+sexual"
+#: An input rule's action as the decision's action (``block``: the request is refused).
+_INPUT_ACTIONS = {
+    "refuse": Action.BLOCK,
+    "replace": Action.REPLACE,
+    "blur": Action.BLUR,
+    "allow": Action.ALLOW,
+}
 
 
 class PolicyEngine:
@@ -127,20 +134,64 @@ class PolicyEngine:
         return decision(PromptAction.ALLOW, "prompt:allow", [])
 
     def steering_scales(
-        self, prompt_decision: PromptDecision | None, attempt: int = 1
+        self,
+        prompt_decision: PromptDecision | None,
+        attempt: int = 1,
+        evidence: Mapping[Category, float] | None = None,
     ) -> dict[str, float]:
-        """Steering method name (adapter or SLD guidance) -> strength for this request, attempt."""
+        """Steering method name (adapter or SLD guidance) -> strength for this request, attempt.
+
+        ``evidence``: the flagged categories' scores on the image being regenerated. They count
+        as risk for the methods steering those categories, as the prompt's risk does, and
+        floor the strength at ``ladder[attempt] * score``: a flagged image is regenerated
+        steered, also by a method whose resting ``scale`` is 0.
+        """
+        return {
+            name: strength
+            for name, (strength, _) in self.steering_plan(
+                prompt_decision, attempt, evidence
+            ).items()
+        }
+
+    def steering_plan(
+        self,
+        prompt_decision: PromptDecision | None,
+        attempt: int = 1,
+        evidence: Mapping[Category, float] | None = None,
+    ) -> dict[str, tuple[float, str]]:
+        """:meth:`steering_scales` with, per method, the evidence that set its strength."""
         multiplier = self.policy.escalation.multiplier(attempt)
-        scales = {}
+        plan = {}
         for method in self.policy.steering.methods:
-            risk = 0.0
+            prompt_risk = 0.0
             if prompt_decision is not None:
-                risk = max(
+                prompt_risk = max(
                     (prompt_decision.risk.get(c, 0.0) for c in method.categories), default=0.0
                 )
+            image_risk, category = 0.0, None
+            for c in method.categories:
+                score = (evidence or {}).get(c, 0.0)
+                if score > image_risk:
+                    image_risk, category = score, c
+            risk = max(prompt_risk, image_risk)
             strength = (method.scale + method.risk_boost * risk) * multiplier
-            scales[method.adapter_name] = min(method.max_scale, strength)
-        return scales
+            strength = min(method.max_scale, max(strength, image_risk * multiplier))
+            if category is not None and image_risk >= prompt_risk:
+                why = f"image evidence {category.value} {image_risk:.2f}"
+            else:
+                why = f"prompt risk {prompt_risk:.2f}"
+            plan[method.adapter_name] = (strength, f"{why}, ladder x{multiplier:g}")
+        return plan
+
+    def evidence(self, decision: Decision) -> dict[Category, float]:
+        """The scores of the categories whose rule fired in ``decision`` (an image flagged
+        ``regenerate``): what its regeneration is steered by (:meth:`steering_scales`)."""
+        out = {}
+        for category, score in decision.scores.items():
+            rule = self.policy.rule_for(category)
+            if rule is not None and rule.action is not Action.ALLOW and score >= rule.threshold:
+                out[category] = score
+        return out
 
     def refused(
         self,
@@ -167,6 +218,20 @@ class PolicyEngine:
                 adapters=dict(adapters or {}),
                 closed_form=dict(closed_form or {}),
                 policy_sha256=self.policy_sha256,
+            )
+            for _ in range(n)
+        ]
+
+    def refused_for_input(self, verdict: Decision, n: int) -> list[Decision]:
+        """Decisions for ``n`` images not generated because input ``verdict`` refused them."""
+        return [
+            replace(
+                verdict,
+                scores={},
+                regions=(),
+                reasons=(f"input {verdict.input_name} refused", *verdict.reasons),
+                attempts=0,
+                frame=0,
             )
             for _ in range(n)
         ]
@@ -216,13 +281,13 @@ class PolicyEngine:
         decided: dict[int, Decision] = {}
         expanded: list[tuple[int, View]] = []  # every frame (and hidden-pixel view) to judge
         for i, image in enumerate(images):
-            refusal = self._frame_rule(image, common)
-            if refusal is not None:
-                decided[i] = refusal
-                continue
-            try:
+            try:  # every image the file holds, sized from its headers before any is decoded
+                refusal = self._frame_rule(pages(image), common)
+                if refusal is not None:
+                    decided[i] = refusal
+                    continue
                 expanded.extend((i, view) for view in views(image))
-            except (OSError, ValueError, SyntaxError, TypeError) as e:
+            except Exception as e:  # whatever Pillow raises on a hostile file: on_error
                 error = f"image {i} cannot be decoded: {type(e).__name__}: {e}"
                 decided[i] = self._decide({}, [], errors=(error,), **judging)
         scores, regions, errors = self._classify([view.image for _, view in expanded], common)
@@ -246,6 +311,67 @@ class PolicyEngine:
                 decision = replace(decision, frame=view.frame, reasons=reasons)
             decided[i] = decision
         return [decided[i] for i in range(len(images))]
+
+    def judge_inputs(
+        self,
+        images: Sequence[Image],
+        names: Sequence[str],
+        *,
+        prompt_decision: PromptDecision | None = None,
+        request_id: str | None = None,
+        adapters: Mapping[str, str] | None = None,
+        closed_form: Mapping[str, str] | None = None,
+    ) -> list[Decision]:
+        """One verdict per image a request brought (``names[i]`` its argument, ``image[0]``),
+        under the policy's ``inputs`` section, before anything is generated.
+
+        ``block`` refuses the request; ``blur``/``replace`` let generation go on from the
+        input so rendered; ``allow`` uses it as it is. An input that cannot be judged (not
+        decodable, a classifier error, a multi-frame rule) and the minors+sexual hard rule
+        always refuse: generating from an unjudged image is never the fail-closed choice.
+        """
+        if len(images) != len(names):
+            raise ValueError(f"{len(images)} input images but {len(names)} names")
+        judged = self.judge(
+            images,
+            prompt_decision=prompt_decision,
+            can_regenerate=False,
+            request_id=request_id,
+            adapters=adapters,
+            closed_form=closed_form,
+        )
+        return [self._input_verdict(d, n) for d, n in zip(judged, names, strict=True)]
+
+    def _input_verdict(self, judged: Decision, name: str) -> Decision:
+        """``judged`` (a verdict by the image rules) re-decided by the input rules."""
+        if judged.rule in (HARD_RULE, "on_error", "multi_frame", "max_frames"):
+            why = "cannot be judged" if judged.rule == "on_error" else judged.rule
+            reasons = (f"{name}: {why}: the request is refused", *judged.reasons)
+            rule = "inputs.on_error" if judged.rule == "on_error" else judged.rule
+            return replace(judged, action=Action.BLOCK, rule=rule, reasons=reasons, input_name=name)
+        fired = []
+        for category, score in judged.scores.items():
+            found = self.policy.input_rule_for(category)
+            if found is not None and score >= found[0] and found[1] != "allow":
+                fired.append((_INPUT_ACTIONS[found[1]], score, category, found))
+        if not fired:
+            return replace(
+                judged, action=Action.ALLOW, rule="inputs:allow", reasons=(), regions=(),
+                input_name=name,
+            )  # fmt: skip
+        fired.sort(key=lambda f: (ACTION_SEVERITY[f[0]], f[1]), reverse=True)
+        action, _, category, _ = fired[0]
+        own = category in self.policy.inputs.categories
+        reasons = tuple(f"{name}: {c.value} {s:.2f} >= {t:.2f} -> {a}" for _, s, c, (t, a) in fired)
+        kept = tuple(r for r in judged.regions if r.category in {f[2] for f in fired})
+        return replace(
+            judged,
+            action=action,
+            rule=f"inputs.categories.{category.value}" if own else "inputs.action",
+            reasons=reasons,
+            regions=kept,
+            input_name=name,
+        )
 
     def _classify(
         self, images: list[Image], common: dict[str, Any]
@@ -271,12 +397,13 @@ class PolicyEngine:
             common["timings_ms"][classifier.name] = (time.perf_counter() - start) * 1e3
         return per_image, regions, tuple(errors)
 
-    def _frame_rule(self, image: Image, common: dict[str, Any]) -> Decision | None:
-        """A block decision for a multi-frame image the policy refuses, or one too large."""
-        n = frame_count(image)
+    def _frame_rule(self, found: Sequence[Page], common: dict[str, Any]) -> Decision | None:
+        """A block decision for a file of several images (frames, pages, layers, icon entries:
+        ``found``) that the policy refuses, or one with too many pixels over all of them."""
+        n = len(found)
         if n == 1:
             return None
-        width, height = image.size
+        total = sum(page.pixels for page in found)
         if self.policy.multi_frame == "refuse":
             rule, reason = "multi_frame", f"{n} frames; the policy refuses multi-frame images"
         elif n > self.policy.max_frames:
@@ -284,9 +411,11 @@ class PolicyEngine:
                 "max_frames",
                 f"{n} frames, over the policy's max_frames {self.policy.max_frames}",
             )
-        elif n * width * height > MAX_FRAME_PIXELS:
+        elif total > MAX_FRAME_PIXELS:
             rule = "max_frames"
-            reason = f"{n} frames of {width}x{height}: over {MAX_FRAME_PIXELS} pixels in all"
+            sizes = ", ".join(f"{p.size[0]}x{p.size[1]}" for p in found[:4])
+            sizes += ", ..." if n > 4 else ""
+            reason = f"{n} frames ({sizes}): {total} pixels in all, over {MAX_FRAME_PIXELS}"
         else:
             return None
         return Decision(action=Action.BLOCK, rule=rule, scores={}, reasons=(reason,), **common)
@@ -320,11 +449,31 @@ class PolicyEngine:
                 regions=tuple(regions),
                 **common,
             )
-        fired = []
+        fired, held = [], []
         for category, score in scores.items():
+            band = self.policy.review.band(category, score)
+            if band is not None:  # a person decides within the band, instead of the rule
+                held.append((ACTION_SEVERITY[Action(band.interim)], score, category, band))
+                continue
             rule = self.policy.rule_for(category)
             if rule is not None and score >= rule.threshold and rule.action is not Action.ALLOW:
                 fired.append((ACTION_SEVERITY[rule.action], score, category, rule))
+        top = max(held, key=lambda h: h[0:2]) if held else None
+        if top is not None and (not fired or top[0:2] >= max(f[0:2] for f in fired)):
+            _, score, category, band = top
+            lo, hi = band.between
+            interim = Action(band.interim)
+            return Decision(
+                action=interim,
+                rule=f"review.{category.value}",
+                scores=scores,
+                reasons=(
+                    f"{category.value} {score:.2f} in review band [{lo:.2f}, {hi:.2f}) -> held "
+                    f"for review, {interim.value} meanwhile",
+                ),
+                regions=tuple(r for r in regions if r.category is category),
+                **common,
+            )
         if not fired:
             return Decision(action=Action.ALLOW, rule="allow", scores=scores, **common)
         fired.sort(key=lambda f: (f[0], f[1]), reverse=True)
@@ -361,13 +510,20 @@ class PolicyEngine:
         rule = self.policy.rule_for(category)
         return rule.threshold if rule is not None else None
 
-    def record(self, decisions: Sequence[Decision], *, prompt: str | None = None) -> None:
-        """Append one audit line per image decision (no-op when the policy names no audit path)."""
+    def record(
+        self, decisions: Sequence[Decision], *, prompt: str | None = None, kind: str = "image"
+    ) -> None:
+        """Append one audit line per image decision (no-op when the policy names no audit path);
+        ``kind="input"`` for the verdicts on a request's input images."""
         if self.audit_log is not None:
             include = self.policy.audit.include_prompt
             self.audit_log.write(
                 image_records(
-                    decisions, policy=self.policy.name, prompt=prompt, include_prompt=include
+                    decisions,
+                    policy=self.policy.name,
+                    prompt=prompt,
+                    include_prompt=include,
+                    kind=kind,
                 )
             )
 

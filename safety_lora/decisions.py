@@ -69,6 +69,8 @@ class Decision:
     ``policy_sha256`` identifies the policy that decided (:meth:`Policy.sha256`).
     ``input_name`` names the request's input image a decision is about (``image[0]``,
     ``mask_image``...): set on the verdicts of input images and on images refused for one.
+    ``review_id`` is the queue id of an image held for a person (rule ``review.<category>``;
+    ``action`` is the interim action the caller gets meanwhile).
     """
 
     action: Action
@@ -89,6 +91,12 @@ class Decision:
     frame: int = 0
     policy_sha256: str = ""
     input_name: str = ""
+    review_id: str = ""
+
+    @property
+    def held(self) -> bool:
+        """True when a review band held the image for a person (see ``review_id``)."""
+        return self.rule.startswith("review.")
 
     @property
     def flagged(self) -> bool:
@@ -121,4 +129,6 @@ class Decision:
         }
         if self.input_name:
             out["input"] = self.input_name
+        if self.held:
+            out["review_id"] = self.review_id
         return out

@@ -16,9 +16,9 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from PIL import Image
 
@@ -27,6 +27,9 @@ from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.imaging import render
 from safety_lora.policies.engine import PolicyEngine
 from safety_lora.policies.schema import Policy
+
+if TYPE_CHECKING:
+    from safety_lora.review import ReviewQueue
 
 __all__ = ["PromptRefused", "ReviewResult", "SafetyGuard"]
 
@@ -84,6 +87,17 @@ class SafetyGuard:
             "adapters": dict(adapters or {}),
             "closed_form": dict(closed_form or {}),
         }
+        #: Where images held for a person go (the policy's ``review`` section), when it holds.
+        self.review_queue: ReviewQueue | None = None
+        if policy.review.rules:
+            from safety_lora.review import open_queue
+
+            self.review_queue = open_queue(
+                policy.review,
+                policy_name=policy.name,
+                audit=self.engine.audit_log,
+                include_prompt=policy.audit.include_prompt,
+            )
 
     def check_prompt(self, text: str, *, request_id: str | None = None) -> PromptDecision:
         """Decide allow / steer / refuse for ``text`` and write one audit line (kind ``prompt``)."""
@@ -174,6 +188,26 @@ class SafetyGuard:
             **self.provenance,
         )
 
+    def hold(
+        self,
+        images: Sequence[Image.Image],
+        decisions: Sequence[Decision],
+        *,
+        prompt: str | None = None,
+    ) -> list[Decision]:
+        """Put each image a review band held into the review queue (the original, not the
+        interim rendering); its decision comes back with the queue's ``review_id``."""
+        if len(images) != len(decisions):
+            raise ValueError(f"{len(images)} images but {len(decisions)} decisions")
+        out = list(decisions)
+        for i, (image, decision) in enumerate(zip(images, decisions, strict=True)):
+            if decision.held and not decision.review_id:
+                if self.review_queue is None:  # a decision made under another policy
+                    raise ValueError(f"decision {i} holds an image, but this policy has no review")
+                review_id = self.review_queue.hold(image, decision, prompt=prompt)
+                out[i] = replace(decision, review_id=review_id)
+        return out
+
     def record(self, decisions: Sequence[Decision], *, prompt: str | None = None) -> None:
         """Write one audit line per decision (``prompt`` is hashed into them)."""
         self.engine.record(list(decisions), prompt=prompt)
@@ -188,11 +222,14 @@ class SafetyGuard:
         decisions: Sequence[Decision],
         *,
         prompt: str | None = None,
-    ) -> list[Image.Image]:
-        """Render each image by its final decision and audit the decisions: a request's end."""
+    ) -> tuple[list[Image.Image], list[Decision]]:
+        """Render each image by its final decision, hold those a review band holds, and audit
+        the decisions: a request's end. Returns the rendered images and the final decisions
+        (with their review ids)."""
         rendered = self.apply(images, decisions)
-        self.record(decisions, prompt=prompt)
-        return rendered
+        final = self.hold(images, decisions, prompt=prompt)
+        self.record(final, prompt=prompt)
+        return rendered, final
 
     def review(
         self,
@@ -207,6 +244,7 @@ class SafetyGuard:
         if not images:
             return []
         decisions = self.judge(images, prompt_decision=prompt_decision, request_id=request_id)
+        decisions = self.hold(images, decisions, prompt=prompt)
         self.record(decisions, prompt=prompt)
         return decisions
 
@@ -229,9 +267,8 @@ class SafetyGuard:
         """:meth:`review` then :meth:`apply`: the policy-applied images with their decisions."""
         images = _checked_images(images)
         decisions = self.judge(images, prompt_decision=prompt_decision, request_id=request_id)
-        return ReviewResult(
-            images=self.finish(images, decisions, prompt=prompt), decisions=decisions
-        )
+        rendered, final = self.finish(images, decisions, prompt=prompt)
+        return ReviewResult(images=rendered, decisions=final)
 
     def guard(self, fn: F) -> F:
         """Wrap ``generate(prompt, ...) -> image | list[image]`` (sync or ``async def``).

@@ -109,7 +109,8 @@ def _to_pil(argument: str, path: tuple[int, ...], value: Any) -> Image.Image:
 
 def owners(item: InputImage, call: Mapping[str, Any], n_prompts: int) -> list[int]:
     """The prompts an input serves: prompt ``i`` for entry ``i`` of a list (or batch) with one
-    entry per prompt, every prompt otherwise."""
+    entry per prompt and one image per prompt, every prompt otherwise (with several images per
+    prompt diffusers pairs init images with outputs round-robin, across prompts)."""
     value = call.get(item.argument)
     if isinstance(value, (list, tuple)):
         entries = len(value)
@@ -117,7 +118,8 @@ def owners(item: InputImage, call: Mapping[str, Any], n_prompts: int) -> list[in
         entries = int(value.shape[0])
     else:
         entries = 0
-    if n_prompts > 1 and item.path and entries == n_prompts:
+    per = int(call.get("num_images_per_prompt") or 1)
+    if n_prompts > 1 and per == 1 and item.path and entries == n_prompts:
         return [item.path[0]]
     return list(range(n_prompts))
 

@@ -26,7 +26,7 @@ import inspect
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -84,6 +84,9 @@ class SafePipelineOutput(BaseOutput):  # type: ignore[misc]
     images: list[Image.Image] | np.ndarray | torch.Tensor
     nsfw_content_detected: list[bool]
     decisions: list[Decision]
+    #: The verdicts on the call's input images (image-to-image, inpainting...), in argument
+    #: order; an input blurred or replaced here was generated from as rendered.
+    input_decisions: list[Decision] = field(default_factory=list)
 
 
 class SafeTuple(tuple[Any, ...]):
@@ -252,8 +255,9 @@ class SafePipeline:
             refusals = self.guard.refusals(checks[p], per)
             for slot, decision in zip(slots[p * per : (p + 1) * per], refusals, strict=True):
                 slot.decision = decision
+        verdicts: list[Decision] = []
         if inputs and len(refused) < len(prompts):
-            self._check_inputs(call, inputs, slots, refused, prompts, request_id)
+            verdicts = self._check_inputs(call, inputs, slots, refused, prompts, request_id)
         has_nsfw = self._generate_first(call, slots, checks, refused, per, request_id)
         self._escalate(call, slots, checks, request_id)
         images = self._finish(slots, prompts, call, output_type)
@@ -263,7 +267,10 @@ class SafePipeline:
             result.decisions = decisions
             return result
         return SafePipelineOutput(
-            images=images, nsfw_content_detected=[d.flagged for d in decisions], decisions=decisions
+            images=images,
+            nsfw_content_detected=[d.flagged for d in decisions],
+            decisions=decisions,
+            input_decisions=verdicts,
         )
 
     def _prompts(self, call: dict[str, Any]) -> list[str | None]:
@@ -289,9 +296,10 @@ class SafePipeline:
         refused: set[int],
         prompts: list[str | None],
         request_id: str,
-    ) -> None:
+    ) -> list[Decision]:
         """Judge the call's input images: a refused one refuses the prompts it serves (their
-        slots decided, ``refused`` extended); blurred/replaced ones go into ``call``."""
+        slots decided, ``refused`` extended); blurred/replaced ones go into ``call``. Returns
+        the verdicts."""
         verdicts = self.guard.check_inputs(
             [(item.name, item.image) for item in inputs],
             prompt=prompts[0] if len(prompts) == 1 else None,
@@ -313,6 +321,7 @@ class SafePipeline:
             elif verdict.action is not Action.ALLOW:
                 replacements[item.argument, item.path] = self.guard.render(item.image, verdict)
         substitute(call, replacements)
+        return verdicts
 
     def _seeds(self, call: dict[str, Any], n: int) -> tuple[list[int], list[torch.Tensor | None]]:
         """Each image's base seed and, under ``seed: same``, its generator's state where it has
@@ -505,8 +514,16 @@ class SafePipeline:
                 pil = self.guard.render(_to_pil(slot.native), slot.decision)
                 out.append(_from_pil(pil, output_type, slot.native))
         for p, prompt in enumerate(prompts):
-            mine = [s.decision for s in slots if s.prompt == p and s.decision is not None]
-            self.guard.record(mine, prompt=prompt)
+            mine = [s for s in slots if s.prompt == p and s.decision is not None]
+            if any(s.decision.held for s in mine if s.decision is not None):
+                held = self.guard.hold(
+                    [_to_pil(s.native) for s in mine],
+                    [s.decision for s in mine if s.decision is not None],
+                    prompt=prompt,
+                )
+                for slot, decision in zip(mine, held, strict=True):
+                    slot.decision = decision
+            self.guard.record([s.decision for s in mine if s.decision is not None], prompt=prompt)
         if output_type == "np":
             return np.stack(out)
         if output_type == "pt":

@@ -142,6 +142,26 @@ def test_each_prompt_answers_for_its_own_input(world: Any, tmp_path: Path) -> No
     first, second = out.decisions
     assert first.action is Action.BLOCK and first.input_name == "image[0]"
     assert second.attempts == 1 and second.input_name == ""
+    assert [(d.input_name, d.action) for d in out.input_decisions] == [
+        ("image[0]", Action.BLOCK), ("image[1]", Action.ALLOW),
+    ]  # fmt: skip
+
+
+def test_with_several_images_per_prompt_an_unsafe_input_refuses_every_prompt(
+    world: Any, tmp_path: Path
+) -> None:
+    # diffusers pairs init images with outputs round-robin across prompts here: image[0]
+    # would also feed the second prompt's images, so it refuses them all
+    safe = _i2i(world, _demo(tmp_path))
+    try:
+        out = safe(
+            ["a circle", "a square"], image=[_solid(RED), _solid(BLUE)], strength=0.5,
+            num_images_per_prompt=2, **KW,
+        )  # fmt: skip
+    finally:
+        safe.close()
+    assert [d.action for d in out.decisions] == [Action.BLOCK] * 4
+    assert {d.input_name for d in out.decisions} == {"image[0]"}
 
 
 def test_inpainting_judges_the_mask_and_the_image(world: Any, tmp_path: Path) -> None:
@@ -186,7 +206,9 @@ def test_tensors_and_arrays_are_judged_and_swapped_in_their_own_form(
 
 
 def test_inputs_that_cannot_be_judged_are_clear_errors() -> None:
-    with pytest.raises(InputError, match=r"`image\[0\]`: a tensor of 4 channels is taken as latents"):
+    with pytest.raises(
+        InputError, match=r"`image\[0\]`: a tensor of 4 channels is taken as latents"
+    ):
         find_inputs({"image": torch.zeros(1, 4, 32, 32)})
     with pytest.raises(InputError, match="`ip_adapter_image_embeds` hides the image"):
         find_inputs({"ip_adapter_image_embeds": [torch.zeros(2, 1, 8)]})

@@ -18,11 +18,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from safety_lora.asgi import error_envelope
+from safety_lora.audit import AuditWriteError
 from safety_lora.policies.engine import PolicyEngine
 from safety_lora.service.errors import ServiceError, describe_errors
 from safety_lora.service.gate import Gate
 from safety_lora.service.generator import Generator
-from safety_lora.service.routes import generation, moderation, ops
+from safety_lora.review.errors import ReviewStoreError
+from safety_lora.service.routes import edits, generation, moderation, ops, review
 from safety_lora.service.schemas import ImageModerationRequest
 from safety_lora.service.settings import ServiceSettings
 from safety_lora.service.state import ServiceState
@@ -52,13 +54,21 @@ def create_app(
         summary="Content-safety layer for diffusion pipelines: generation and moderation.",
         version=_version(),
         lifespan=_lifespan,
-        exception_handlers={ServiceError: _service_error, RequestValidationError: _invalid},
+        exception_handlers={
+            ServiceError: _service_error,
+            RequestValidationError: _invalid,
+            AuditWriteError: _audit_failed,
+            ReviewStoreError: review.review_unavailable,
+        },
     )
     app.state.service = service
     if settings.generation:
         app.include_router(generation.router)
+        app.include_router(edits.router)
     app.include_router(moderation.router)
     app.include_router(ops.router)
+    if review.enabled(settings, service.guard.review_queue):
+        app.include_router(review.router)
     app.add_middleware(
         Gate, settings=settings, metrics=service.metrics, admission=service.admission
     )
@@ -67,13 +77,15 @@ def create_app(
 
 
 def _openapi(app: FastAPI, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """FastAPI's document, with the image route's JSON body in the schemas it references (the
-    route reads its body itself, JSON or multipart, so FastAPI does not see the model)."""
+    """FastAPI's document, with the image moderation route's JSON body and the edit route's
+    form in the schemas they reference (those routes read their bodies themselves, so FastAPI
+    does not see the models)."""
     if app.openapi_schema is None:
         schemas = build().setdefault("components", {}).setdefault("schemas", {})
         schemas["ImageModerationRequest"] = ImageModerationRequest.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )
+        schemas["ImageEditRequest"] = edits.request_schema()
     document: dict[str, Any] | None = app.openapi_schema
     assert document is not None  # FastAPI's build keeps it on the app
     return document
@@ -100,6 +112,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _service_error(request: Request, e: ServiceError) -> JSONResponse:
     """A refused request as its status and error envelope."""
     return JSONResponse(error_envelope(e.code, str(e), **e.extra), status_code=e.status)
+
+
+async def _audit_failed(request: Request, e: AuditWriteError) -> JSONResponse:
+    """A decision that could not be audited is not served: 503 (the path goes to the log, not
+    to the client), counted; ``/healthz`` says not ready until a write or check succeeds."""
+    service: ServiceState = request.app.state.service
+    service.metrics.audit_failures.inc()
+    logger.error("%s: requests are refused (503) until it can be written", e)
+    body = error_envelope(
+        "audit_unavailable",
+        "the audit log cannot be written, so no decision is served; retry later",
+    )
+    return JSONResponse(body, status_code=503, headers={"retry-after": "5"})
 
 
 async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -41,6 +41,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 WORK_ROUTES = frozenset(
     {
         "/v1/images/generations",
+        "/v1/images/edits",
         "/v1/moderations",
         "/v1/moderations/image",
         "/v1/moderations/prompt",
@@ -122,10 +123,13 @@ class Gate:
         self.admission = admission
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self._keys = [k.encode() for k in settings.api_keys]
+        self._reviewer_keys = [k.encode() for k in settings.reviewer_keys]
+        self._public = frozenset(settings.public_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Give an HTTP request its id (a well-formed ``X-Request-Id``, else a new one; echoed on
-        the response), check key, rate, body size and admission on ``/v1/`` routes, count it."""
+        the response), check the key (every route but ``/healthz`` and ``public_routes``), then
+        rate, body size and admission on ``/v1/`` routes, count it."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -162,10 +166,15 @@ class Gate:
         headers: dict[bytes, bytes],
         route: str,
     ) -> None:
-        if not scope["path"].startswith("/v1/"):
+        path = scope["path"]
+        if path == "/healthz" or path in self._public:  # probes; what the settings make public
             await self.app(scope, receive, send)
             return
-        key = self._authenticate(headers)
+        if path == "/review":  # the reviewer page: no data; it asks for a reviewer key
+            await self.app(scope, receive, send)
+            return
+        reviewing = bool(self._reviewer_keys) and path.startswith("/v1/review/")
+        key = self._authenticate(headers, self._reviewer_keys if reviewing else self._keys)
         if key is None:
             self.metrics.rejected.labels(reason="auth").inc()
             await _error(
@@ -175,6 +184,9 @@ class Gate:
                 "missing or wrong API key (Authorization: Bearer)",
                 [(b"www-authenticate", b"Bearer")],
             )
+            return
+        if not path.startswith("/v1/"):  # docs and metrics: keyed, not rate-limited
+            await self.app(scope, receive, send)
             return
         wait = self.limiter.take(key)
         if wait > 0:
@@ -224,16 +236,17 @@ class Gate:
         self.metrics.in_flight.set(self.admission.active)
         self.metrics.queued.set(self.admission.queued)
 
-    def _authenticate(self, headers: dict[bytes, bytes]) -> str | None:
-        """The key's id for rate limiting ("open" without keys), None when refused."""
-        if not self._keys:
+    def _authenticate(self, headers: dict[bytes, bytes], keys: list[bytes]) -> str | None:
+        """The id of the key among ``keys`` given, for rate limiting ("open" without keys),
+        None when refused."""
+        if not keys:
             return "open"
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         digest = hash_api_key(token.strip()).encode()
         # Compare against every key (no early exit) so timing says nothing about which matched.
-        matched = [hmac.compare_digest(digest, k) for k in self._keys]
+        matched = [hmac.compare_digest(digest, k) for k in keys]
         return digest.decode()[:16] if any(matched) else None
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from safety_lora.audit import AuditWriteError
 from safety_lora.decisions import PromptDecision
 from safety_lora.guard import SafetyGuard
 from safety_lora.policies.engine import PolicyEngine
@@ -42,6 +43,8 @@ class ServiceState:
             engine = PolicyEngine(settings.load_policy())
         self.settings = settings
         self.guard = SafetyGuard(engine.policy, engine=engine)
+        if engine.audit_log is not None:
+            engine.audit_log.check()  # refuse to start rather than fail the first request
         self.generator = generator or LocalGenerator(settings, engine, pipeline)
         self.metrics = ServiceMetrics()
         self.admission = Admission(settings.max_concurrency, settings.queue_size)
@@ -69,6 +72,18 @@ class ServiceState:
         """Pixels per generated image: the setting, else the model's native size."""
         return self.settings.max_generation_pixels or self.native[0] * self.native[1]
 
+    def audit_failure(self) -> str | None:
+        """Why the audit log cannot be written, or None. While it is failing each call checks
+        it again, so the service recovers as soon as the destination is writable."""
+        log = self.guard.engine.audit_log
+        if log is None or log.failure is None:
+            return None
+        try:
+            log.check()
+        except AuditWriteError as e:
+            return str(e)
+        return None
+
     def begin_drain(self) -> None:
         """Shutdown began: refuse new work; in-flight jobs get the grace time, then stop."""
         self.draining = True
@@ -92,10 +107,22 @@ class ServiceState:
         """One generation of an admitted prompt (``pd``: its decision, made once), stopped at
         its next step once ``job`` is cancelled or late."""
         call = GenerationCall(n=body.n, size=size, steps=body.num_inference_steps, seed=body.seed)
+        return self.run(body.prompt, call, pd, request_id, job)
+
+    def run(
+        self,
+        prompt: str,
+        call: GenerationCall,
+        pd: PromptDecision,
+        request_id: str,
+        job: Cancellation,
+    ) -> Generated:
+        """``call`` (a generation or an edit) of an admitted prompt on the generator, ``job``
+        known to the drain until it ends."""
         with self._jobs_lock:
             self._jobs.add(job)
         try:
-            return self.generator.generate(body.prompt, call, pd, request_id, job)
+            return self.generator.generate(prompt, call, pd, request_id, job)
         finally:
             with self._jobs_lock:
                 self._jobs.discard(job)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -216,3 +217,157 @@ def test_an_animated_response_with_an_unsafe_later_frame_is_not_passed_on(
     placeholder = Image.open(io.BytesIO(unsafe.content)).convert("RGB")
     assert getattr(placeholder, "n_frames", 1) == 1 and placeholder.getpixel((1, 1)) == GREY
     assert safe.content == bodies["safe"]  # judged frame by frame, then passed on untouched
+
+
+# -- uploads: judged before the app sees them ---------------------------------------------------
+
+RED_PNG, BLUE_PNG = png("#dc1e1e"), png("#1e1edc")
+
+
+def data_url(data: bytes) -> str:
+    return "data:image/png;base64," + b64(data)
+
+
+@contextmanager
+def uploads_served(
+    tmp_path: Path, *, inputs: str = "refuse"
+) -> Iterator[tuple[httpx.Client, list[bytes], Path]]:
+    """An app taking uploads (multipart, JSON, raw base64) behind the middleware; red is
+    unsafe, and an unsafe input gets ``inputs``. Yields a client, the bodies the app got and
+    the audit log."""
+    received: list[bytes] = []
+    inner = FastAPI()
+
+    @inner.post("/edit")
+    async def edit(request: Request) -> Response:
+        received.append(await request.body())
+        async with request.form() as form:
+            upload = form["image"]
+            assert not isinstance(upload, str)
+            echoed = await upload.read()
+        return Response(
+            json.dumps({"data": [{"b64_json": b64(echoed)}]}), media_type="application/json"
+        )
+
+    @inner.post("/chat")
+    async def chat(request: Request) -> Response:
+        received.append(await request.body())
+        return Response(b"{}", media_type="application/json")
+
+    audit = tmp_path / "audit.jsonl"
+    policy = Policy.from_dict(
+        {
+            "classifiers": [{"kind": "concept_world", "unsafe": {"sexual": ["red"]}}],
+            "categories": {"sexual": {"threshold": 0.5, "action": "block"}},
+            "inputs": {"action": inputs},
+            "prompt": {
+                "classifiers": [
+                    {"kind": "prompt_rules", "extra_terms": {"violence": [REFUSED_WORD]}}
+                ],
+                "rules": {"violence": {"steer_at": 0.3, "refuse_at": 0.8}},
+            },
+            "audit": {"path": str(audit)},
+        }
+    )
+    routes = [
+        GuardedRoute("/edit", upload_fields=("init_image",)),
+        GuardedRoute("/chat", prompt_field="messages.0.content", upload_fields=("init_images.*",)),
+    ]
+    app = SafetyMiddleware(inner, guard=policy, routes=routes, max_upload_images=3)
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client, received, audit
+
+
+def edit_upload(client: httpx.Client, image: bytes, prompt: str = "a circle") -> httpx.Response:
+    files = [("image", ("in.png", image, "image/png"))]
+    return client.post("/edit", files=files, data={"prompt": prompt})
+
+
+def chat(client: httpx.Client, **body: Any) -> httpx.Response:
+    return client.post("/chat", json={"messages": [{"content": "a circle"}], **body})
+
+
+def test_an_unsafe_upload_is_refused_before_the_app(tmp_path: Path) -> None:
+    nested = {"messages": [{"content": "a circle", "image": {"url": data_url(RED_PNG)}}]}
+    with uploads_served(tmp_path) as (client, received, audit):
+        multipart = edit_upload(client, RED_PNG)
+        as_json = client.post("/chat", json=nested)
+        raw = chat(client, init_images=[b64(BLUE_PNG), b64(RED_PNG)])
+        form_field = client.post(  # multipart: a raw base64 text field and a benign file
+            "/edit",
+            data={"prompt": "a circle", "init_image": b64(RED_PNG)},
+            files=[("other", ("other.png", BLUE_PNG, "image/png"))],
+        )
+        urlencoded = client.post(
+            "/edit",
+            content=urlencode({"prompt": "a circle", "mask": data_url(RED_PNG)}),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        refused_prompt = edit_upload(client, BLUE_PNG, prompt=f"a {REFUSED_WORD}")
+    assert received == []
+    for response, name in [(multipart, "image"), (as_json, "messages.0.image.url"),
+                           (raw, "init_images.1"), (form_field, "init_image"),
+                           (urlencoded, "mask")]:  # fmt: skip
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("content_policy_violation", name)
+        assert error["decision"]["input"] == name
+        assert error["decision"]["action"] == "block"
+        assert response.headers["x-safety-decision"] == "refuse"
+        assert response.headers["x-safety-request-id"] == error["decision"]["request_id"]
+    assert refused_prompt.json()["error"]["decision"]["rule"] == "prompt.rules.violence.refuse_at"
+    lines = [r for r in read_audit_log(audit) if r["kind"] == "input"]
+    assert [(r["input"], r["action"]) for r in lines] == [
+        ("image", "block"),
+        ("messages.0.image.url", "block"),
+        ("init_images.0", "allow"),
+        ("init_images.1", "block"),
+        ("init_image", "block"),
+        ("other", "allow"),
+        ("mask", "block"),
+    ]
+    assert lines[0]["request_id"] == multipart.headers["x-safety-request-id"]
+
+
+def test_a_benign_upload_reaches_the_app_unchanged(tmp_path: Path) -> None:
+    with uploads_served(tmp_path) as (client, received, _):
+        multipart = edit_upload(client, BLUE_PNG)
+        as_json = chat(client, image=data_url(BLUE_PNG))
+    assert multipart.status_code == as_json.status_code == 200
+    assert multipart.headers["x-safety-decision"] == "allow"
+    assert multipart.json()["data"][0]["b64_json"] == b64(BLUE_PNG)  # echoed, judged, kept
+    sent_json = json.dumps({"messages": [{"content": "a circle"}], "image": data_url(BLUE_PNG)})
+    assert json.loads(received[1]) == json.loads(sent_json)
+    assert b"\r\n\r\n" + BLUE_PNG + b"\r\n" in received[0]  # the multipart body, byte for byte
+
+
+def test_an_upload_the_policy_replaces_is_rewritten_for_the_app(tmp_path: Path) -> None:
+    with uploads_served(tmp_path, inputs="replace") as (client, received, _):
+        multipart = edit_upload(client, RED_PNG)
+        as_json = chat(client, image=data_url(RED_PNG))
+    assert multipart.status_code == as_json.status_code == 200
+    assert multipart.headers["x-safety-decision"] == "replace"
+    echoed = unb64_image(multipart.json()["data"][0]["b64_json"])
+    assert (
+        echoed.size == (32, 32) and echoed.getpixel((1, 1)) == GREY
+    )  # the app got the placeholder
+    rewritten = json.loads(received[1])["image"]
+    assert rewritten.startswith("data:image/png;base64,")
+    assert unb64_image(rewritten.split(",", 1)[1]).getpixel((1, 1)) == GREY
+
+
+def test_uploads_that_cannot_be_judged_are_refused(tmp_path: Path) -> None:
+    with uploads_served(tmp_path) as (client, received, _):
+        garbage = edit_upload(client, b"not an image at all")
+        bad_url = chat(client, image="data:image/png;base64,AAAA")
+        too_many = chat(client, init_images=[b64(BLUE_PNG)] * 4)
+    assert received == []
+    assert garbage.status_code == bad_url.status_code == too_many.status_code == 400
+    assert (garbage.json()["error"]["code"], garbage.json()["error"]["param"]) == (
+        "invalid_image",
+        "image",
+    )
+    assert "upload image cannot be judged: not a recognised image format" in garbage.text
+    assert bad_url.json()["error"]["param"] == "image"
+    assert too_many.json()["error"]["code"] == "too_many_images"
+    assert garbage.headers["x-safety-decision"] == "error"

@@ -128,6 +128,28 @@ def test_auth_limits_and_metrics_are_the_plain_services(ray_url: str) -> None:
     assert 'safety_lora_decisions_total{action="allow",kind="prompt"}' in metrics
 
 
+def test_the_edit_route_answers_like_the_plain_service(ray_url: str, plain_url: str) -> None:
+    """An edit's images travel to the generator deployment, whose pipeline judges them: the
+    test policy's static scores flag every image, so the input is refused, named, on both."""
+    answers = []
+    for url in (plain_url, ray_url):
+        with _client(url) as client:
+            response = client.post(
+                "/v1/images/edits",
+                files=[("image", ("in.png", png("blue"), "image/png"))],
+                data={"prompt": "a cat", "seed": "3", "num_inference_steps": "4"},
+            )
+        answers.append((response.status_code, response.json()))
+    (plain_status, plain), (ray_status, served) = answers
+    assert plain_status == ray_status == 400
+    assert (served["error"]["code"], served["error"]["param"]) == (
+        "content_policy_violation",
+        "image",
+    )
+    assert served["error"]["decision"]["input"] == "image"
+    assert _stable(served) == _stable(plain)
+
+
 def test_decisions_name_the_policy_and_replicas_audit_apart(ray_url: str, root: Path) -> None:
     with _client(ray_url) as client:
         image = client.post("/v1/moderations/image", json={"input": b64(png())}).json()
