@@ -66,7 +66,7 @@ def test_a_folder_gives_one_row_per_file_with_the_guards_verdicts(
     bad = {r["item"]: r for r in rows if r["action"] == "error"}
     assert set(bad) == {str(images / "broken.png"), str(images / "notes.txt")}
     assert all(r["flagged"] and r["error"].startswith(f"{r['item']}: ") for r in bad.values())
-    assert "UnidentifiedImageError" in bad[str(images / "notes.txt")]["error"]
+    assert "not a recognised image format" in bad[str(images / "notes.txt")]["error"]
     guard = SafetyGuard(policy)
     for row in rows:
         if row["action"] == "error":

@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from safety_lora.audit import AuditWriteError
 from safety_lora.console import print_error
 from safety_lora.guard import SafetyGuard
-from safety_lora.image_codec import open_image_file
+from safety_lora.image_codec import DEFAULT_MAX_PIXELS, open_image_file
 from safety_lora.policies.schema import Policy, PolicyError
+from safety_lora.review.errors import ReviewError
 from safety_lora.textfiles import TextFileError, read_text
 
 BATCH = 16
@@ -81,6 +83,15 @@ def moderate(
         Path | None, typer.Option("--prompts", help="CSV file with a 'prompt' column.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines, not a table.")] = False,
+    max_image_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-image-pixels",
+            min=64,
+            help="Pixels one image file may hold, all its frames, pages, layers and icon sizes "
+            "together (sized from the headers, before decoding); a file over it is refused.",
+        ),
+    ] = DEFAULT_MAX_PIXELS,
     ray: Annotated[
         bool,
         typer.Option(
@@ -112,7 +123,9 @@ def moderate(
             _moderate_on_ray(list(paths or []), loaded, out, actors=actors, address=address)
             return
         guard = SafetyGuard(loaded)
-    except (PolicyError, ImportError, ValueError) as e:
+        if guard.engine.audit_log is not None:
+            guard.engine.audit_log.check()  # before any work, not after the first verdict
+    except (PolicyError, ImportError, ValueError, AuditWriteError, ReviewError) as e:
         print_error(f"{e}", mark="error:")
         raise typer.Exit(code=2) from e
     texts = list(prompt or []) + (read_prompts_csv(prompts) if prompts else [])
@@ -120,7 +133,12 @@ def moderate(
     files = [p for p in found if not _plainly_not_an_image(p)]
     if not texts and not files:
         raise typer.BadParameter("give image PATHs, --prompt or --prompts")
-    rows = [_prompt_row(guard, text) for text in texts] + _image_rows(guard, files, console)
+    try:
+        rows = [_prompt_row(guard, text) for text in texts]
+        rows += _image_rows(guard, files, console, max_pixels=max_image_pixels)
+    except (AuditWriteError, ReviewError) as e:  # no verdict shown that is not kept
+        print_error(f"{e}", mark="error:")
+        raise typer.Exit(code=2) from e
     if len(files) < len(found):
         skipped = [p.name for p in found if p not in files]
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
@@ -130,6 +148,14 @@ def moderate(
             highlight=False,
         )
     _print_rows(rows, guard.policy.name, console, as_json=as_json)
+    held = [row for row in rows if row.get("review_id")]
+    if held:  # the ids a reviewer decides (the reviewer page, or ReviewQueue.decide)
+        console.print(
+            f"held {len(held)} {_plural(len(held), 'image')} for review: "
+            + ", ".join(f"{row['item']} -> {row['review_id']}" for row in held),
+            highlight=False,
+            soft_wrap=True,
+        )
     if any(row["action"] not in ("allow", "steer") for row in rows):
         raise typer.Exit(code=1)
 
@@ -143,8 +169,12 @@ def _plainly_not_an_image(path: Path) -> bool:
     if path.suffix.lower() in Image.registered_extensions():
         return False
     try:
-        with Image.open(path):
-            return False  # the content says image, whatever the name
+        with path.open("rb") as file:
+            if file.read(4) == b"\0\0\1\0":
+                return False  # an icon's header: not opened here, as opening decodes
+            file.seek(0)
+            with Image.open(file, formats=[f for f in Image.OPEN if f != "ICO"]):
+                return False  # the content says image, whatever the name
     except UnidentifiedImageError:
         return True
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -156,8 +186,11 @@ def _prompt_row(guard: SafetyGuard, text: str) -> dict[str, Any]:
     return {"kind": "prompt", "item": text, **guard.check_prompt(text).to_dict()}
 
 
-def _image_rows(guard: SafetyGuard, files: list[Path], console: Console) -> list[dict[str, Any]]:
-    """Every image's verdict, in batches; an unreadable one is a row of its own (refused)."""
+def _image_rows(
+    guard: SafetyGuard, files: list[Path], console: Console, *, max_pixels: int
+) -> list[dict[str, Any]]:
+    """Every image's verdict, in batches; an unreadable one, or one over ``max_pixels`` in all
+    its images, is a row of its own (refused) and the others are still judged."""
     rows: list[dict[str, Any]] = []
     with Progress(console=console, transient=True, disable=not files) as progress:
         task = progress.add_task("judging images", total=len(files))
@@ -165,15 +198,11 @@ def _image_rows(guard: SafetyGuard, files: list[Path], console: Console) -> list
             batch_paths, images = [], []
             for path in files[start : start + BATCH]:
                 try:
-                    images.append(open_image_file(path))
+                    images.append(
+                        open_image_file(path, max_pixels=max_pixels, setting="--max-image-pixels")
+                    )
                     batch_paths.append(path)
-                except (
-                    UnidentifiedImageError,
-                    OSError,
-                    ValueError,
-                    SyntaxError,
-                    Image.DecompressionBombError,
-                ) as e:
+                except (OSError, ValueError) as e:  # ImageDecodeError names what is wrong
                     rows.append(_unreadable(path, e))
             if images:
                 # The guard judges every frame, gives `regenerate` its final action (there is
