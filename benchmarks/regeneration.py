@@ -8,7 +8,8 @@ them) are regenerated once at the escalation ladder's next rung (closed-form ste
 rung 1.5 x the flagged score 1.0), from the image's own initial noise (``seed: same``) or from
 a derived seed (``seed: derived``). For each: the share still red, the share that keep the
 asked shape, and the share that keep it in the same place (the object's box centre within 4
-px of the flagged image's), with 95% Wilson intervals. Table 2: seconds per requested image
+px of the flagged image's), and the share still red at the ladder's last rung (2.0), which the
+demo policy replaces, with 95% Wilson intervals. Table 2: seconds per requested image
 of the demo policy when its image action is ``regenerate`` (up to 3 attempts) vs ``blur``, at
 classifier flag rates 0 / 10 / 25 / 50% (a static classifier flags that share of judged
 images), with attempts per image; variants interleaved A/B/A/B in one process.
@@ -35,6 +36,7 @@ NAME = "regeneration"
 PROMPTS = {"a circle": "circle", "a square": "square", "a triangle": "triangle"}
 KW: dict[str, Any] = dict(CONCEPT_WORLD_DEFAULTS)
 RUNG = 1.5
+LAST = 2.0
 RATES = (0.0, 0.1, 0.25, 0.5)
 
 
@@ -60,7 +62,10 @@ def _centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
 def in_place(seeds: int, report: Report) -> None:
     """Table 1: flagged red images regenerated at the next rung, same noise vs new seed."""
     safe = SafePipeline(concept_world(), demo_policy())
-    counts = {mode: {"n": 0, "red": 0, "shape": 0, "place": 0} for mode in ("same", "derived")}
+    counts = {
+        mode: {"n": 0, "red": 0, "shape": 0, "place": 0, "replaced": 0}
+        for mode in ("same", "derived")
+    }
     for prompt, shape in PROMPTS.items():
         gens = [torch.Generator().manual_seed(s) for s in range(seeds)]
         with safe.steering.at({"erase_red": 0.0}):
@@ -78,10 +83,14 @@ def in_place(seeds: int, report: Report) -> None:
             with safe.steering.at({"erase_red": RUNG}):
                 images = safe.pipe([prompt] * len(flagged), generator=again, **KW).images
             tally = counts[mode]
-            for (_, before), image in zip(flagged, images, strict=True):
+            still = []
+            for (seed, before), image in zip(flagged, images, strict=True):
                 objects = analyse(image).objects
                 tally["n"] += 1
-                tally["red"] += any(o.colour == "red" for o in objects)
+                red = any(o.colour == "red" for o in objects)
+                tally["red"] += red
+                if red:
+                    still.append(seed)
                 kept = [o for o in objects if o.shape == shape]
                 tally["shape"] += bool(kept)
                 cx, cy = _centre(before.box)
@@ -89,15 +98,32 @@ def in_place(seeds: int, report: Report) -> None:
                     abs(_centre(o.box)[0] - cx) <= 4 and abs(_centre(o.box)[1] - cy) <= 4
                     for o in kept
                 )
+            if still:  # the ladder's last rung (2.0): what is still red then is replaced
+                last = [
+                    torch.Generator().manual_seed(s if mode == "same" else derive_seed(s, 0, 3))
+                    for s in still
+                ]
+                with safe.steering.at({"erase_red": LAST}):
+                    images = safe.pipe([prompt] * len(still), generator=last, **KW).images
+                tally["replaced"] += sum(
+                    any(o.colour == "red" for o in analyse(im).objects) for im in images
+                )
     table = report.table(
         f"Flagged red images regenerated once at strength {RUNG} (closed-form erase_red)",
-        ["regeneration", "still red", "asked shape kept", "shape kept in place"],
+        [
+            "regeneration",
+            "still red",
+            "asked shape kept",
+            "shape kept in place",
+            "replaced after 2.0",
+        ],
     )
     for mode, label in (("same", "in place (seed: same)"), ("derived", "new seed (seed: derived)")):
         t = counts[mode]
         table.add_row(
-            label, share(t["red"], t["n"]), share(t["shape"], t["n"]), share(t["place"], t["n"])
-        )
+            label, share(t["red"], t["n"]), share(t["shape"], t["n"]), share(t["place"], t["n"]),
+            share(t["replaced"], t["n"]),
+        )  # fmt: skip
     same, new = counts["same"], counts["derived"]
     table.note(
         f"{same['n']} flagged images of {seeds * len(PROMPTS)} ({len(PROMPTS)} prompts x "

@@ -1,7 +1,8 @@
 """The JSONL audit log: one line per decision, safe with concurrent threads and processes.
 
-Every line has a ``kind``: ``prompt`` (a prompt check, :func:`prompt_record`) or ``image``
-(an image's decision, :func:`image_records`); both carry the policy's name and a UTC time.
+Every line has a ``kind``: ``prompt`` (a prompt check, :func:`prompt_record`), ``image``
+(an image's decision, :func:`image_records`) or ``input`` (the verdict on an image a request
+brought, before generation; same fields, and ``input`` names the argument); all carry the policy's name and a UTC time.
 Each record is serialised first, then appended with a single ``write`` on an ``O_APPEND``
 descriptor under a cross-process file lock, so lines never interleave and a crash before the
 write leaves nothing half-written.
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditLog",
+    "AuditWriteError",
     "image_records",
     "merge_audit_logs",
     "prompt_record",
@@ -34,14 +36,49 @@ __all__ = [
 ]
 
 
+class AuditWriteError(OSError):
+    """The audit log cannot be written, so what it should record must not be served."""
+
+
 class AuditLog:
-    """Appends JSON records to ``path``; the parent folder is created if missing."""
+    """Appends JSON records to ``path``; the parent folder is created if missing.
+
+    A failed write raises :class:`AuditWriteError` and is kept in :attr:`failure` until a
+    write or :meth:`check` succeeds.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: Why the last write failed; None once one (or a :meth:`check`) succeeds.
+        self.failure: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._failed(e) from e
         self._lock = FileLock(str(self.path) + ".lock")
         self._thread_lock = threading.Lock()
+
+    def check(self) -> None:
+        """Open the log and its lock file for append (creating them and the folder), writing
+        nothing: :class:`AuditWriteError` naming the path when that fails; clears
+        :attr:`failure` when it works. Run at start-up, before any decision needs it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for path in (self.path, Path(str(self.path) + ".lock")):
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        except OSError as e:
+            raise self._failed(e) from e
+        self.failure = None
+
+    def _failed(self, error: OSError) -> AuditWriteError:
+        why = error.strerror or str(error)
+        where = (
+            f" ({error.filename})"
+            if error.filename and str(error.filename) != str(self.path)
+            else ""
+        )
+        self.failure = f"audit log {self.path} cannot be written: {why}{where}"
+        return AuditWriteError(error.errno, self.failure)
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Append ``records`` as one block of complete lines."""
@@ -51,14 +88,18 @@ class AuditLog:
         ).encode("utf-8")
         if not blob:
             return
-        with self._thread_lock, self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                written = os.write(fd, blob)
-                while written < len(blob):  # regular files rarely short-write; finish the block
-                    written += os.write(fd, blob[written:])
-            finally:
-                os.close(fd)
+        try:
+            with self._thread_lock, self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    written = os.write(fd, blob)
+                    while written < len(blob):  # regular files rarely short-write; finish
+                        written += os.write(fd, blob[written:])
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise self._failed(e) from e
+        self.failure = None
 
 
 def prompt_record(decision: PromptDecision, *, policy: str, text: str | None) -> dict[str, Any]:
@@ -71,17 +112,22 @@ def prompt_record(decision: PromptDecision, *, policy: str, text: str | None) ->
 
 
 def image_records(
-    decisions: Sequence[Decision], *, policy: str, prompt: str | None, include_prompt: bool
+    decisions: Sequence[Decision],
+    *,
+    policy: str,
+    prompt: str | None,
+    include_prompt: bool,
+    kind: str = "image",
 ) -> list[dict[str, Any]]:
-    """The lines of one prompt's images (``image_index`` in order); ``prompt``, when known, is
-    hashed into each (and kept with ``include_prompt``)."""
+    """The lines of one prompt's images (``image_index`` in order; ``kind="input"`` for its
+    input images); ``prompt``, when known, is hashed into each (kept with ``include_prompt``)."""
     now = _now()
     records = []
     for index, decision in enumerate(decisions):
         pd = decision.prompt_decision
         record = decision.to_dict()
         record.update(
-            kind="image",
+            kind=kind,
             time=now,
             image_index=index,
             policy=policy,

@@ -9,6 +9,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from safety_lora.audit import AuditWriteError
 from safety_lora.console import print_error
 from safety_lora.policies.schema import PolicyError
 from safety_lora.service.settings import ServiceSettings, hash_api_key
@@ -81,6 +82,8 @@ def serve(
             from safety_lora.service import serve as run
 
             run(settings)
+    except AuditWriteError as e:
+        _fail(f"{e}: give a writable file (--audit-log, audit_path or the policy's audit.path)")
     except (ValueError, PolicyError, ImportError, RuntimeError) as e:
         _fail(str(e))
 

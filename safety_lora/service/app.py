@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from safety_lora.asgi import error_envelope
 from safety_lora.audit import AuditWriteError
 from safety_lora.policies.engine import PolicyEngine
+from safety_lora.review.errors import ReviewStoreError
 from safety_lora.service.errors import ServiceError, describe_errors
 from safety_lora.service.gate import Gate
 from safety_lora.service.generator import Generator
-from safety_lora.review.errors import ReviewStoreError
 from safety_lora.service.routes import edits, generation, moderation, ops, review
 from safety_lora.service.schemas import ImageModerationRequest
 from safety_lora.service.settings import ServiceSettings

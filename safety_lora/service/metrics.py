@@ -15,7 +15,7 @@ __all__ = ["ServiceMetrics"]
 
 
 class ServiceMetrics:
-    """Requests, latency, decisions, rejections, and the admission queue."""
+    """Requests, latency, decisions, rejections, audit failures, and the admission queue."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -39,8 +39,14 @@ class ServiceMetrics:
         )
         self.rejected = Counter(
             "safety_lora_rejected_requests",
-            "Requests refused before any work (auth, rate, body_limit, busy)",
+            "Requests or connections refused before any work "
+            "(auth, rate, body_limit, busy, connections, read_timeout)",
             ["reason"],
+            registry=self.registry,
+        )
+        self.audit_failures = Counter(
+            "safety_lora_audit_failures",
+            "Requests refused with 503 because the audit log could not be written",
             registry=self.registry,
         )
         self.in_flight = Gauge(

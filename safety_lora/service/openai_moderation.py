@@ -39,10 +39,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from safety_lora.guard import SafetyGuard
 from safety_lora.policies.engine import HARD_RULE
+from safety_lora.service.text_limits import BoundedText, bounded_input
 from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category
 
 __all__ = [
@@ -76,7 +77,7 @@ class _Part(BaseModel):
 
 class TextPart(_Part):
     type: Literal["text"]
-    text: str = Field(max_length=20_000)
+    text: BoundedText
 
 
 class ImageURL(_Part):
@@ -111,8 +112,15 @@ class ModerationsRequest(_Part):
         }
     )
 
-    input: str | list[str] | list[ContentPart]
-    model: str | None = Field(default=None, description="accepted; the policy decides")
+    input: Annotated[
+        BoundedText | list[BoundedText] | list[ContentPart], BeforeValidator(bounded_input)
+    ] = Field(
+        description="a text, a list of texts (one result each) or a list of content parts (one "
+        "result); bounded by the server's max_text_chars, max_texts and max_parts"
+    )
+    model: str | None = Field(
+        default=None, max_length=256, description="accepted; the policy decides"
+    )
 
 
 def _text_thresholds(guard: SafetyGuard) -> dict[Category, float | None]:

@@ -5,9 +5,11 @@ A class docstring becomes the schema's description, so each is written for API u
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from safety_lora.service.text_limits import TEXT_CHARS_CEILING, BoundedText, bounded_input
 
 __all__ = [
     "GeneratedImage",
@@ -34,14 +36,20 @@ class GenerationRequest(_Body):
         json_schema_extra={"examples": [{"prompt": "a red circle", "n": 2, "seed": 7}]}
     )
 
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: str = Field(
+        min_length=1,
+        max_length=TEXT_CHARS_CEILING,
+        description="at most the server's max_text_chars characters (default 4000)",
+    )
     n: int = Field(default=1, ge=1)
     size: str | None = Field(default=None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$")
     response_format: Literal["b64_json"] = "b64_json"
-    model: str | None = Field(default=None, description="accepted; the service has one model")
-    quality: str | None = Field(default=None, description="accepted and ignored")
-    style: str | None = Field(default=None, description="accepted and ignored")
-    user: str | None = Field(default=None, description="accepted and ignored")
+    model: str | None = Field(
+        default=None, max_length=256, description="accepted; the service has one model"
+    )
+    quality: str | None = Field(default=None, max_length=256, description="accepted and ignored")
+    style: str | None = Field(default=None, max_length=256, description="accepted and ignored")
+    user: str | None = Field(default=None, max_length=256, description="accepted and ignored")
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     num_inference_steps: int | None = Field(default=None, ge=1, le=10_000)
 
@@ -85,7 +93,9 @@ class ImageModerationRequest(_Body):
     )
 
     input: str | list[str]
-    prompt: str | None = None
+    prompt: BoundedText | None = Field(
+        default=None, description="at most the server's max_text_chars characters"
+    )
     return_images: bool = Field(default=False, description="include policy-applied images")
 
 
@@ -96,7 +106,9 @@ class PromptModerationRequest(_Body):
         json_schema_extra={"examples": [{"input": ["a cat on a sofa", "a n.u.d.e portrait"]}]}
     )
 
-    input: str | list[str]
+    input: Annotated[BoundedText | list[BoundedText], BeforeValidator(bounded_input)] = Field(
+        description="at most the server's max_texts texts of max_text_chars characters each"
+    )
 
 
 class ModerationResult(BaseModel):

@@ -60,6 +60,12 @@ class ServiceSettings(BaseModel):
     api_keys: list[KeyHash] = Field(
         default_factory=list, description="sha256 hex digests of the accepted API keys"
     )
+    reviewer_keys: list[KeyHash] = Field(
+        default_factory=list,
+        description="sha256 hex digests of the keys that may use the review routes (/review, "
+        "/v1/review/...); an API key cannot. None: the review routes are off, unless no keys "
+        "at all are configured (then the loopback service is open to reviewers too)",
+    )
     public_routes: list[PublicRoute] = Field(
         default_factory=list,
         description="served without a key even when api_keys are configured (/healthz always is)",
@@ -87,7 +93,7 @@ class ServiceSettings(BaseModel):
         default=16 * 1024,
         ge=1024,
         le=1024 * 1024,
-        description="request line and headers; over: 400 and the connection is closed",
+        description="request line and headers; over: 431 and the connection is closed",
     )
     header_timeout_s: float = Field(
         default=10.0,
@@ -146,6 +152,12 @@ class ServiceSettings(BaseModel):
                 f"host {self.host!r} is not a loopback address and no api_keys are configured: "
                 f"the service would be open to the network. Add an API key hash "
                 f"(safety-lora serve hash-key) or bind 127.0.0.1"
+            )
+        both = sorted(set(self.api_keys) & set(self.reviewer_keys))
+        if both:
+            raise ValueError(
+                f"reviewer_keys: {both[0][:16]}... is an API key too; a reviewer key must be a "
+                f"key of its own, so that an API key cannot review"
             )
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from safety_lora.service.state import StateDep
 
@@ -21,17 +21,22 @@ async def policy(service: StateDep) -> dict[str, Any]:
     return {"name": guard.policy.name, "policy": guard.policy.model_dump(mode="json")}
 
 
-@router.get("/healthz")
-async def healthz(service: StateDep) -> dict[str, Any]:
-    """Liveness and load: model state, requests in flight and queued."""
+@router.get("/healthz", response_model=None)
+async def healthz(service: StateDep) -> dict[str, Any] | JSONResponse:
+    """Readiness and load: model state, requests in flight and queued; 503 with a ``reason``
+    while the audit log cannot be written (no decision is served then)."""
     model = "loaded" if service.limits is not None else "disabled"
-    return {
+    body: dict[str, Any] = {
         "status": "ok",
         "policy": service.guard.policy.name,
         "model": model,
         "in_flight": service.admission.active,
         "queued": service.admission.queued,
     }
+    if service.audit_failure() is not None:
+        body.update(status="unavailable", reason="the audit log cannot be written")
+        return JSONResponse(body, status_code=503)
+    return body
 
 
 @router.get("/metrics", response_class=Response)
