@@ -29,8 +29,9 @@ from starlette.exceptions import HTTPException
 
 from safety_lora.decisions import Decision
 from safety_lora.guard import PromptRefused
-from safety_lora.image_codec import ImageDecodeError, decode_image, encode_image
+from safety_lora.image_codec import ImageDecodeError, decode_image
 from safety_lora.imaging import pages, to_rgb
+from safety_lora.provenance import generator_name, mark_images
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.errors import ServiceError, describe_errors
 from safety_lora.service.generator import GenerationCall, Limits
@@ -163,10 +164,15 @@ async def edit(request: Request, service: StateDep) -> GenerationResponse:
     decisions: list[Decision] = list(out.decisions)
     _refuse_input(decisions, form.n, [field for field, _ in uploads], service)
     service.count("image", [d.action.value for d in decisions])
-    data = [
-        GeneratedImage(b64_json=base64.b64encode(encode_image(im)).decode("ascii"))
-        for im in out.images
-    ]
+    marked = await run_in_threadpool(  # each image with its provenance (C2PA or unsigned)
+        mark_images,
+        out.images,
+        decisions,
+        generator=generator_name(service.settings.model),
+        settings=service.settings.provenance,
+        prompt=form.prompt,
+    )
+    data = [GeneratedImage(b64_json=base64.b64encode(b).decode("ascii")) for b in marked]
     return GenerationResponse(
         created=int(time.time()),
         data=data,
