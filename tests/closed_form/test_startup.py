@@ -155,9 +155,11 @@ def test_sld_strength_follows_prompt_risk_and_the_ladder(tmp_path: Path) -> None
     safe = SafePipeline(tiny_pipeline(), policy)
     out = safe("a person", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.decisions[0].attempts == 2
+    # attempt 1: 0.2 + 1.0 * prompt risk 0.5; attempt 2: the flagged image's 0.9 is the
+    # risk now, (0.2 + 0.9) * 2 = 2.2, capped at max_scale 2.0
     assert out.decisions[0].steering_scales == (
         {"sld": pytest.approx(0.7)},
-        {"sld": pytest.approx(1.4)},
+        {"sld": pytest.approx(2.0)},
     )
 
 
