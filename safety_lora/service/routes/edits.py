@@ -16,8 +16,6 @@ decision naming the input, ``param`` the upload).
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -31,16 +29,12 @@ from safety_lora.decisions import Decision
 from safety_lora.guard import PromptRefused
 from safety_lora.image_codec import ImageDecodeError, decode_image
 from safety_lora.imaging import pages, to_rgb
-from safety_lora.provenance import generator_name, mark_images
-from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.errors import ServiceError, describe_errors
 from safety_lora.service.generator import GenerationCall, Limits
-from safety_lora.service.routes.generation import _cancel_on_disconnect, _check_limits
+from safety_lora.service.routes.generation import check_limits, generate_and_respond
 from safety_lora.service.schemas import (
-    GeneratedImage,
     GenerationRequest,
     GenerationResponse,
-    Safety,
 )
 from safety_lora.service.settings import ServiceSettings
 from safety_lora.service.state import ServiceState, StateDep
@@ -132,7 +126,7 @@ async def edit(request: Request, service: StateDep) -> GenerationResponse:
         seed=form.seed,
         num_inference_steps=form.num_inference_steps,
     )
-    size = _check_limits(as_generation, service) or service.native
+    size = check_limits(as_generation, service) or service.native
     _check_edit(form, len(uploads), limits, service.settings)
     images, mask_image = await asyncio.to_thread(
         _prepare, uploads, mask, size, service.settings.max_image_pixels
@@ -152,32 +146,15 @@ async def edit(request: Request, service: StateDep) -> GenerationResponse:
         mask=mask_image,
         strength=form.strength,
     )
-    job = Cancellation(service.settings.request_timeout_s)
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
-    try:
-        out = await run_in_threadpool(service.run, form.prompt, call, pd, request_id, job)
-    except Cancelled as e:
-        status = 503 if e.reason in ("shutdown", "reload") else 504
-        raise ServiceError(status, f"generation_{e.reason}", str(e)) from e
-    finally:
-        watcher.cancel()
-    decisions: list[Decision] = list(out.decisions)
-    _refuse_input(decisions, form.n, [field for field, _ in uploads], service)
-    service.count("image", [d.action.value for d in decisions])
-    marked = await run_in_threadpool(  # each image with its provenance (C2PA or unsigned)
-        mark_images,
-        out.images,
-        decisions,
-        generator=generator_name(service.settings.model),
-        settings=service.settings.provenance,
+    return await generate_and_respond(
+        request,
+        service,
+        lambda job: service.run(form.prompt, call, pd, request_id, job),
         prompt=form.prompt,
-    )
-    data = [GeneratedImage(b64_json=base64.b64encode(b).decode("ascii")) for b in marked]
-    return GenerationResponse(
-        created=int(time.time()),
-        data=data,
-        safety=Safety(
-            request_id=request_id, prompt=pd.to_dict(), decisions=[d.to_dict() for d in decisions]
+        pd=pd,
+        request_id=request_id,
+        refuse=lambda decisions: _refuse_input(
+            decisions, form.n, [field for field, _ in uploads], service
         ),
     )
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from safety_lora.decisions import Decision
+from safety_lora.decisions import Decision, PromptDecision
 from safety_lora.guard import PromptRefused
 from safety_lora.provenance import generator_name, mark_images
 from safety_lora.service.cancel import Cancellation, Cancelled
 from safety_lora.service.errors import ServiceError
+from safety_lora.service.generator import Generated
 from safety_lora.service.schemas import (
     GeneratedImage,
     GenerationRequest,
@@ -34,7 +36,7 @@ async def generate(
 ) -> GenerationResponse:
     """Generate images under the policy (OpenAI images API shape)."""
     request_id = request.state.request_id
-    size = _check_limits(body, service)
+    size = check_limits(body, service)
     pd = await run_in_threadpool(service.guard.check_prompt, body.prompt, request_id=request_id)
     service.count("prompt", [pd.action.value])
     if pd.refused:
@@ -44,16 +46,41 @@ async def generate(
             str(PromptRefused(pd)),
             decision=pd.to_dict(),
         )
+    return await generate_and_respond(
+        request,
+        service,
+        lambda job: service.generate(body, size, pd, request_id, job),
+        prompt=body.prompt,
+        pd=pd,
+        request_id=request_id,
+    )
+
+
+async def generate_and_respond(
+    request: Request,
+    service: ServiceState,
+    work: Callable[[Cancellation], Generated],
+    *,
+    prompt: str,
+    pd: PromptDecision,
+    request_id: str,
+    refuse: Callable[[list[Decision]], None] | None = None,
+) -> GenerationResponse:
+    """Run ``work`` in a worker thread (cancelled when the client leaves or past the
+    deadline), then answer with its images, each carrying its provenance, and every
+    decision; ``refuse`` may turn the decisions into an error first (a refused input)."""
     job = Cancellation(service.settings.request_timeout_s)
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+    watcher = asyncio.create_task(cancel_on_disconnect(request, job))
     try:
-        out = await run_in_threadpool(service.generate, body, size, pd, request_id, job)
+        out = await run_in_threadpool(work, job)
     except Cancelled as e:
         status = 503 if e.reason in ("shutdown", "reload") else 504
         raise ServiceError(status, f"generation_{e.reason}", str(e)) from e
     finally:
         watcher.cancel()
     decisions: list[Decision] = list(out.decisions)
+    if refuse is not None:
+        refuse(decisions)
     service.count("image", [d.action.value for d in decisions])
     marked = await run_in_threadpool(  # each image with its provenance (C2PA or unsigned)
         mark_images,
@@ -61,7 +88,7 @@ async def generate(
         decisions,
         generator=generator_name(service.settings.model),
         settings=service.settings.provenance,
-        prompt=body.prompt,
+        prompt=prompt,
     )
     data = [GeneratedImage(b64_json=base64.b64encode(b).decode("ascii")) for b in marked]
     return GenerationResponse(
@@ -75,7 +102,7 @@ async def generate(
     )
 
 
-def _check_limits(body: GenerationRequest, service: ServiceState) -> tuple[int, int] | None:
+def check_limits(body: GenerationRequest, service: ServiceState) -> tuple[int, int] | None:
     """Refuse work while draining and requests over this server's limits; the parsed size."""
     if service.draining:
         raise ServiceError(503, "server_shutting_down", "the server is shutting down")
@@ -98,7 +125,7 @@ def _check_limits(body: GenerationRequest, service: ServiceState) -> tuple[int, 
     return _parse_size(body.size, service.max_pixels, service.native)
 
 
-async def _cancel_on_disconnect(request: Request, job: Cancellation) -> None:
+async def cancel_on_disconnect(request: Request, job: Cancellation) -> None:
     """Cancel ``job`` when the client goes away (polled: the generation runs in a thread)."""
     while True:
         if await request.is_disconnected():
