@@ -89,7 +89,7 @@ def _stable(value: Any) -> Any:
     """The response without what differs between any two runs (ids, times)."""
     if isinstance(value, dict):
         return {
-            k: _pixels(v) if k == "b64_json" else _stable(v)
+            k: _pixels(v) if k == "b64_json" and v else _stable(v)
             for k, v in value.items()
             if k not in VOLATILE
         }
