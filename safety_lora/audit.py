@@ -1,8 +1,10 @@
 """The JSONL audit log: one line per decision, safe with concurrent threads and processes.
 
 Every line has a ``kind``: ``prompt`` (a prompt check, :func:`prompt_record`), ``image``
-(an image's decision, :func:`image_records`) or ``input`` (the verdict on an image a request
-brought, before generation; same fields, and ``input`` names the argument); all carry the policy's name and a UTC time.
+(an image's decision, :func:`image_records`), ``input`` (the verdict on an image a request
+brought, before generation; same fields, and ``input`` names the argument) or ``review`` (a
+person's decision on a held image, :mod:`safety_lora.review`); all carry the policy's name
+and a UTC time.
 Each record is serialised first, then appended with a single ``write`` on an ``O_APPEND``
 descriptor under a cross-process file lock, so lines never interleave and a crash before the
 write leaves nothing half-written.

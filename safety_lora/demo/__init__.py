@@ -3,7 +3,8 @@
 Red stands in for an unsafe concept. Each row is one prompt and seed, chosen to show every
 part of the layer: prompts where steering alone suffices, prompts the prompt check lets
 through whose images the classifier catches (regenerated from the same noise, steered by
-the image's own score on a rising ladder, then replaced), a benign prompt left as the base model draws it, and a refused prompt. The grid
+the image's own score on a rising ladder, then replaced), a benign prompt left as the base
+model draws it, and a refused prompt. The grid
 shows the base model's image, the image with the first attempt's steering alone, and what
 the whole layer lets through, with the prompt check's verdict and the final action.
 """
