@@ -348,3 +348,37 @@ def test_a_mode_that_cannot_be_steered_is_named_at_wrap_time(tmp_path: Path) -> 
         safe.derive(pix2pix)
     with pytest.raises(ValueError, match="must share this pipeline's `unet`"):
         safe.derive(StableDiffusionImg2ImgPipeline.from_pipe(tiny_pipeline(seed=1)))
+
+
+def test_fused_mode_and_windows_act_in_image_to_image_as_in_text_to_image(tmp_path: Path) -> None:
+    i2i = StableDiffusionImg2ImgPipeline.from_pipe(tiny_pipeline())
+    kw = {"image": _solid(BLUE), "strength": 0.75, "num_inference_steps": 4, "output_type": "np"}
+    lora = tiny_lora_file(i2i, tmp_path / "safe.safetensors")
+
+    def wrapped(**steering: Any) -> SafePipeline:
+        adapter = {"path": str(lora), "categories": ["sexual"], "scale": 1.0}
+        return SafePipeline(
+            i2i,
+            Policy.model_validate(
+                {"classifiers": ZERO, "steering": {"adapters": [adapter], **steering}},
+                context={"base": tmp_path},
+            ),
+        )
+
+    raw = i2i("a cat", generator=_gen(2), **kw).images
+    outputs = {}
+    for name, steering in {
+        "dynamic": {},
+        "fused": {"mode": "fused"},
+        "late window": {"window": [0.5, 1.0]},
+    }.items():
+        safe = wrapped(**steering)
+        outputs[name] = safe("a cat", generator=_gen(2), **kw).images
+        safe.close()
+        # close restores the pipeline (unfusing leaves float rounding only)
+        np.testing.assert_allclose(i2i("a cat", generator=_gen(2), **kw).images, raw, atol=1e-5)
+    np.testing.assert_allclose(outputs["fused"], outputs["dynamic"], atol=1e-4)  # same strength
+    assert not np.allclose(outputs["dynamic"], raw, atol=1e-4)
+    # the window covers the last half of the steps that run: between none and all
+    assert not np.allclose(outputs["late window"], raw, atol=1e-4)
+    assert not np.allclose(outputs["late window"], outputs["dynamic"], atol=1e-4)
