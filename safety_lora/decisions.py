@@ -70,7 +70,12 @@ class Decision:
     ``input_name`` names the request's input image a decision is about (``image[0]``,
     ``mask_image``...): set on the verdicts of input images and on images refused for one.
     ``review_id`` is the queue id of an image held for a person (rule ``review.<category>``;
-    ``action`` is the interim action the caller gets meanwhile).
+    ``action`` is the interim action the caller gets meanwhile). ``user_adapters`` holds the
+    wrap-time screening of each adapter of the user's on the pipeline (its shift toward each
+    erased concept, and what the policy did: allow or cap).
+    ``stages`` names the image classifiers that ran on the image, in order: a cascade stage
+    (a classifier with ``when``) that was skipped is absent, and what it would have scored and
+    no stage that ran did score is in ``unjudged``.
     """
 
     action: Action
@@ -92,6 +97,8 @@ class Decision:
     policy_sha256: str = ""
     input_name: str = ""
     review_id: str = ""
+    user_adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
 
     @property
     def held(self) -> bool:
@@ -119,6 +126,7 @@ class Decision:
             "classifiers": dict(self.classifiers),
             "errors": list(self.errors),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "stages": list(self.stages),
             "request_id": self.request_id,
             "unjudged": [c.value for c in self.unjudged],
             "adapters": dict(self.adapters),
@@ -131,4 +139,6 @@ class Decision:
             out["input"] = self.input_name
         if self.held:
             out["review_id"] = self.review_id
+        if self.user_adapters:
+            out["user_adapters"] = {k: dict(v) for k, v in self.user_adapters.items()}
         return out

@@ -72,6 +72,7 @@ class SafetyGuard:
         engine: PolicyEngine | None = None,
         adapters: Mapping[str, str] | None = None,
         closed_form: Mapping[str, str] | None = None,
+        user_adapters: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if isinstance(policy, (str, Path)):
             policy = Policy.load(policy)
@@ -87,6 +88,8 @@ class SafetyGuard:
             "adapters": dict(adapters or {}),
             "closed_form": dict(closed_form or {}),
         }
+        #: The user's own adapters on the pipeline, as screened at wrap time (in decisions).
+        self.user_adapters = {k: dict(v) for k, v in (user_adapters or {}).items()}
         #: Where images held for a person go (the policy's ``review`` section), when it holds.
         self.review_queue: ReviewQueue | None = None
         if policy.review.rules:
@@ -165,7 +168,7 @@ class SafetyGuard:
 
     def refusals(self, prompt_decision: PromptDecision, n: int) -> list[Decision]:
         """Decisions for ``n`` images not generated because ``prompt_decision`` refused them."""
-        return self.engine.refused(prompt_decision, n, **self.provenance)
+        return self._screened(self.engine.refused(prompt_decision, n, **self.provenance))
 
     def judge(
         self,
@@ -178,7 +181,7 @@ class SafetyGuard:
         request_id: str | None = None,
     ) -> list[Decision]:
         """One final decision per image (not audited yet: :meth:`finish` or :meth:`record`)."""
-        return self.engine.judge(
+        decisions = self.engine.judge(
             images,
             prompt_decision=prompt_decision,
             attempt=attempt,
@@ -187,6 +190,13 @@ class SafetyGuard:
             request_id=request_id or new_request_id(),
             **self.provenance,
         )
+        return self._screened(decisions)
+
+    def _screened(self, decisions: list[Decision]) -> list[Decision]:
+        """``decisions`` recording the user's adapters' screening, when there were some."""
+        if not self.user_adapters:
+            return decisions
+        return [replace(d, user_adapters=self.user_adapters) for d in decisions]
 
     def hold(
         self,

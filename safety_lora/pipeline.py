@@ -35,6 +35,7 @@ import torch
 from diffusers.utils.outputs import BaseOutput
 from PIL import Image
 
+from safety_lora.classifiers.prompt_views import windows_from_pipeline
 from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.guard import SafetyGuard
 from safety_lora.inputs import InputImage, find_inputs, owners, substitute
@@ -144,6 +145,8 @@ class SafePipeline:
         self.pipe: Any = pipe
         self.policy = policy
         self.engine = engine or PolicyEngine(policy)
+        # the prompt check reads what this pipeline's text encoders read (their token windows)
+        self.engine.prompt_windows = windows_from_pipeline(pipe)
         checker = getattr(pipe, "safety_checker", None)
         self.disabled_safety_checker: str | None = (
             type(checker).__name__ if checker is not None else None
@@ -154,6 +157,7 @@ class SafePipeline:
             engine=self.engine,
             adapters=self.steering.sha256,
             closed_form=self.steering.closed_form,
+            user_adapters=self.steering.screened,
         )
         self._signature, self._var_keyword = _call_signature(pipe)
 

@@ -112,18 +112,44 @@ def inspect(
     file: Annotated[Path, typer.Argument(help="Adapter file (.safetensors).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     base: Annotated[Path | None, typer.Option("--base", help=_BASE_HELP)] = None,
+    screen: Annotated[
+        bool,
+        typer.Option(
+            "--screen",
+            help="Also measure how far it moves the model toward each concept --policy erases.",
+        ),
+    ] = False,
+    policy: Annotated[
+        str, typer.Option("--policy", help="Policy file or preset name (with --screen).")
+    ] = "balanced",
 ) -> None:
-    """Show an adapter's format, family, rank, alpha, target layers, size and metadata."""
+    """Show an adapter's format, family, rank, alpha, target layers, size and metadata.
+
+    With --screen, load it onto the model (--base, else the embedded model) and measure its
+    shift toward every concept the policy's steering erases, as wrapping a pipeline holding
+    it would; exit 1 when the policy's steering.user_adapters rule would refuse it.
+    """
     from safety_lora.adapters import AdapterFormatError
 
     try:
         info = _summary(file, base)
+        if screen:
+            info["screening"] = _screening(file, base, policy)
     except (AdapterFormatError, OSError, ValueError) as e:
         print_error(f"{e}")
         raise typer.Exit(code=1) from e
+    refused = bool(info.get("screening", {}).get("refused"))
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
+    else:
+        _print_summary(file, info)
+    if screen and not as_json:
+        _print_screening(info["screening"])
+    if refused:
+        raise typer.Exit(code=1)
+
+
+def _print_summary(file: Path, info: dict[str, Any]) -> None:
     table = Table(title=str(file), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -156,6 +182,47 @@ def inspect(
     for key, value in sorted(info["metadata"].items()):
         table.add_row(f"meta: {key}", value if len(value) <= 200 else value[:200] + "…")
     Console().print(table)
+
+
+def _screening(file: Path, base: Path | None, policy_name: str) -> dict[str, Any]:
+    """The screen of ``file`` against ``policy_name``'s concepts, and the rule's verdict."""
+    from safety_lora.adapters import load_adapter
+    from safety_lora.loading import load_pipeline
+    from safety_lora.policies.schema import Policy, UserAdapterRule
+    from safety_lora.steering.screening import policy_probes
+    from safety_lora.steering.screening import screen as run_screen
+
+    policy = Policy.load(policy_name)
+    pipe, _ = load_pipeline(str(base) if base is not None else None)
+    name = "screened"
+    load_adapter(pipe.unet, file, adapter_name=name, unet_only=True)
+    result = run_screen(pipe, name, policy_probes(policy.steering))
+    rule = policy.steering.user_adapters or UserAdapterRule()
+    worst = result.worst
+    over = worst is not None and worst.shift >= rule.max_shift
+    return {
+        **result.to_dict(),
+        "policy": policy.name,
+        "max_shift": rule.max_shift,
+        "action": rule.action if over else "allow",
+        "refused": over and rule.action == "refuse",
+    }
+
+
+def _print_screening(screening: dict[str, Any]) -> None:
+    table = Table(title=f"screening against policy {screening['policy']}")
+    for column in ("concept", "shift", "worst probe", "its shift"):
+        table.add_column(column, justify="left" if column != "shift" else "right")
+    for row in screening["shifts"]:
+        table.add_row(
+            row["concept"], f"{row['shift']:.3f}", row["worst_probe"], f"{row['worst']:.3f}"
+        )
+    Console().print(table)
+    Console().print(
+        f"max_shift {screening['max_shift']}: [bold]{screening['action']}[/bold] "
+        f"({screening['seconds']:.1f} s)",
+        highlight=False,
+    )
 
 
 def convert_cmd(

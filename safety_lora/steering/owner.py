@@ -161,6 +161,44 @@ class Steering:
         with self.lock:
             self._activate()
             self._rest()
+        #: The user's own adapters on the UNet, screened against the policy's concepts: name
+        #: -> the measurement, the action taken and the strength factor applied.
+        self.screened: dict[str, dict[str, Any]] = {}
+        if self.part == "unet":
+            self._screen(sorted(existing), config)
+
+    def _screen(self, users: list[str], config: SteeringPolicy) -> None:
+        """Screen each user adapter (:mod:`safety_lora.steering.screening`) and apply the
+        policy's ``user_adapters`` rule: refuse (our adapters removed again, then an error
+        naming it), cap its strength at ``max_shift``, or allow; recorded in :attr:`screened`."""
+        from safety_lora.steering.screening import policy_probes, screen
+
+        rule = config.user_adapters
+        probes = policy_probes(config)
+        if rule is None or not probes or not users:
+            return
+        for name in users:
+            result = screen(self.pipe, name, probes)
+            worst = result.worst
+            shift = worst.shift if worst is not None else 0.0
+            record: dict[str, Any] = {**result.to_dict(), "action": "allow", "factor": 1.0}
+            if shift >= rule.max_shift and rule.action == "refuse":
+                self.close()
+                assert worst is not None
+                raise SteeringError(
+                    f"your adapter {name!r} moves the model toward {worst.concept!r}, which the "
+                    f"policy erases, by {shift:.2f} (steering.user_adapters.max_shift "
+                    f"{rule.max_shift}; worst probe {worst.worst_probe!r}): refused. Remove it "
+                    f"(`pipe.delete_adapters({name!r})`), or set steering.user_adapters.action "
+                    f"to cap"
+                )
+            if shift >= rule.max_shift and rule.action == "cap":
+                factor = rule.max_shift / shift
+                for layer in _adapter_layers(self.denoiser):
+                    if name in layer.scaling:
+                        layer.scaling[name] *= factor
+                record.update(action="cap", factor=round(factor, 4))
+            self.screened[name] = record
 
     @property
     def names(self) -> tuple[str, ...]:
