@@ -28,11 +28,13 @@ class Region:
 
 @dataclass(frozen=True)
 class ImageScores:
-    """One image classifier's verdict on one image."""
+    """One image classifier's verdict on one image; ``notes`` is text it gives as evidence (a
+    vision-language guard's rationale), kept in the decision's reasons."""
 
     scores: Mapping[Category, float]
     regions: tuple[Region, ...] = ()
     labels: Mapping[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -297,5 +297,6 @@ class ClipConceptsConfig(ClassifierConfig):
 
     def build(self) -> ClipConceptsClassifier:
         """Load the checker, and the CLIP text tower when there are user phrases."""
-        options = {name: getattr(self, name) for name in type(self).model_fields if name != "kind"}
+        fields = set(type(self).model_fields) - {"kind", "when"}  # `when` is the cascade's
+        options = {name: getattr(self, name) for name in fields}
         return ClipConceptsClassifier(**options)

@@ -11,8 +11,9 @@ Each normalised prompt (:mod:`~safety_lora.classifiers.normalize`) is read three
 A logistic regression per category turns them into a raw probability, and an isotonic map
 fitted on held-out folds makes it a calibrated one: among held-out prompts scored about 0.8,
 about 80% were unsafe in that category. Explicit rule hits (score 1.0, user ``extra_terms``
-too) pass through, and ``minors``, which has no learned head, comes from the rules, so the
-hard rule keeps its exact terms. Everything ships in the package (about 8 MB, no torch at
+too) pass through, so do the rules' ``sexual`` scores where they see a child, and
+``minors``, which has no learned head, comes from the rules, so the hard rule keeps its exact
+terms. Everything ships in the package (about 8 MB, no torch at
 run time): ``rules/prompt_model.safetensors`` (made by ``benchmarks/train_prompt_model.py``)
 and MiniLM's tokenizer (``rules/minilm_tokenizer.json``, Apache-2.0 like the model). It
 scores thousands of prompts a second on one core; recent prompts are cached.
@@ -63,6 +64,9 @@ __all__ = [
 FORMAT = "safety_lora.prompt_model/1"
 #: The learned model's highest score: 1.0 means an explicit rule term, never a model guess.
 CERTAIN = 0.99
+#: A rules minors score from which the rules' sexual score passes through whole (the hard
+#: rule's highest threshold, ``MINORS_MAX_THRESHOLD``).
+MINORS_AT = 0.5
 #: sklearn's default word pattern, which the word vocabulary was fitted with.
 _WORD = re.compile(r"\b\w\w+\b")
 
@@ -327,9 +331,13 @@ class LearnedPromptClassifier:
         for ruled, words, static, rules in self.features(prompts):
             learned = m.calibrated(m.raw(words, static, rules))
             scores = dict(ruled.scores)  # categories without a head (minors) from the rules
+            # where the rules see a child, their sexual score counts in full: the minors +
+            # sexual rule never rests on the model alone (emoji, other languages)
+            child = ruled.scores.get(Category.MINORS, 0.0) >= MINORS_AT
             for category, value in zip(m.categories, learned, strict=True):
                 rule = ruled.scores.get(category, 0.0)
-                scores[category] = max(float(value), rule if rule >= self._passthrough else 0.0)
+                floor = self._passthrough if not (child and category is Category.SEXUAL) else 0.0
+                scores[category] = max(float(value), rule if rule >= floor else 0.0)
             out.append(
                 PromptScores(scores=scores, matches=ruled.matches, normalized=ruled.normalized)
             )

@@ -15,7 +15,16 @@ import unicodedata
 
 from anyascii import anyascii
 
-__all__ = ["deleet_variants", "joined_variant", "normalize", "normalize_variants"]
+__all__ = [
+    "deleet_variants",
+    "displayed",
+    "joined_variant",
+    "letter_scripts",
+    "native",
+    "normalize",
+    "normalize_variants",
+    "unspaced",
+]
 
 # One pass over ASCII text: lowercase, apostrophes vanish ("assassin's" -> "assassins"), and
 # so does every control character but tab, newline and carriage return ("nu\x00de" -> "nude").
@@ -151,3 +160,92 @@ def normalize_variants(text: str) -> list[str]:
     joined = joined_variant(text)
     forms = [plain] if joined is None or joined == plain else [plain, joined]
     return [*forms, *(v for form in forms for v in deleet_variants(form))]
+
+
+# Scripts written without spaces between words (Han, kana, Hangul syllables and jamo, Thai,
+# Lao, Khmer, Myanmar): their rule terms match as substrings. Emoji and other symbols too.
+_UNSPACED = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1100, 0x11FF),
+    (0x1780, 0x17FF),
+    (0x3040, 0x30FF),
+    (0x3130, 0x318F),
+    (0x31F0, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7AF),
+    (0xF900, 0xFAFF),
+    (0x20000, 0x3FFFF),
+)
+# Emoji skin tones and variation selectors: "👶🏽" is "👶".
+_EMOJI_MODIFIERS = frozenset([*range(0x1F3FB, 0x1F400), 0xFE0E, 0xFE0F])
+
+
+def unspaced(ch: str) -> bool:
+    """True for a character of a script written without spaces, or a symbol such as an emoji
+    (rule terms containing one match anywhere, not only as whole words)."""
+    code = ord(ch)
+    return unicodedata.category(ch) == "So" or any(a <= code <= b for a, b in _UNSPACED)
+
+
+def native(text: str) -> str:
+    """``text`` in its own script: NFKC, case-folded, invisible characters and emoji
+    modifiers dropped, punctuation turned to spaces; letters keep their accents and script
+    (``"¡Niña!"`` -> ``"niña"``), so terms of other languages match without the false
+    matches transliteration makes (``niña`` is not the name ``Nina``)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if ord(ch) in _EMOJI_MODIFIERS or (cat in ("Cf", "Cc") and ch not in "\t\n\r"):
+            continue
+        out.append(" " if cat[0] in "PZ" or ch in "\t\n\r" else ch)
+    return " ".join("".join(out).split())
+
+
+def letter_scripts(text: str) -> tuple[int, int]:
+    """(letters in Latin script, letters in any other script) of ``text``."""
+    latin = other = 0
+    for ch in text:
+        if ch.isalpha():
+            if ch.isascii() or unicodedata.name(ch, "").startswith("LATIN"):
+                latin += 1
+            else:
+                other += 1
+    return latin, other
+
+
+_RLO, _LRO, _RLE, _LRE, _PDF = "\u202e", "\u202d", "\u202b", "\u202a", "\u202c"
+_ISOLATES = "\u2066\u2067\u2068\u2069"  # LRI RLI FSI PDI
+
+
+def displayed(text: str) -> str:
+    """``text`` in the order a reader sees it, bidi controls resolved and dropped: a
+    right-to-left override (RLO ... PDF, or to the line's end) shows its characters reversed
+    (``"a \\u202eedun\\u202c child"`` reads ``"a nude child"``); embeddings (RLE, LRE),
+    isolates (LRI, RLI, FSI, PDI) and left-to-right overrides do not reorder Latin letters.
+    A small resolver for the controls an evasion uses, not the full bidi algorithm."""
+    if not any(ch in text for ch in (_RLO, _LRO, _RLE, _LRE, _PDF, *_ISOLATES)):
+        return text
+    lines = []
+    for line in text.split("\n"):
+        # per open level: (is RLO, its characters and closed inner runs)
+        stack: list[tuple[bool, list[str]]] = [(False, [])]
+
+        def close(stack: list[tuple[bool, list[str]]] = stack) -> None:
+            rtl, parts = stack.pop()  # a closed run moves as one piece in its parent
+            stack[-1][1].append("".join(reversed(parts) if rtl else parts))
+
+        for ch in line:
+            if ch in (_RLO, _LRO, _RLE, _LRE):
+                stack.append((ch == _RLO, []))
+            elif ch == _PDF:
+                if len(stack) > 1:
+                    close()
+            elif ch not in _ISOLATES:
+                stack[-1][1].append(ch)
+        while len(stack) > 1:
+            close()
+        lines.append("".join(stack[0][1]))
+    return "\n".join(lines)

@@ -33,7 +33,13 @@ from pydantic import (
 
 from safety_lora.classifiers.base import PromptScores
 from safety_lora.classifiers.config import BUNDLED, ClassifierConfig, resolve_local
-from safety_lora.classifiers.normalize import deleet_variants, joined_variant, normalize
+from safety_lora.classifiers.normalize import (
+    deleet_variants,
+    joined_variant,
+    native,
+    normalize,
+    unspaced,
+)
 from safety_lora.taxonomy import Category
 from safety_lora.textfiles import (
     MAX_ITEMS,
@@ -44,9 +50,57 @@ from safety_lora.textfiles import (
     read_text,
 )
 
-__all__ = ["PromptRulesClassifier", "PromptRulesConfig", "check_extra_terms", "load_rules_text"]
+__all__ = [
+    "BUNDLED_FILES",
+    "PromptRulesClassifier",
+    "PromptRulesConfig",
+    "check_extra_terms",
+    "load_rules_text",
+]
+
+#: The bundled rule files: English, other languages' terms, the emoji table.
+BUNDLED_FILES = ("default.yaml", "languages.yaml", "emoji.yaml")
 
 _PLURAL_SUFFIXES = ("", "s", "es")
+#: Fuzzy matching: terms this long or longer match words one edit away.
+FUZZY_MIN = 5
+#: Endings stripped to find a word's stem in the English vocabulary.
+_SUFFIXES = ("s", "es", "ies", "ed", "ing", "er", "ers", "y", "ly")
+#: Runs of one repeated letter ("nuuude"), collapsed to one letter for comparison.
+_RUNS = re.compile(r"([a-z])\1+")
+
+
+def _collapsed(word: str) -> str:
+    return _RUNS.sub(r"\1", word)
+
+
+def _deletes(word: str) -> set[str]:
+    return {word[:i] + word[i + 1 :] for i in range(len(word))}
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by one insertion, deletion, substitution or swap of
+    neighbours (Damerau-Levenshtein distance 1)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+            and a[diff[1]] == b[diff[0]]
+        )  # fmt: skip
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _known_words() -> frozenset[str]:
+    """Whole words of MiniLM's English vocabulary (bundled): never read as a misspelt term
+    (``baked`` is not ``naked``, ``exotic`` not ``erotic``)."""
+    ref = resources.files("safety_lora.classifiers").joinpath("rules/minilm_tokenizer.json")
+    vocab = json.loads(ref.read_text(encoding="utf-8"))["model"]["vocab"]
+    return frozenset(w for w in vocab if w.isalpha() and w.isascii())
+
+
 _CATEGORIES = tuple(Category)
 _ALLOW = -1
 
@@ -104,14 +158,18 @@ class _Rule:
         return f"{self.category.value}:{self.label}"
 
 
-def load_rules_text(rules: str | Path) -> tuple[str, str]:
-    """Return ``(source name, YAML text)`` for ``"bundled"`` or a path to a rule file."""
+def load_rules_text(rules: str | Path) -> list[tuple[str, str]]:
+    """``(source name, YAML text)`` of each rule file: the :data:`BUNDLED_FILES` for
+    ``"bundled"``, else the one file at that path."""
     if str(rules) == BUNDLED:
-        ref = resources.files("safety_lora.classifiers").joinpath("rules/default.yaml")
-        return "bundled rules/default.yaml", ref.read_text(encoding="utf-8")
+        folder = resources.files("safety_lora.classifiers").joinpath("rules")
+        return [
+            (f"bundled rules/{name}", folder.joinpath(name).read_text(encoding="utf-8"))
+            for name in BUNDLED_FILES
+        ]
     path = Path(rules)
     try:
-        return str(path), read_text(path)
+        return [(str(path), read_text(path))]
     except TextFileError as e:
         raise ValueError(f"prompt_rules: rules file: {e}") from e
 
@@ -158,41 +216,71 @@ class PromptRulesClassifier:
         *,
         rules: str | Path = BUNDLED,
         extra_terms: Mapping[Category, Sequence[str]] | None = None,
+        fuzzy: bool = True,
         name: str = "prompt_rules",
     ) -> None:
-        source, text = load_rules_text(rules)
-        parsed = _parse(source, text)
+        files = load_rules_text(rules)
+        parsed = [_parse(source, text) for source, text in files]
         extra = {Category(c): list(ts) for c, ts in (extra_terms or {}).items()}
         for cat, terms in extra.items():
             for term in terms:
                 if not normalize(term.rstrip("*")):
                     raise ValueError(f"extra_terms.{cat.value}: term {term!r} is empty")
         self.name = name
-        blob = text + "\n" + json.dumps({c.value: t for c, t in extra.items()}, sort_keys=True)
+        blob = (
+            "\n".join(text for _, text in files)
+            + "\n"
+            + json.dumps({c.value: t for c, t in extra.items()}, sort_keys=True)
+        )
         self.fingerprint = "prompt_rules:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
         self._automaton = ahocorasick.Automaton()
+        # terms with letters beyond ASCII, matched on the text in its own script (native())
+        self._native = ahocorasick.Automaton()
         # (pattern, rule, its tag, literals one of which must appear for it to be tried)
         self._regexes: list[tuple[re.Pattern[str], _Rule, str, tuple[str, ...]]] = []
         keys: dict[str, list[_Rule | int]] = {}
-        for phrase in parsed.allow:
+        native_keys: dict[str, list[_Rule | int]] = {}
+        for phrase in (p for f in parsed for p in f.allow):
             keys.setdefault(f" {normalize(phrase)} ", []).append(_ALLOW)
         groups = [
             (c, g.weight, g.context, g.terms, g.regex, tuple(g.requires))
-            for c, gs in parsed.categories.items()
+            for f in parsed
+            for c, gs in f.categories.items()
             for g in gs
         ]
         groups += [(c, 1.0, False, ts, [], ()) for c, ts in extra.items()]
         for cat, weight, context, terms, patterns, requires in groups:
             for term in terms:
-                rule = _Rule(cat, normalize(term.rstrip("*")), weight, context)
-                self._add_term(keys, rule, term)
+                if term.isascii():
+                    rule = _Rule(cat, normalize(term.rstrip("*")), weight, context)
+                    self._add_term(keys, rule, term)
+                else:
+                    rule = _Rule(cat, native(term.rstrip("*")), weight, context)
+                    self._add_native(native_keys, rule, term)
             for pattern in patterns:
                 rule = _Rule(cat, pattern, weight, context)
                 self._regexes.append((re.compile(pattern), rule, rule.tag, requires))
-        for key, entries in keys.items():
-            kept = [e if isinstance(e, int) else (e, e.tag) for e in _one_per_category(entries)]
-            self._automaton.add_word(key, (len(key), tuple(kept)))
-        self._automaton.make_automaton()
+        for automaton, table in ((self._automaton, keys), (self._native, native_keys)):
+            for key, entries in table.items():
+                kept = [e if isinstance(e, int) else (e, e.tag) for e in _one_per_category(entries)]
+                automaton.add_word(key, (len(key), tuple(kept)))
+            if table:
+                automaton.make_automaton()
+        # misspelt and stretched words: single-word ASCII terms that are evidence alone
+        self._known = set(_known_words()) if fuzzy else set()
+        self._stretched: dict[str, list[_Rule]] = {}
+        self._edits: dict[str, list[tuple[str, _Rule]]] = {}
+        for cat, weight, context, terms, _, _ in groups if fuzzy else ():
+            for term in terms:
+                label = normalize(term)
+                if context or weight < 0.6 or not term.isascii() or not label.isalpha():
+                    continue
+                rule = _Rule(cat, label, weight)
+                self._known |= {label, label + "s", label + "es"}
+                self._stretched.setdefault(_collapsed(label), []).append(rule)
+                if len(label) >= FUZZY_MIN:
+                    for key in {label, *_deletes(label)}:
+                        self._edits.setdefault(key, []).append((label, rule))
 
     @staticmethod
     def _add_term(keys: dict[str, list[_Rule | int]], rule: _Rule, raw: str) -> None:
@@ -202,10 +290,28 @@ class PromptRulesClassifier:
         for suffix in _PLURAL_SUFFIXES:
             keys.setdefault(f" {rule.label}{suffix} ", []).append(rule)
 
-    def _fired(self, text: str) -> dict[str, _Rule]:
+    @staticmethod
+    def _add_native(keys: dict[str, list[_Rule | int]], rule: _Rule, raw: str) -> None:
+        """A term in its own script: anywhere in the text when it holds a character of a
+        script written without spaces (CJK, Thai) or an emoji, else as a whole word (a
+        trailing * for any ending: ``ребен*``)."""
+        if any(unspaced(ch) for ch in rule.label):
+            keys.setdefault(rule.label, []).append(rule)
+        elif raw.endswith("*"):
+            keys.setdefault(f" {rule.label}", []).append(rule)
+        else:
+            keys.setdefault(f" {rule.label} ", []).append(rule)
+
+    def _fired(self, text: str, automaton: ahocorasick.Automaton | None = None) -> dict[str, _Rule]:
         haystack = f" {text} "
         allowed: list[tuple[int, int]] = []
         hits: list[tuple[int, int, _Rule, str]] = []
+        if automaton is not None:  # native terms only, no regexes
+            for end, (length, entries) in automaton.iter(haystack):
+                for entry in entries:
+                    if isinstance(entry, tuple):
+                        hits.append((end - length + 1, end, *entry))
+            return {tag: rule for _, _, rule, tag in hits}
         for end, (length, entries) in self._automaton.iter(haystack):
             for entry in entries:
                 if isinstance(entry, tuple):
@@ -219,6 +325,32 @@ class PromptRulesClassifier:
         for pattern, rule, tag, requires in self._regexes:
             if (not requires or any(r in text for r in requires)) and pattern.search(text):
                 fired[tag] = rule
+        return fired
+
+    def _is_known(self, word: str) -> bool:
+        """``word`` or its stem (``kites``, ``frying``, ``patties``) is an English word."""
+        if word in self._known:
+            return True
+        for suffix in _SUFFIXES:
+            if word.endswith(suffix) and len(word) > len(suffix) + 2:
+                stem = word[: -len(suffix)]
+                if any(stem + end in self._known for end in ("", "e", "y")):
+                    return True
+        return False
+
+    def _fuzzy(self, text: str) -> dict[str, _Rule]:
+        """Rules whose term a word of ``text`` misspells (one edit, terms of
+        :data:`FUZZY_MIN` letters or more) or stretches (``nuuude``), the word being no
+        English word; tagged ``category:term~``."""
+        fired: dict[str, _Rule] = {}
+        for word in set(text.split()):
+            if len(word) < 4 or not word.isalpha() or self._is_known(word):
+                continue
+            found = list(self._stretched.get(_collapsed(word), ())) if _RUNS.search(word) else []
+            for key in {word, *_deletes(word)}:
+                found += [r for label, r in self._edits.get(key, ()) if _one_edit(word, label)]
+            for rule in found:
+                fired[f"{rule.tag}~"] = rule
         return fired
 
     def classify(self, prompts: Sequence[str]) -> list[PromptScores]:
@@ -236,6 +368,10 @@ class PromptRulesClassifier:
         if joined is not None and joined != plain:
             for variant in (joined, *deleet_variants(joined)):
                 fired.update(self._fired(variant))
+        if self._edits or self._stretched:
+            fired.update(self._fuzzy(plain))
+        if not prompt.isascii() and self._native.kind == ahocorasick.AHOCORASICK:
+            fired.update(self._fired(native(prompt), self._native))
         scores = dict.fromkeys(_CATEGORIES, 0.0)
         if fired:
             # noisy-OR per category; context rules only grade what another rule fired for
@@ -271,9 +407,8 @@ class PromptRulesConfig(ClassifierConfig):
     def categories(self) -> frozenset[Category]:
         """The categories with a rule group in the rules file, plus those given ``extra_terms``
         (reads the file)."""
-        source, text = load_rules_text(self.rules)
-        declared = _parse(source, text).categories
-        return frozenset(c for c, groups in declared.items() if groups) | {
+        declared = [_parse(s, t).categories for s, t in load_rules_text(self.rules)]
+        return frozenset(c for d in declared for c, groups in d.items() if groups) | {
             c for c, terms in self.extra_terms.items() if terms
         }
 

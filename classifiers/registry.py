@@ -19,6 +19,7 @@ from safety_lora.classifiers.nudenet import NudeNetConfig
 from safety_lora.classifiers.prompt_rules import PromptRulesConfig
 from safety_lora.classifiers.sd_safety_checker import SDSafetyCheckerConfig
 from safety_lora.classifiers.static import StaticImageConfig, StaticPromptConfig
+from safety_lora.classifiers.vlm_guard import VLMGuardConfig
 
 IMAGE_CONFIGS = (
     NudeNetConfig,
@@ -26,6 +27,7 @@ IMAGE_CONFIGS = (
     SDSafetyCheckerConfig,
     HFImageConfig,
     ConceptWorldConfig,
+    VLMGuardConfig,
     StaticImageConfig,
 )
 PROMPT_CONFIGS = (LearnedPromptConfig, PromptRulesConfig, MiniLMPromptConfig, StaticPromptConfig)
@@ -37,6 +39,7 @@ ImageClassifierConfig = Annotated[
         SDSafetyCheckerConfig,
         HFImageConfig,
         ConceptWorldConfig,
+        VLMGuardConfig,
         StaticImageConfig,
     ],
     Field(discriminator="kind"),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from safety_lora.audit import AuditLog, image_records, prompt_record, prompt_sha256
 from safety_lora.classifiers.base import ImageClassifier, ImageScores, PromptClassifier, Region
+from safety_lora.classifiers.normalize import letter_scripts
+from safety_lora.classifiers.prompt_views import CLIP_WORDS, TextWindow, score_views
 from safety_lora.decisions import Decision, PromptDecision, new_request_id
 from safety_lora.imaging import Page, View, pages, views
 from safety_lora.policies.schema import MINORS_MAX_THRESHOLD, Policy
@@ -76,20 +78,36 @@ class PolicyEngine:
 
     # -- before generation -----------------------------------------------------------------
 
+    #: What the wrapped pipeline's text encoders read of a prompt (SafePipeline sets them at
+    #: wrap time); without a pipeline, CLIP's 77 tokens approximated by words.
+    prompt_windows: tuple[TextWindow, ...] = (CLIP_WORDS,)
+
     def check_prompt(self, prompt: str, *, request_id: str | None = None) -> PromptDecision:
-        """Score ``prompt`` with every prompt classifier and decide allow / steer / refuse."""
+        """Score ``prompt`` with every prompt classifier and decide allow / steer / refuse.
+
+        Each classifier scores the prompt, what each text encoder reads of it and its clauses
+        (:mod:`~safety_lora.classifiers.prompt_views`), worst score kept; reasons name the
+        window or clause that set a score when it was not the whole prompt."""
         request_id = request_id or new_request_id()
         prompt_sha = prompt_sha256(prompt)
         risk: dict[Category, float] = {}
+        where: dict[Category, str] = {}
         matches: list[str] = []
         errors: list[str] = []
         timings: dict[str, float] = {}
+        own_minors = self.policy.prompt.rule(Category.MINORS).refuse_at
+        minors_at = min(MINORS_MAX_THRESHOLD, own_minors or MINORS_MAX_THRESHOLD)
         for classifier in self.prompt_classifiers:
             start = time.perf_counter()
             try:
-                (result,) = classifier.classify([prompt])
-                _merge_max(risk, _checked(result.scores, classifier.name))
-                matches.extend(result.matches)
+                viewed = score_views(classifier, prompt, self.prompt_windows, minors_at=minors_at)
+                for category, score in _checked(viewed.scores, classifier.name).items():
+                    if score > risk.get(category, 0.0) and category in viewed.decided_by:
+                        where[category] = viewed.decided_by[category]
+                    elif score > risk.get(category, 0.0):
+                        where.pop(category, None)
+                _merge_max(risk, _checked(viewed.scores, classifier.name))
+                matches.extend(viewed.matches)
             except Exception as e:  # any failure is judged by on_error, never ignored
                 errors.append(f"{classifier.name}: {type(e).__name__}: {e}")
             timings[classifier.name] = (time.perf_counter() - start) * 1e3
@@ -113,7 +131,9 @@ class PolicyEngine:
             return decision(PromptAction.REFUSE, "on_error", ["prompt classifier failed"])
         hard = hard_rule(risk, lambda c: self.policy.prompt.rule(c).refuse_at)
         if hard is not None:
-            return decision(PromptAction.REFUSE, HARD_RULE, [hard])
+            found = [f"{c.value} from the {where[c]}" for c in (Category.MINORS, Category.SEXUAL)
+                     if c in where]  # fmt: skip
+            return decision(PromptAction.REFUSE, HARD_RULE, [hard, *found])
         refuse, steer = [], []
         for category, score in sorted(risk.items(), key=lambda kv: -kv[1]):
             rule = self.policy.prompt.rule(category)
@@ -123,13 +143,24 @@ class PolicyEngine:
                 steer.append((category, score, rule.steer_at))
         if refuse:
             category = refuse[0][0]
-            reasons = [f"{c.value} risk {s:.2f} >= refuse_at {t:.2f}" for c, s, t in refuse]
+            reasons = [
+                f"{c.value} risk {s:.2f} >= refuse_at {t:.2f}{_from(where, c)}"
+                for c, s, t in refuse
+            ]
             return decision(
                 PromptAction.REFUSE, f"prompt.rules.{category.value}.refuse_at", reasons
             )
+        latin, other = letter_scripts(prompt)
+        unreadable = self.policy.prompt.unreadable
+        if other > latin and unreadable != "allow" and (unreadable == "refuse" or not steer):
+            why = f"{other} of {latin + other} letters in scripts the prompt model does not read"
+            action = PromptAction.REFUSE if unreadable == "refuse" else PromptAction.STEER
+            return decision(action, "prompt.unreadable", [why])
         if steer:
             category = steer[0][0]
-            reasons = [f"{c.value} risk {s:.2f} >= steer_at {t:.2f}" for c, s, t in steer]
+            reasons = [
+                f"{c.value} risk {s:.2f} >= steer_at {t:.2f}{_from(where, c)}" for c, s, t in steer
+            ]
             return decision(PromptAction.STEER, f"prompt.rules.{category.value}.steer_at", reasons)
         return decision(PromptAction.ALLOW, "prompt:allow", [])
 
@@ -290,13 +321,14 @@ class PolicyEngine:
             except Exception as e:  # whatever Pillow raises on a hostile file: on_error
                 error = f"image {i} cannot be decoded: {type(e).__name__}: {e}"
                 decided[i] = self._decide({}, [], errors=(error,), **judging)
-        scores, regions, errors = self._classify([view.image for _, view in expanded], common)
+        scores, regions, errors, ran = self._classify([view.image for _, view in expanded], common)
         for i in range(len(images)):
             if i in decided:
                 continue
             mine = [(k, view) for k, (owner, view) in enumerate(expanded) if owner == i]
             candidates = [
-                (self._decide(scores[k], regions[k], errors=errors, **judging), view)
+                (_staged(self._decide(scores[k], regions[k], errors=errors, **judging), ran[k]),
+                 view)
                 for k, view in mine
             ]  # fmt: skip
             decision, view = max(
@@ -375,27 +407,48 @@ class PolicyEngine:
 
     def _classify(
         self, images: list[Image], common: dict[str, Any]
-    ) -> tuple[list[dict[Category, float]], list[list[Region]], tuple[str, ...]]:
-        """Every image classifier on ``images``: scores and regions per image, and errors."""
+    ) -> tuple[list[dict[Category, float]], list[list[Region]], tuple[str, ...], list[_Stages]]:
+        """Every image classifier on ``images``, a cascade stage (``when``) only on the images
+        it admits: scores, regions and the stages run per image, and errors."""
         n = len(images)
         per_image: list[dict[Category, float]] = [{} for _ in range(n)]
         regions: list[list[Region]] = [[] for _ in range(n)]
+        stages = [_Stages() for _ in range(n)]
         errors: list[str] = []
         if not n:
-            return per_image, regions, ()
-        for classifier in self.image_classifiers:
+            return per_image, regions, (), stages
+        configs = self.policy.classifiers  # the stages' `when`, unless other classifiers serve
+        routed = len(configs) == len(self.image_classifiers)
+        names: dict[str, str] = {}
+        for k, classifier in enumerate(self.image_classifiers):
+            name = _unique(names, classifier.name)
+            names[name] = name
+            when = configs[k].when if routed else None
+            scores_here = configs[k].categories() if routed else frozenset()
+            chosen = [
+                i for i in range(n)
+                if when is None or when.admits(per_image[i], stages[i].judged, scores_here)
+            ]  # fmt: skip
+            for i in set(range(n)).difference(chosen):
+                stages[i].skipped |= scores_here
+            if not chosen:
+                continue
             start = time.perf_counter()
             try:
-                results = classifier.classify(images)
-                if len(results) != n:
-                    raise ValueError(f"returned {len(results)} results for {n} images")
-                for i, result in enumerate(results):
-                    _merge_max(per_image[i], _checked(result.scores, classifier.name))
+                results = classifier.classify([images[i] for i in chosen])
+                if len(results) != len(chosen):
+                    raise ValueError(f"returned {len(results)} results for {len(chosen)} images")
+                for i, result in zip(chosen, results, strict=True):
+                    scores = _checked(result.scores, classifier.name)
+                    _merge_max(per_image[i], scores)
                     regions[i].extend(_regions_of(result))
+                    stages[i].ran.append(name)
+                    stages[i].judged |= scores.keys()
+                    stages[i].notes.extend(result.notes)
             except Exception as e:  # judged by on_error, never a silent "no check"
                 errors.append(f"{classifier.name}: {type(e).__name__}: {e}")
-            common["timings_ms"][classifier.name] = (time.perf_counter() - start) * 1e3
-        return per_image, regions, tuple(errors)
+            common["timings_ms"][name] = (time.perf_counter() - start) * 1e3
+        return per_image, regions, tuple(errors), stages
 
     def _frame_rule(self, found: Sequence[Page], common: dict[str, Any]) -> Decision | None:
         """A block decision for a file of several images (frames, pages, layers, icon entries:
@@ -468,8 +521,8 @@ class PolicyEngine:
                 rule=f"review.{category.value}",
                 scores=scores,
                 reasons=(
-                    f"{category.value} {score:.2f} in review band [{lo:.2f}, {hi:.2f}) -> held "
-                    f"for review, {interim.value} meanwhile",
+                    f"{category.value} {score:.2f} in review band [{lo:.2f}, {hi:.2f}"
+                    f"{']' if hi == 1.0 else ')'} -> held for review, {interim.value} meanwhile",
                 ),
                 regions=tuple(r for r in regions if r.category is category),
                 **common,
@@ -553,6 +606,34 @@ def hard_rule(
             return None
         found.append(f"{category.value} {score:.2f} >= {at:.2f}")
     return " and ".join(found) + ": never allowed"
+
+
+@dataclass
+class _Stages:
+    """What a cascade did on one image: the stages that ran, the categories they scored, those
+    of the stages it skipped, and the notes (rationales) the stages gave."""
+
+    ran: list[str] = field(default_factory=list)
+    judged: set[Category] = field(default_factory=set)
+    skipped: set[Category] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+
+def _staged(decision: Decision, stages: _Stages) -> Decision:
+    """``decision`` with the stages that ran, their notes in its reasons, and what a skipped
+    stage would have scored (and no stage that ran scored) in its ``unjudged``."""
+    missing = stages.skipped - stages.judged
+    return replace(
+        decision,
+        stages=tuple(stages.ran),
+        unjudged=tuple(c for c in Category if c in missing or c in decision.unjudged),
+        reasons=(*decision.reasons, *stages.notes),
+    )
+
+
+def _from(where: Mapping[Category, str], category: Category) -> str:
+    """`` (from the <view>)`` when a prompt view other than the whole prompt set the score."""
+    return f" (from the {where[category]})" if category in where else ""
 
 
 def _merge_max(into: dict[Category, float], scores: Mapping[Category, float]) -> None:

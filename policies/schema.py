@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from safety_lora.classifiers.config import resolve_local
+from safety_lora.classifiers.config import cascade_problems, resolve_local
 from safety_lora.classifiers.learned_prompt import LearnedPromptConfig
 from safety_lora.classifiers.registry import (
     IMAGE_CONFIGS,
@@ -72,6 +72,7 @@ __all__ = [
     "SLDGuidance",
     "SteeringAdapter",
     "SteeringPolicy",
+    "UserAdapterRule",
 ]
 
 #: The bundled presets, shipped as ``policies/<name>.yaml``.
@@ -141,6 +142,9 @@ class PromptPolicy(_Strict):
 
     classifiers: list[PromptClassifierConfig] = Field(default_factory=_default_prompt_classifiers)
     rules: dict[Category, PromptRule] = Field(default_factory=dict)
+    #: A prompt written mostly in scripts other than Latin, which the bundled model cannot
+    #: read (its rules know some terms of 20 languages): allowed, steered or refused.
+    unreadable: Literal["allow", "steer", "refuse"] = "steer"
 
     @field_validator("classifiers")
     @classmethod
@@ -215,7 +219,7 @@ class ReviewSettings(_Strict):
     PostgreSQL URL when several replicas share one queue)."""
 
     rules: list[ReviewRule] = Field(default_factory=list)
-    store: str = "review"
+    store: str = Field(default="review", validate_default=True)  # by the policy file, too
     database: str | None = None
 
     @field_validator("store")
@@ -346,6 +350,17 @@ class SLDGuidance(_Strength):
         return ", ".join(self.concepts)
 
 
+class UserAdapterRule(_Strict):
+    """What a user's own adapter on the wrapped pipeline gets when, screened at wrap time
+    (:mod:`safety_lora.steering.screening`), it moves the model toward a concept this policy
+    erases by ``max_shift`` or more (1: as far as naming the concept): ``refuse`` (wrapping
+    fails, naming the adapter), ``cap`` (its strength scaled down to ``max_shift``) or
+    ``allow`` (recorded only)."""
+
+    max_shift: Annotated[StrictFloat, Field(gt=0.0, le=10.0)] = 0.3
+    action: Literal["refuse", "cap", "allow"] = "refuse"
+
+
 class SteeringPolicy(_Strict):
     """How the denoiser is steered: adapters on the UNet and/or SLD guidance.
 
@@ -357,6 +372,10 @@ class SteeringPolicy(_Strict):
     guidance: SLDGuidance | None = None
     mode: Literal["dynamic", "fused"] = "dynamic"
     window: tuple[Score, Score] = (0.0, 1.0)
+    #: Screen the user's own adapters at wrap time (None: not screened; it runs the
+    #: denoiser on a few small latents per distinct prompt: quick on the embedded model,
+    #: about a minute for an SD 1.5 UNet on a small CPU).
+    user_adapters: UserAdapterRule | None = None
 
     @field_validator("window")
     @classmethod
@@ -487,6 +506,7 @@ class Policy(_Strict):
             problems.append(
                 f"unjudged: {category} is scored on images and on prompts here; remove it"
             )
+        problems += cascade_problems(self.classifiers, self.prompt.classifiers)
         if problems:
             raise ValueError("\n".join(problems))
         return self

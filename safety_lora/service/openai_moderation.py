@@ -7,7 +7,10 @@ content parts (``text`` and ``image_url`` with a ``data:`` URL; one result for a
 mapped from the project's taxonomy (table below), and the policy's own verdict in an extra
 ``safety_lora`` field. A category no classifier of the policy judges for an input type has
 an empty ``category_applied_input_types`` entry, a 0 score, and is listed in
-``safety_lora.unjudged``: never a silent 0.
+``safety_lora.unjudged``: never a silent 0. On images, what a policy's classifiers score is
+what is judged (a ``vlm_guard`` judges ``violence``, ``violence/graphic``, ``self-harm``,
+``illicit``, ``hate``, ``harassment`` as its policy texts say), less what a cascade stage that
+skipped the image would have scored (its decision's ``unjudged``).
 
 =========================  ===============================================================
 OpenAI category            project category
@@ -41,10 +44,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from safety_lora.classifiers.normalize import displayed
+from safety_lora.decisions import PromptDecision
 from safety_lora.guard import SafetyGuard
 from safety_lora.policies.engine import HARD_RULE
 from safety_lora.service.text_limits import BoundedText, bounded_input
-from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category
+from safety_lora.taxonomy import ACTION_SEVERITY, Action, Category, PromptAction
 
 __all__ = [
     "OPENAI_CATEGORIES",
@@ -136,6 +141,21 @@ def _image_thresholds(guard: SafetyGuard) -> dict[Category, float | None]:
     return out
 
 
+_PROMPT_SEVERITY = {PromptAction.ALLOW: 0, PromptAction.STEER: 1, PromptAction.REFUSE: 2}
+
+
+def _as_stored_and_displayed(guard: SafetyGuard, text: str, request_id: str) -> PromptDecision:
+    """The stricter verdict on ``text`` as stored and as a reader sees it (bidi overrides
+    resolved: ``"a \u202eedun\u202c child"`` shows "a nude child")."""
+    stored = guard.check_prompt(text, request_id=request_id)
+    shown = displayed(text)
+    if shown == text:
+        return stored
+    seen = guard.check_prompt(shown, request_id=request_id)
+    rank = [(_PROMPT_SEVERITY[d.action], max(d.risk.values(), default=0.0)) for d in (stored, seen)]
+    return seen if rank[1] > rank[0] else stored
+
+
 def moderate(
     guard: SafetyGuard, parts: Sequence[tuple[str, Any]], *, request_id: str
 ) -> dict[str, Any]:
@@ -147,7 +167,7 @@ def moderate(
     worst = Action.ALLOW
     for kind, value in parts:
         if kind == "text":
-            pd = guard.check_prompt(value, request_id=request_id)
+            pd = _as_stored_and_displayed(guard, value, request_id)
             own, unjudged, thresholds = pd.risk, set(pd.unjudged), _text_thresholds(guard)
             blocked, rule = pd.refused, pd.rule
             verdicts.append({"type": "text", **pd.to_dict()})
