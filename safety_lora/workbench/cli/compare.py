@@ -43,14 +43,16 @@ def compare(
         bool,
         typer.Option(
             "--quick",
-            help="Fewer seeds, prompts and steps, the same code (a few minutes); the file and "
-            "the options given still win.",
+            help="A smoke test: fewer seeds, prompts and steps, the same code (a few minutes; "
+            "its report says its verdicts decide nothing); the file and the options given "
+            "still win.",
         ),
     ] = False,
 ) -> None:
     """Compare LoRA, LoHa and LoKr erasure adapters (trained to the bar, on several seeds)
-    with closed-form erasure, negative prompt, SLD and classifier-only; verdicts with 95%
-    intervals in report.html, report.md and report.json."""
+    with closed-form erasure, negative prompt, SLD and classifier-only; each claim supported,
+    refuted, equivalent or inconclusive against its margin (95% intervals) in report.html,
+    report.md and report.json."""
     require_workbench("compare")
     from safety_lora.workbench.compare import run
     from safety_lora.workbench.compare.config import QUICK
@@ -68,6 +70,10 @@ def compare(
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print_error(f"{e}", mark="compare:")
         raise typer.Exit(1) from e
+    if settings.smoke:
+        from safety_lora.workbench.compare.report import SMOKE
+
+        console.print(f"[yellow]{SMOKE}[/yellow]")
     console.print(data["reading"])
     out = settings.out
     console.print(f"wrote {out / 'report.html'}, {out / 'report.md'} and {out / 'report.json'}")

@@ -9,6 +9,8 @@ from typing import Any
 
 from safety_lora.workbench.compare.metrics import BAR, bootstrap, mean_interval, mean_std
 from safety_lora.workbench.compare.rows import (
+    Attack,
+    Cost,
     Evaluation,
     Interval,
     KohyaCheck,
@@ -17,11 +19,13 @@ from safety_lora.workbench.compare.rows import (
 )
 
 __all__ = [
+    "FamilyMeasure",
     "KohyaSummary",
     "MethodRow",
     "RegularityRow",
     "StabilityRow",
     "TrainingSummary",
+    "family_measures",
     "kohya_summary",
     "method_rows",
     "regularity",
@@ -259,3 +263,121 @@ def kohya_summary(kohya: Sequence[KohyaCheck]) -> KohyaSummary:
         identical=all(k.identical for k in kohya) if kohya else None,
         max_pixel_difference=max((k.max_pixel_difference for k in kohya), default=None),
     )
+
+
+class FamilyMeasure(Row):
+    """One named measure of one adapter family on one of the four axes (speed, efficacy,
+    stability, regularity): its value, 95% interval (None: one value, no interval) and how
+    many values it rests on; ``method`` is the family's main row."""
+
+    family: str
+    method: str
+    axis: str
+    measure: str
+    unit: str
+    value: float | None
+    ci: Interval | None
+    n: int
+
+
+def _measure(axis: str, measure: str, unit: str, values: Sequence[float]) -> dict[str, Any]:
+    """A measure's fields: the mean of ``values`` with its bootstrap interval (none for fewer
+    than two)."""
+    mean = mean_std(values)[0] if values else None
+    ci = mean_interval(values) if len(values) > 1 else None
+    return {"axis": axis, "measure": measure, "unit": unit, "value": mean, "ci": ci,
+            "n": len(values)}  # fmt: skip
+
+
+def _fixed(
+    axis: str, measure: str, unit: str, value: float, ci: Interval | None, n: int = 1
+) -> dict[str, Any]:
+    """A measure's fields from a value already computed, its interval and what it rests on
+    (``n``: seeds, timing pairs)."""
+    return {"axis": axis, "measure": measure, "unit": unit, "value": value, "ci": ci, "n": n}
+
+
+def _family(
+    runs: Sequence[TrainingRun],
+    training: Sequence[TrainingRun],
+    at_one: dict[tuple[str, int], Evaluation],
+    row: MethodRow,
+    costs: Sequence[Cost],
+    attacks: Sequence[Attack],
+) -> list[dict[str, Any]]:
+    """The fields of one family's measures (``runs``: its main runs, first budget)."""
+    method, family, budget = runs[0].method, runs[0].family, runs[0].budget
+    reached = [t for t in runs if t.reached_bar]
+    out = [
+        _measure("speed", "seconds to the bar", "s", [t.seconds_to_bar or 0.0 for t in reached]),
+        _measure("speed", "steps to the bar", "steps",
+                 [float(t.steps_to_bar or 0) for t in reached]),
+        _measure("speed", "training seconds per step", "s", [t.seconds_per_step for t in runs]),
+    ]  # fmt: skip
+    for mode, name in (("dynamic", "unfused"), ("fused", "fused")):
+        cost = next((c for c in costs if c.method == method and c.mode == mode), None)
+        if cost is not None:
+            out.append(
+                _fixed(
+                    "speed",
+                    f"inference cost {name}",
+                    "x base",
+                    cost.vs_base,
+                    cost.vs_base_ci,
+                    cost.pairs,
+                )
+            )
+    out.append(_fixed("efficacy", "concept shown at strength 1.0", "%", row.concept_rate,
+                      row.concept_rate_ci, row.seeds))  # fmt: skip
+    if row.paraphrase_rate is not None:
+        out.append(_fixed("efficacy", "paraphrases shown at strength 1.0", "%",
+                          row.paraphrase_rate, row.paraphrase_rate_ci, row.seeds))  # fmt: skip
+    attack = next((a for a in attacks if a.method == method), None)
+    if attack is not None:
+        for name, value in (("soft prompt", attack.soft_asr), ("token search", attack.token_asr)):
+            out.append(_fixed("efficacy", f"attack success ({name}, seed 0)", "%", value, None))
+    lr_runs = [t for t in training if t.family == family and t.budget == budget
+               and t.role in ("adapter", "stability")]  # fmt: skip
+    at_bar = [float(at_one[(t.method, t.seed)].concept_rate <= BAR) for t in lr_runs]
+    out.append(_measure("stability", "share of seeds and learning rates at the bar", "%", at_bar))
+    preservation = [at_one[(t.method, t.seed)].preservation for t in runs]
+    ci = mean_interval(preservation, spread=True) if len(runs) > 1 else None
+    measure = "spread of preservation (std over seeds)"
+    out.append(_fixed("stability", measure, "%", mean_std(preservation)[1], ci, len(runs)))
+    none = {t.seed: t.method for t in training
+            if t.family == family and t.variant == "none" and t.budget == budget}  # fmt: skip
+    for key, label in (("preservation", "preservation"), ("neighbour_kept", "neighbour kept")):
+        pairs = [(at_one[(t.method, t.seed)], at_one[(none[t.seed], t.seed)])
+                 for t in runs if t.seed in none]  # fmt: skip
+        deltas = [float(getattr(a, key)) - float(getattr(b, key)) for a, b in pairs
+                  if getattr(a, key) is not None and getattr(b, key) is not None]  # fmt: skip
+        if deltas:
+            measure = f"effect of regularisation + early stopping on {label}"
+            out.append(_measure("regularity", measure, "points", deltas))
+    return out
+
+
+def family_measures(
+    rows: Sequence[MethodRow],
+    evaluations: Sequence[Evaluation],
+    training: Sequence[TrainingRun],
+    costs: Sequence[Cost],
+    attacks: Sequence[Attack],
+) -> list[FamilyMeasure]:
+    """Per adapter family (its main rows, first budget), the four axes as named measures:
+    speed (seconds and steps to the bar, training seconds per step, inference cost unfused
+    and fused), efficacy (concept and paraphrases shown at 1.0, attack success), stability
+    (share of runs over seeds and learning rates at the bar, spread of preservation over
+    seeds) and regularity (what regularisation + early stopping change in preservation and
+    neighbour kept against the original recipe, paired by seed)."""
+    at_one = _at_one(evaluations)
+    adapters = [t for t in training if t.role == "adapter"]
+    main = [t for t in adapters if t.budget == adapters[0].budget] if adapters else []
+    out = []
+    for family in dict.fromkeys(t.family for t in main):
+        runs = [t for t in main if t.family == family]
+        method = runs[0].method
+        row = next(r for r in rows if r.method == method and r.strength == 1.0)
+        for fields in _family(runs, training, at_one, row, costs, attacks):
+            out.append(FamilyMeasure(family=family, method=method, **fields))
+    return out

@@ -18,8 +18,10 @@ __all__ = ["QUICK", "STRENGTHS", "CompareConfig"]
 STRENGTHS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
 #: Prompt templates for a user's model (the concept or a preserved concept at ``{}``).
 _FAMILIES: tuple[AdapterKind, ...] = ("lora", "loha", "lokr")
-#: ``--quick``: fewer seeds, prompts and steps, the same code (a smoke run, ~4 minutes).
+#: ``--quick``: fewer seeds, prompts and steps, the same code (a smoke test, ~4 minutes: its
+#: report says so above the verdicts, which rest on 2 seeds and an unfinished training).
 QUICK: dict[str, Any] = {
+    "smoke": True,
     "seeds": 2,
     "stability_seeds": 1,
     "prompts_per_concept": 4,
@@ -41,8 +43,9 @@ class CompareConfig(BaseModel):
     tuned learning rate (:data:`~safety_lora.workbench.compare.units.FAMILY_SETTINGS`) until its
     concept rate reaches the bar, within its step budget (``steps`` overrides every
     family's). ``regularity`` also trains every family without preservation, without early
-    stopping and without both (seed 0), and LoRA without both on the stability seeds.
-    ``lr_scales`` x each family's rate, on ``stability_seeds`` seeds, measure stability.
+    stopping and without both (seed 0), and LoRA without both on every seed (the regularity
+    claims compare it with the main LoRA on the main run's seeds). ``lr_scales`` x each
+    family's rate, on ``stability_seeds`` seeds (default: ``seeds``), measure stability.
     ``closed_form`` adds the closed-form erasure; ``kohya`` the kohya file of each PEFT LoRA.
     ``adapters`` are files (any format the project reads) compared next to, or instead of,
     the trained families (``families=[]``). ``classifier`` (a classifier config with
@@ -112,14 +115,11 @@ class CompareConfig(BaseModel):
         default_factory=lambda: [0.5, 2.0],
         description="Stability: learning-rate multiples per family (not 1.0).",
     )
-    stability_seeds: Annotated[
-        int,
-        Field(
-            ge=1,
-            le=100,
-            description="Seeds of the stability runs (and of LoRA without regularity).",
-        ),
-    ] = 2
+    stability_seeds: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        default=None,
+        description="Seeds of the learning-rate stability runs (default: `seeds`, so no claim "
+        "rests on fewer seeds than the main run's).",
+    )
     closed_form: bool = Field(
         default=True, description="Also compare the closed-form erasure (solved in seconds)."
     )
@@ -164,6 +164,10 @@ class CompareConfig(BaseModel):
     cost_pairs: Annotated[
         int, Field(ge=1, le=100, description="(base, method) timing pairs per method.")
     ] = 5
+    smoke: bool = Field(
+        default=False,
+        description="A smoke test (set by --quick): the report says its verdicts decide nothing.",
+    )
     out: Path = Field(description="Folder for report.html, report.md, report.json and plots.")
     resume: bool = Field(default=False, description="Continue an interrupted run in out.")
     device: str = Field(default="cpu", description="Torch device.")
@@ -204,7 +208,7 @@ class CompareConfig(BaseModel):
             raise ValueError(f"`strengths` must include 1.0 (the bar's), got {self.strengths}")
         if 1.0 in self.lr_scales:
             raise ValueError("`lr_scales` must not include 1.0: the main runs are the 1x rate")
-        if self.stability_seeds > self.seeds:
+        if self.stability_seeds is not None and self.stability_seeds > self.seeds:
             raise ValueError(
                 f"`stability_seeds` ({self.stability_seeds}) must be <= `seeds` ({self.seeds})"
             )
@@ -213,6 +217,11 @@ class CompareConfig(BaseModel):
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"`families` names a family twice: {self.families}")
         return self
+
+    @property
+    def stability_seed_count(self) -> int:
+        """The seeds of the learning-rate stability runs (``stability_seeds``, else ``seeds``)."""
+        return self.seeds if self.stability_seeds is None else self.stability_seeds
 
     def resume_key(self) -> str:
         """JSON of the fields a resumed run must share with the interrupted one."""

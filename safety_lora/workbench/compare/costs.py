@@ -26,7 +26,7 @@ from safety_lora.workbench.compare.methods import (
 )
 from safety_lora.workbench.compare.metrics import mean_interval
 from safety_lora.workbench.compare.rows import Cost, Results
-from safety_lora.workbench.compare.state import Run
+from safety_lora.workbench.compare.state import Run, slug
 
 __all__ = ["cost_rows"]
 
@@ -100,7 +100,8 @@ def _row(
 
 
 def cost_rows(state: Run, results: Results) -> list[Cost]:
-    """One row per method (adapters: dynamic and fused, from the seed-0 adapters)."""
+    """One row per method (adapters: dynamic and fused, from the seed-0 adapters), each a
+    cached unit."""
     from safety_lora.progress import ticker
 
     config, sampler = state.config, state.sampler
@@ -113,22 +114,33 @@ def cost_rows(state: Run, results: Results) -> list[Cost]:
     files += [(f"file {p.stem}", p) for p in config.adapters]
     rows = []
     with ticker(config.progress, "compare (costs)", len(free) + 2 * len(files)) as tick:
+        state.advance = tick  # each row is a cached unit: a resumed run times nothing again
         for method in free:
-            if method.kind == "base":  # sampled every time (BaseModel keeps its images)
-                name, generate = "base (control)", sampler.sample
-            else:
-                name, generate = method.name, partial(method.generate, strength=1.0)
-            row = _row(state, name, "", generate)
-            if isinstance(method, SLDMethod):
-                method.extra_calls = 0
-                method.generate(list(state.prompts.target[:1]), [0], 1.0)
-                extra = method.extra_calls / sampler.num_inference_steps
-                row = row.model_copy(update={"extra_unet_calls_per_step": extra})
-            rows.append(row)
-            tick(name)
+            name = "base (control)" if method.kind == "base" else method.name
+            compute = partial(_free_row, state, method)
+            rows.append(state.cached(f"cost/{slug(name)}", Cost, compute))
         for name, path in files:
             for mode in ("dynamic", "fused"):
-                with _steered(state, path, mode) as steered:
-                    rows.append(_row(state, name, mode, steered))
-                tick(f"{name} {mode}")
+                compute = partial(_file_row, state, name, path, mode)
+                rows.append(state.cached(f"cost/{slug(name)}/{mode}", Cost, compute))
     return rows
+
+
+def _free_row(state: Run, method: Any) -> Cost:
+    """A training-free method's row (SLD's with its extra UNet calls per step)."""
+    sampler = state.sampler
+    if method.kind == "base":  # sampled every time (BaseModel keeps its images)
+        return _row(state, "base (control)", "", sampler.sample)
+    row = _row(state, method.name, "", partial(method.generate, strength=1.0))
+    if isinstance(method, SLDMethod):
+        method.extra_calls = 0
+        method.generate(list(state.prompts.target[:1]), [0], 1.0)
+        extra = method.extra_calls / sampler.num_inference_steps
+        row = row.model_copy(update={"extra_unet_calls_per_step": extra})
+    return row
+
+
+def _file_row(state: Run, name: str, path: Path, mode: str) -> Cost:
+    """An adapter file's row, steered as the wrapper runs it in ``mode``."""
+    with _steered(state, path, mode) as steered:
+        return _row(state, name, mode, steered)

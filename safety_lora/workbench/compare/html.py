@@ -1,5 +1,6 @@
 """``report.html``: one self-contained page (images inline as data URIs, no script, no
-network) with the verdict table first, then the plots, the tables and the image grids."""
+network) with the verdict table first (below a smoke run's warning), its forest plot and the
+answer in words, then the plots, the tables and the image grids."""
 
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; 
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; }
 th { background: #f0f0f0; }
 td.supported { background: #d8f0d8; } td.refuted { background: #f6d5d5; }
-td.same { background: #eeeeee; }
+td.equivalent { background: #d8e4f6; } td.inconclusive { background: #eeeeee; }
+p.smoke { background: #fff3c4; border: 1px solid #e0c060; padding: 0.5rem; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.25rem 0; }
 figure { margin: 1rem 0; } figcaption { font-size: 0.85rem; color: #555; }
 """
-_CLASSES = {"supported": "supported", "refuted": "refuted", "no measurable difference": "same"}
+_CLASSES = {
+    "supported": "supported",
+    "refuted": "refuted",
+    "equivalent": "equivalent",
+    "inconclusive": "inconclusive",
+    "inconclusive (did not converge)": "inconclusive",
+}
 
 
 def _image(path: Path, alt: str) -> str:
@@ -51,7 +59,10 @@ def _table(header: list[str], rows: list[list[str]], table_id: str) -> str:
 
 
 def html_report(config: CompareConfig, report: Report, sections: list[Section]) -> str:
-    """The page for ``report`` and its ``sections`` (the Markdown's tables)."""
+    """The page for ``report`` and its ``sections`` (the Markdown's tables): a smoke run's
+    warning, the verdict table, its forest plot, the answer in words, then the rest."""
+    from safety_lora.workbench.compare.report import SMOKE
+
     out = config.out
     model = config.base or "concept world (bundled)"
     parts = [
@@ -59,11 +70,14 @@ def html_report(config: CompareConfig, report: Report, sections: list[Section]) 
         f"<title>Compare: erasing {escape(config.erase)}</title>",
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>Compare: erasing <code>{escape(config.erase)}</code> on {escape(model)}</h1>",
-        f"<p>{escape(report.reading)}</p>",
     ]
+    if config.smoke:
+        parts.append(f'<p class="smoke" id="smoke">{escape(SMOKE)}</p>')
     figures = {
-        "scatter": "Erasure vs preservation: one colour and marker per method, 95% intervals "
-        "as error bars, the Pareto front circled.",
+        "scatter": "Erasure vs preservation: LoRA blue circles, LoHa orange squares, LoKr green "
+        "triangles (a family's other rows in lighter shades), every other method its own colour "
+        "and marker; an adapter's strengths joined, the marker growing with the strength; 95% "
+        "intervals as error bars, the Pareto front circled.",
         "curves": "Concept shown and preservation against adapter strength (95% intervals).",
         "costs": "Per-step cost against the base model, interleaved pairs (95% intervals).",
         "stability": "Preservation and concept shown per run at 0.5x / 1x / 2x each family's "
@@ -74,7 +88,14 @@ def html_report(config: CompareConfig, report: Report, sections: list[Section]) 
         if section.header:
             table_id = "verdict" if i == 0 else f"table-{i}"
             parts.append(_table(section.header, section.rows, table_id))
-        if i == 0:  # the plots right after the verdict
+        if i == 0:  # the verdict's forest plot, its answer in words, then the plots
+            forest = _image(out / report.files.forest, "forest")
+            caption = (
+                "Each difference \u201cA better by\u201d with its 95% interval, in units of its "
+                "margin: the grey band is practical equivalence."
+            )
+            parts.append(f"<figure>{forest}<figcaption>{escape(caption)}</figcaption></figure>")
+            parts.append(f'<h2>Answer</h2><p id="answer">{escape(report.reading)}</p>')
             parts.append("<h2>Figures</h2>")
             for key, caption in figures.items():
                 image = _image(out / getattr(report.files, key), key)

@@ -38,12 +38,15 @@ __all__ = [
     "PromptSet",
     "Scores",
     "bootstrap",
+    "bootstrap_draws",
     "concept_world_prompts",
     "generic_prompts",
+    "mean_draws",
     "mean_interval",
     "mean_std",
     "overlap",
     "pareto_front",
+    "percentile_interval",
     "score",
 ]
 
@@ -274,7 +277,7 @@ def score(
     prompts: PromptSet,
     target: Sequence[Image | None],
     other: Sequence[Image | None],
-    references: Sequence[Image] | None = None,
+    references: Sequence[Image | None] | None = None,
     *,
     paraphrase: Sequence[Image | None] | None = None,
     neighbour: Sequence[Image | None] | None = None,
@@ -327,21 +330,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def bootstrap(
-    units: Sequence[Mapping[str, Sequence[float] | None]],
-    measure: str,
-    *,
-    draws: int = 2000,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile interval of ``measure`` over seeds and prompts.
+def bootstrap_draws(
+    units: Sequence[Mapping[str, Sequence[float] | None]], measure: str, *, draws: int = 2000
+) -> np.ndarray:
+    """``draws`` bootstrap values of ``measure``'s mean over seeds and prompts.
 
     ``units`` are the per-image values (:attr:`Scores.each`) of one method's evaluations at
     one strength, one per seed. Each draw resamples the seeds, then the images within
     each drawn seed (both with replacement). ``measure``: ``concept_rate``, ``erasure``,
     ``kept``, ``other``, ``preservation`` (the mean of ``kept`` and ``other``, as
-    :func:`score`), ``paraphrase_rate`` or ``neighbour_kept``. The generator is fixed, so a
-    report's intervals are reproducible.
+    :func:`score`), ``paraphrase_rate`` or ``neighbour_kept``. The generator is fixed, so two
+    methods with as many seeds and images get the same picks: their draws are paired (every
+    method sees the same prompts and noise), and a difference of draws is a paired bootstrap.
     """
     probes = {"paraphrase_rate": "paraphrase", "neighbour_kept": "neighbour"}
     rng = np.random.default_rng(0)
@@ -361,21 +361,49 @@ def bootstrap(
 
     if measure in ("concept_rate", "erasure"):
         values = mean_of("shown")
-        values = values if measure == "concept_rate" else 1.0 - values
-    elif measure == "preservation":
+        return values if measure == "concept_rate" else 1.0 - values
+    if measure == "preservation":
         other = mean_of("other")
         has_kept = units[0]["kept"] is not None
-        values = (mean_of("kept") + other) / 2 if has_kept else other
-    elif measure in ("kept", "other", *probes):
+        return (mean_of("kept") + other) / 2 if has_kept else other
+    if measure in ("kept", "other", *probes):
         key = probes.get(measure, measure)
         if any(u.get(key) is None for u in units):
             raise ValueError(f"bootstrap: {measure!r} was not measured for these units")
-        values = mean_of(key)
-    else:
-        raise ValueError(f"bootstrap: unknown measure {measure!r}")
+        return mean_of(key)
+    raise ValueError(f"bootstrap: unknown measure {measure!r}")
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``values``."""
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def bootstrap(
+    units: Sequence[Mapping[str, Sequence[float] | None]],
+    measure: str,
+    *,
+    draws: int = 2000,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``measure`` over seeds and prompts (:func:`bootstrap_draws`);
+    reproducible (fixed generator)."""
+    return percentile_interval(bootstrap_draws(units, measure, draws=draws), level)
+
+
+def mean_draws(values: Sequence[float], *, spread: bool = False, draws: int = 2000) -> np.ndarray:
+    """Bootstrap draws of the mean of ``values`` (``spread``: of their sample standard
+    deviation; 0 for one value). Fixed generator: two lists as long get the same picks."""
+    if not values:
+        raise ValueError("mean_interval: no values")
+    data = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    drawn = data[rng.integers(len(data), size=(draws, len(data)))]
+    if spread:
+        return drawn.std(axis=1, ddof=1) if len(data) > 1 else np.zeros(draws)
+    return np.asarray(drawn.mean(axis=1))
 
 
 def mean_interval(
@@ -383,21 +411,12 @@ def mean_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (``spread``: of their sample
     standard deviation; fixed generator)."""
-    if not values:
-        raise ValueError("mean_interval: no values")
-    data = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(0)
-    drawn = data[rng.integers(len(data), size=(draws, len(data)))]
-    stats = drawn.std(axis=1, ddof=1) if spread and len(data) > 1 else drawn.mean(axis=1)
-    if spread and len(data) == 1:
-        stats = np.zeros(draws)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(stats, [tail, 100 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(mean_draws(values, spread=spread, draws=draws), level)
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether two intervals share a point: then the data cannot tell the two apart."""
+    """Whether two intervals share a point (the report names the methods whose preservation
+    interval overlaps the best one's)."""
     return a[0] <= b[1] and b[0] <= a[1]
 
 

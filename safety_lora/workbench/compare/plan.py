@@ -18,7 +18,6 @@ from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
 from safety_lora.workbench.compare.methods import (
     AdapterMethod,
-    BaseModel,
     ClassifierOnly,
     Method,
     NegativePrompt,
@@ -57,8 +56,9 @@ def trainings(
     config: CompareConfig, budgets: dict[int, dict[str, tuple[int, int]]]
 ) -> list[Training]:
     """Every adapter a run trains: the families on every seed; their regularity variants on
-    seed 0 and LoRA's "none" (the original recipe) on the stability seeds; every family at
-    the stability learning-rate scales on the stability seeds."""
+    seed 0 and LoRA's "none" (the original recipe) on every seed (the regularity claims'
+    seeds are the main run's); every family at the stability learning-rate scales on the
+    stability seeds."""
     multi = len(config.ranks) > 1
     first = config.ranks[0]
 
@@ -72,11 +72,9 @@ def trainings(
         for kind in config.families:
             jobs += [job(kind, first, 0, variant=v) for v in VARIANTS if v != "reg"]
         if "lora" in config.families:
-            jobs += [
-                job("lora", first, s, variant="none") for s in range(1, config.stability_seeds)
-            ]
+            jobs += [job("lora", first, s, variant="none") for s in range(1, config.seeds)]
     for kind, scale in itertools.product(config.families, config.lr_scales):
-        jobs += [job(kind, first, s, lr_scale=scale) for s in range(config.stability_seeds)]
+        jobs += [job(kind, first, s, lr_scale=scale) for s in range(config.stability_seed_count)]
     return jobs
 
 
@@ -85,7 +83,7 @@ def groups(state: Run) -> list[Group]:
     trained adapter, the closed-form edit, the files."""
     config = state.config
     attack = bool(config.attack_budget)
-    base = BaseModel(state.sampler)
+    base = state.base
     free: list[Method] = [base, ClassifierOnly(state.sampler, state.check, source=base)]
     free.append(NegativePrompt(state.sampler, config.erase))
     free += [SLDMethod(state.sampler, config.erase, preset) for preset in config.sld_presets]
@@ -183,7 +181,9 @@ def _training_group(
     method = AdapterMethod(state.sampler, job.path(state.config.out), job.method, kind=job.role)
     _adapter_units(state, results, method, strengths, [job.seed], job.kind)
     if kohya:
-        compute = partial(kohya_unit, state, job)
+        peft = next(e for e in results.evaluations[::-1] if e.method == job.method and
+                    e.strength == 1.0 and e.seed == job.seed)  # fmt: skip
+        compute = partial(kohya_unit, state, job, peft)
         results.kohya.append(state.cached(f"kohya/{unit}", KohyaCheck, compute))
     if attack:
         results.attacks.append(state.attack(job.method, {"adapter": method.path}))

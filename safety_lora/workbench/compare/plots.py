@@ -8,7 +8,18 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-__all__ = ["cost_bars", "grid", "scatter", "series", "stability_plot", "strength_curves", "strip"]
+__all__ = [
+    "FAMILY_STYLES",
+    "cost_bars",
+    "forest",
+    "grid",
+    "method_styles",
+    "scatter",
+    "series",
+    "stability_plot",
+    "strength_curves",
+    "strip",
+]
 
 _CELL = 64
 _LABEL = 150
@@ -61,23 +72,57 @@ def series(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return {m: sorted(ps, key=lambda p: p.get("strength", 0.0)) for m, ps in out.items()}
 
 
-def _draw_methods(ax: Any, points: Sequence[dict[str, Any]], colours: Any) -> None:
-    """Every method's points on ``ax``: error bars, an adapter's strengths joined and labelled."""
-    for k, (method, mine) in enumerate(series(points).items()):
+#: Each adapter family's colour map (its rows in shades of one hue) and marker.
+FAMILY_STYLES: dict[str, tuple[str, str]] = {
+    "lora": ("Blues", "o"),
+    "loha": ("Oranges", "s"),
+    "lokr": ("Greens", "^"),
+}
+#: The other methods' colours (matplotlib's tab10 without the families' blue, orange, green)
+#: and markers.
+_OTHERS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+_OTHER_MARKERS = "Dvp*Xh<>"
+
+
+def method_styles(points: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method, its colour and marker: a family's rows in shades of the family's hue (its
+    first row darkest) with the family's marker; any other method its own colour and marker."""
+    plt = _pyplot()
+    methods = list(series(points))
+    family = {p["method"]: p.get("family") for p in points}
+    out: dict[str, dict[str, Any]] = {}
+    others = 0
+    for method in methods:
+        kind = family[method]
+        if kind in FAMILY_STYLES:
+            cmap, marker = FAMILY_STYLES[kind]
+            mine = [m for m in methods if family[m] == kind]
+            shade = 0.85 - 0.45 * mine.index(method) / max(1, len(mine) - 1)
+            out[method] = {"color": plt.get_cmap(cmap)(shade), "marker": marker}
+        else:
+            out[method] = {
+                "color": _OTHERS[others % len(_OTHERS)],
+                "marker": _OTHER_MARKERS[others % len(_OTHER_MARKERS)],
+            }
+            others += 1
+    return out
+
+
+def _draw_methods(ax: Any, points: Sequence[dict[str, Any]], styles: dict[str, Any]) -> None:
+    """Every method's points on ``ax``: error bars, an adapter's strengths joined in order,
+    its marker growing with the strength (no point labels: the legend names the methods)."""
+    for method, mine in series(points).items():
         xs, ys = [p["erasure"] for p in mine], [p["preservation"] for p in mine]
-        style = {"color": colours(k % colours.N), "marker": "osD^v<>ph*"[k % 10]}
+        style = styles[method]
         if all(p.get("erasure_ci") and p.get("preservation_ci") for p in mine):
             ax.errorbar(xs, ys, xerr=_err(mine, "erasure"), yerr=_err(mine, "preservation"),
                         fmt="none", ecolor=style["color"], alpha=0.5, capsize=2,
                         linewidth=0.8)  # fmt: skip
+        sizes = [24 + 36 * p.get("strength", 1.0) for p in mine] if len(mine) > 1 else [40]
         if len(mine) > 1:
-            ax.plot(xs, ys, linewidth=0.8, alpha=0.6, **style, label=method)
-            for p in mine:  # the strength next to its point, small, offset from the marker
-                ax.annotate(f"{p['strength']:g}", (p["erasure"], p["preservation"]),
-                            xytext=(3, 3), textcoords="offset points", fontsize=6,
-                            color=style["color"], annotation_clip=True)  # fmt: skip
-        else:
-            ax.scatter(xs, ys, s=36, alpha=0.9, **style, label=method)
+            ax.plot(xs, ys, linewidth=1.0, alpha=0.7, color=style["color"])
+        ax.scatter(xs, ys, s=sizes, alpha=0.95, edgecolors="black", linewidths=0.4,
+                   label=method, **style)  # fmt: skip
 
 
 def _draw_front(ax: Any, best: Sequence[dict[str, Any]]) -> None:
@@ -96,16 +141,18 @@ ZOOM_FROM = 0.85
 
 
 def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) -> None:
-    """Erasure vs preservation: one colour and marker per method, an adapter's strengths
-    joined in order and marked by their value, the Pareto front circled (and joined when it
-    has two points or more). A second panel zooms into erasure >= ``ZOOM_FROM``, where the
-    methods that pass the bar sit close together, so their labels do not overlap."""
+    """Erasure vs preservation: the adapter families told apart at a glance (LoRA blue
+    circles, LoHa orange squares, LoKr green triangles; :data:`FAMILY_STYLES`), every other
+    method its own colour and marker; an adapter's strengths joined in order, the marker
+    growing with the strength; the Pareto front circled (and joined when it has two points or
+    more). A second panel zooms into erasure >= ``ZOOM_FROM``, where the methods that pass
+    the bar sit close together; the legend, outside both panels, names every method."""
     plt = _pyplot()
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 6), width_ratios=(1, 1))
-    colours = plt.get_cmap("tab10" if len(series(points)) <= 10 else "tab20")
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(14, 6), width_ratios=(1, 1))
+    styles = method_styles(points)
     best = sorted((points[i] for i in front), key=lambda p: p["erasure"])
     for axes in (ax, zoom):
-        _draw_methods(axes, points, colours)
+        _draw_methods(axes, points, styles)
         _draw_front(axes, best)
         axes.set(xlabel="erasure (share of concept prompts without the concept)",
                  ylabel="preservation")  # fmt: skip
@@ -114,9 +161,49 @@ def scatter(points: Sequence[dict[str, Any]], front: Sequence[int], path: Path) 
     low = min([v for v in near if v >= 0.6] or [0.6])
     zoom.set(xlim=(ZOOM_FROM - 0.005, 1.01), ylim=(low - 0.04, 1.01),
              title=f"Zoom: erasure >= {ZOOM_FROM:g}")  # fmt: skip
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right", markerscale=0.8)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+#: Each verdict's colour in the forest plot.
+_VERDICT_COLOURS = {
+    "supported": "tab:green",
+    "refuted": "tab:red",
+    "equivalent": "tab:blue",
+    "inconclusive": "tab:gray",
+    "inconclusive (did not converge)": "tab:olive",
+}
+
+
+def forest(comparisons: Sequence[dict[str, Any]], path: Path) -> None:
+    """Each comparison's difference "A better by" and its 95% interval, in units of its
+    margin (so every margin is the band [-1, 1]), coloured by its verdict: supported right of
+    the band, refuted left of it, equivalent inside it."""
+    plt = _pyplot()
+    n = max(1, len(comparisons))
+    fig, ax = plt.subplots(figsize=(11, 0.55 * n + 2.0))
+    ax.axvspan(-1, 1, color="#e8e8e8", label="margin (practical equivalence)")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    seen: set[str] = set()
+    for i, c in enumerate(comparisons):
+        m = c["margin"] or 1.0
+        lo, hi = (v / m for v in c["difference_ci"])
+        colour = _VERDICT_COLOURS.get(c["verdict"], "black")
+        label = None if c["verdict"] in seen else c["verdict"]
+        seen.add(c["verdict"])
+        ax.plot([lo, hi], [i, i], color=colour, linewidth=2.5, solid_capstyle="butt")
+        ax.plot([c["difference"] / m], [i], "o", color=colour, label=label)
+    names = [f"{c['a']} vs {c['b']}\n{c['measure']} ({c['margin_text']})" for c in comparisons]
+    ax.set_yticks(range(len(comparisons)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("A better by (in units of the margin; 95% interval)")
+    ax.set_title("Each claim's differences against their margins", pad=24)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from safety_lora.workbench.compare.aggregate import (
+    FamilyMeasure,
     MethodRow,
     RegularityRow,
     StabilityRow,
@@ -15,7 +16,7 @@ from safety_lora.workbench.compare.aggregate import (
 )
 from safety_lora.workbench.compare.metrics import BAR
 from safety_lora.workbench.compare.rows import Attack, Cost, Interval
-from safety_lora.workbench.compare.verdicts import Comparison, Verdict
+from safety_lora.workbench.compare.verdicts import INCONCLUSIVE, MARGINS, Comparison, Verdict
 
 if TYPE_CHECKING:
     from safety_lora.workbench.compare.config import CompareConfig
@@ -76,12 +77,31 @@ def label(row: MethodRow) -> str:
     return f"{row.method} {row.strength:g}" if row.kind in ADAPTERS else row.method
 
 
-#: Measures shown as numbers (digits) rather than percentages.
-_DIGITS = {"training seconds to the bar": 0}
+def _amount(c: Comparison, value: float) -> str:
+    """A difference in the comparison's unit: points of a share, or seconds."""
+    value = round(100 * value if c.share else value, 1) + 0.0  # no "-0.0"
+    return f"{value:+.1f} points" if c.share else f"{value:+.1f} s"
 
 
-def _value(measure: str, value: float, ci: Interval) -> str:
-    return _num(value, ci, _DIGITS[measure]) if measure in _DIGITS else pct(value, ci)
+def _value(c: Comparison, value: float, ci: Interval) -> str:
+    return pct(value, ci) if c.share else _num(value, ci, 1) + " s"
+
+
+def _difference(c: Comparison) -> str:
+    lo, hi = c.difference_ci
+    return f"{_amount(c, c.difference)} [{_amount(c, lo)}, {_amount(c, hi)}]"
+
+
+def _margin(c: Comparison) -> str:
+    return c.margin_text + ("" if c.share else f" (±{c.margin:.1f} s)")
+
+
+def _seeds_to_decide(seeds: int, needed: int | None, verdict: str) -> str:
+    if verdict != INCONCLUSIVE:
+        return "-"
+    if needed is None:
+        return "none (the difference sits on the margin)"
+    return f"{needed} (this run: {seeds})"
 
 
 def _examples(prompts: Sequence[str]) -> str:
@@ -92,16 +112,58 @@ def _examples(prompts: Sequence[str]) -> str:
 VERDICT: list[Column[Verdict]] = [
     Column("claim", lambda v: v.claim),
     Column("verdict", lambda v: v.verdict),
-    Column("decided by", lambda v: "; ".join(v.decided_by) or "intervals overlap"),
+    Column("margins", lambda v: "; ".join(v.margins)),
+    Column("decided by", lambda v: "; ".join(v.decided_by)),
+    Column("seeds to decide", lambda v: _seeds_to_decide(v.seeds, v.seeds_needed, v.verdict)),
 ]
 COMPARISONS: list[Column[Comparison]] = [
     Column("claim", lambda c: c.claim),
     Column("measure", lambda c: c.measure),
     Column("A", lambda c: c.a),
-    Column("A value [95% CI]", lambda c: _value(c.measure, c.a_value, c.a_ci)),
+    Column("A value [95% CI]", lambda c: _value(c, c.a_value, c.a_ci)),
     Column("B", lambda c: c.b),
-    Column("B value [95% CI]", lambda c: _value(c.measure, c.b_value, c.b_ci)),
+    Column("B value [95% CI]", lambda c: _value(c, c.b_value, c.b_ci)),
+    Column("A better by [95% CI]", _difference),
+    Column("margin", _margin),
     Column("verdict", lambda c: c.verdict),
+    Column("seeds to decide", lambda c: _seeds_to_decide(c.seeds, c.seeds_needed, c.verdict)),
+]
+
+
+def _measured(m: FamilyMeasure) -> str:
+    """A family measure's value and interval in its unit."""
+    if m.value is None:
+        return "not reached"
+    if m.unit == "%":
+        return pct(m.value, m.ci)
+    if m.unit == "points":
+        return pct(m.value, m.ci).replace("%", " points")
+    if m.unit == "x base":
+        return _num(m.value, m.ci, 3) + " x base"
+    return _num(m.value, m.ci, 3 if m.measure.endswith("per step") else 0) + f" {m.unit}"
+
+
+def _citing(comparisons: Sequence[Comparison]) -> Callable[[FamilyMeasure], str]:
+    """The claims whose comparisons use a family's measure (its row, the measure's name)."""
+
+    def cell(m: FamilyMeasure) -> str:
+        cited = [
+            c.claim
+            for c in comparisons
+            if m.method in (c.a, c.b)
+            and any(c.measure.startswith(k) and m.measure.startswith(k) for k in MARGINS)
+        ]
+        return "; ".join(dict.fromkeys(cited)) or "-"
+
+    return cell
+
+
+MEASURES: list[Column[FamilyMeasure]] = [
+    Column("family", lambda m: m.family),
+    Column("axis", lambda m: m.axis),
+    Column("measure", lambda m: m.measure),
+    Column("value [95% CI]", _measured),
+    Column("n", lambda m: str(m.n)),
 ]
 ERASURE: list[Column[MethodRow]] = [
     Column("method", lambda r: r.method),
@@ -167,9 +229,29 @@ COSTS: list[Column[Cost]] = [
 
 
 _VERDICT = (
-    "Each claim of the founding question, decided by 95% bootstrap intervals (over seeds and "
-    "prompts; training time over seeds): supported or refuted only when the intervals do not "
-    "overlap."
+    "Each claim of the founding question, decided by the 95% bootstrap interval of the "
+    "difference \u201cA better by\u201d (paired over seeds and prompts; training time over "
+    "seeds) against the measure's practical-equivalence margin, stated before the run: "
+    "supported when the interval lies wholly above +margin, refuted when wholly below "
+    "-margin, equivalent when wholly inside it (two one-sided tests at 2.5% each), "
+    "inconclusive otherwise, with the seeds that would decide it if the observed difference "
+    "and spread held (normal approximation, 80% power). Accuracy between two families of "
+    "which one did not reach the bar on every seed is inconclusive (did not converge). A "
+    "claim is supported when every measure is, refuted when any is or when it is only as good "
+    "on some. The default runs {seeds} seeds: more seeds cost training time on every method "
+    "(the default run is sized to finish in about 20 minutes on a 2-core CPU); pass --seeds N "
+    "to run the seeds a claim needs."
+)
+_MEASURES = (
+    "Each adapter family's main row (first budget) on the four axes. Speed: seconds and steps "
+    "to the bar over the seeds that reached it, training seconds per step, inference cost "
+    "per denoising step unfused (dynamic) and fused against the base model. Efficacy: "
+    "concept and paraphrases shown at strength 1.0 (over seeds and prompts), white-box attack "
+    "success (seed 0). Stability: share of runs over seeds and learning-rate scales at the "
+    "bar, spread of preservation over seeds. Regularity: what preservation regularisation "
+    "and early stopping change against the original recipe, paired by seed (n: the seeds "
+    "both ran). n: the seeds (or timing pairs) behind each number; attack success is one "
+    "attack on seed 0, without an interval."
 )
 _ERASURE = (
     "Mean over {seeds} seeds [95% CI]. Adapters at each strength (strength 0 is the base model "
@@ -214,15 +296,20 @@ def sections(config: CompareConfig, report: Report) -> list[Section]:
     pareto = set(report.pareto)
     erasure = [*ERASURE, Column("Pareto", lambda r: "yes" if label(r) in pareto else "")]
     out = [
-        table("Verdict", _VERDICT, VERDICT, report.verdicts),
+        table("Verdict", _VERDICT.format(seeds=config.seeds), VERDICT, report.verdicts),
         table(
             "Comparisons behind the verdict",
             "A is the side the claim says is better.",
             COMPARISONS,
             report.comparisons,
         ),
-        table("Erasure and preservation", _ERASURE.format(seeds=config.seeds), erasure, main),
     ]
+    if report.measures:
+        cited = [*MEASURES, Column("cited by the verdict", _citing(report.comparisons))]
+        out.append(table("Four axes per family", _MEASURES, cited, report.measures))
+    out.append(
+        table("Erasure and preservation", _ERASURE.format(seeds=config.seeds), erasure, main)
+    )
     probed = [r for r in main if r.paraphrase_rate is not None or r.neighbour_kept is not None]
     if probed:
         out.append(_probes(report, probed))

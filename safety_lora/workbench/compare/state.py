@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
-from safety_lora.workbench.compare.methods import Method, Sampler
+from safety_lora.workbench.compare.methods import BaseModel, Method, Sampler
 from safety_lora.workbench.compare.metrics import (
     ClassifierJudge,
     ConceptWorldJudge,
@@ -71,9 +71,12 @@ class Run:
     judge: Judge
     prompts: PromptSet
     sampler: Sampler
+    base: BaseModel
     check: Any = None
     advance: Callable[[str], None] = field(default=lambda _: None)
-    _references: dict[int, list[Image]] = field(default_factory=dict)
+    #: Target images of the adapters evaluated at strength 1.0 in this process, by (method,
+    #: seed index): the kohya check compares its file's images with them.
+    targets: dict[tuple[str, int], list[Image | None]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: CompareConfig, pipe: Any | None = None) -> Run:
@@ -102,7 +105,7 @@ class Run:
             guidance_scale=guidance if config.guidance_scale is None else config.guidance_scale,
             batch_size=config.batch_size,
         )
-        return cls(config, pipe, judge, prompts, sampler, check=check)
+        return cls(config, pipe, judge, prompts, sampler, BaseModel(sampler), check=check)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -125,12 +128,11 @@ class Run:
     def seeds(self, index: int, n: int, offset: int) -> list[int]:
         return [index * 1_000_003 + offset + i for i in range(n)]
 
-    def references(self, index: int) -> list[Image]:
-        """Base-model images of the other prompts (for judges comparing against them)."""
-        if index not in self._references:
-            seeds = self.seeds(index, len(self.prompts.other), 500_000)
-            self._references[index] = self.sampler.sample(self.prompts.other, seeds)
-        return self._references[index]
+    def references(self, index: int) -> list[Image | None]:
+        """Base-model images of the other prompts (for judges comparing against them): the
+        base row's own images, rendered once per process and shared."""
+        seeds = self.seeds(index, len(self.prompts.other), 500_000)
+        return self.base.generate(self.prompts.other, seeds, 0.0)
 
     def evaluate(self, method: Method, strength: float, index: int) -> Evaluation:
         """Scores of ``method`` at ``strength`` on seed index ``index``; a strip for the grid.
@@ -153,6 +155,8 @@ class Run:
         scores = asdict(score(self.judge, p, target, other, refs, **probes))
         if index == 0:
             self.save_strip(method.name, strength, target[: self.config.grid_images])
+        if strength == 1.0 and method.kind == "adapter":
+            self.targets[(method.name, index)] = target
         return Evaluation(
             method=method.name, kind=method.kind, strength=strength, seed=index, seconds=seconds,
             **scores,

@@ -20,7 +20,7 @@ from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
 from safety_lora.workbench.compare.methods import AdapterMethod
 from safety_lora.workbench.compare.metrics import BAR
-from safety_lora.workbench.compare.rows import KohyaCheck, Probe, Solve, TrainingRun
+from safety_lora.workbench.compare.rows import Evaluation, KohyaCheck, Probe, Solve, TrainingRun
 from safety_lora.workbench.compare.state import Run
 
 if TYPE_CHECKING:
@@ -301,9 +301,14 @@ def closed_form_unit(state: Run, path: Path) -> Solve:
 # -- the kohya file of a PEFT adapter -------------------------------------------------------
 
 
-def kohya_unit(state: Run, job: Training) -> KohyaCheck:
-    """``job``'s PEFT adapter rewritten as a kohya file, evaluated at strength 1.0, and whether
-    the two give the same images on the target prompts (same math, other file layout)."""
+def kohya_unit(state: Run, job: Training, peft: Evaluation) -> KohyaCheck:
+    """``job``'s PEFT adapter rewritten as a kohya file, and whether the two give the same
+    images on the target prompts at strength 1.0 (same math, other file layout).
+
+    ``peft`` is the PEFT file's evaluation at 1.0 on the seed: when the images are
+    identical, the kohya row reuses its scores (and its images, the PEFT row's when this
+    process rendered them) instead of sampling every prompt and probe again.
+    """
     import numpy as np
 
     from safety_lora.adapters.convert import convert
@@ -314,18 +319,31 @@ def kohya_unit(state: Run, job: Training) -> KohyaCheck:
     convert(source, path, to="kohya", unet=denoiser)
     p = state.prompts
     seeds = state.seeds(job.seed, len(p.target), 0)
-    images = {}
+    images = {"peft": state.targets.get((job.method, job.seed))}
     for name, file in (("peft", source), ("kohya", path)):
+        if images.get(name) is not None:
+            continue
         method = AdapterMethod(state.sampler, file, f"{job.method} ({name} file)", kind="kohya")
         method.load()
         try:
             images[name] = method.generate(p.target, seeds, 1.0)
-            if name == "kohya":
-                scores = state.evaluate(method, 1.0, job.seed)
         finally:
             method.unload()
+    peft_images, kohya_images = images["peft"] or [], images["kohya"] or []
     diff = max(
         float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
-        for a, b in zip(images["peft"], images["kohya"], strict=True)
+        for a, b in zip(peft_images, kohya_images, strict=True)
     )
+    name = f"{job.method} (kohya file)"
+    if diff == 0:
+        scores = peft.model_copy(update={"method": name, "kind": "kohya", "family": None})
+        if job.seed == 0:
+            state.save_strip(name, 1.0, kohya_images[: state.config.grid_images])
+    else:
+        kohya = AdapterMethod(state.sampler, path, name, kind="kohya")
+        kohya.load()
+        try:
+            scores = state.evaluate(kohya, 1.0, job.seed)
+        finally:
+            kohya.unload()
     return KohyaCheck(**scores.model_dump(), max_pixel_difference=diff, identical=diff == 0)

@@ -18,7 +18,7 @@ from safety_lora.testing import tiny_pipeline
 from safety_lora.workbench.compare import CompareConfig, run, units
 from safety_lora.workbench.compare.methods import AdapterMethod, Sampler
 from safety_lora.workbench.compare.metrics import BAR, ConceptWorldJudge
-from safety_lora.workbench.compare.verdicts import compare
+from safety_lora.workbench.compare.verdicts import NOT_CONVERGED, decide
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out
 
@@ -68,14 +68,26 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
     out = config.out
     assert json.loads((out / "report.json").read_text())["reading"] == data["reading"]
     markdown = (out / "report.md").read_text()
-    assert markdown.index("## Verdict") < markdown.index("## Erasure and preservation")
+    assert (
+        markdown.index("## Verdict")
+        < markdown.index("![forest](verdict_forest.png)")
+        < markdown.index("## Answer")
+        < markdown.index("## Four axes per family")
+        < markdown.index("## Erasure and preservation")
+    )
+    assert "Smoke test" not in markdown  # only --quick says so
+    questions = ("Are LoHa and LoKr faster and more accurate than LoRA?",
+                 "Is the original recipe less effective?")  # fmt: skip
+    assert all(q in data["reading"] for q in questions)  # answered in words
     assert "| lora r4 | 1 |" in markdown and "## Inference cost per denoising step" in markdown
     assert "## Stability" in markdown and "## Regularity (seed 0)" in markdown
     assert "## Where erasure fails in practice (strength 1.0)" in markdown
     assert "\u201ca crimson circle\u201d" in markdown
     html = (out / "report.html").read_text()
-    assert html.count("<img ") == 4 + len(data["files"]["grids"]) and 'src="http' not in html
-    pngs = [out / data["files"][k] for k in ("scatter", "curves", "costs", "stability")]
+    assert html.count("<img ") == 5 + len(data["files"]["grids"]) and 'src="http' not in html
+    assert html.index('id="verdict"') < html.index('alt="forest"') < html.index('id="answer"')
+    figures = ("forest", "scatter", "curves", "costs", "stability")
+    pngs = [out / data["files"][k] for k in figures]
     pngs += [out / g for g in data["files"]["grids"].values()]
     # base, classifier, negative prompt, SLD, closed form, kohya file, 2 families x (main,
     # 3 regularity variants, 2x learning rate)
@@ -126,6 +138,32 @@ def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) ->
     assert ("base (control)", "") in modes
 
 
+def test_four_axes_per_family(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
+    """Each family's speed, efficacy, stability and regularity measures, from the rows they
+    summarise."""
+    config, _, data = compared
+    measures = {(m["family"], m["measure"]): m for m in data["measures"]}
+    for family in ("lora", "lokr"):
+        axes = {m["axis"] for m in data["measures"] if m["family"] == family}
+        assert axes == {"speed", "efficacy", "stability", "regularity"}
+        row = _row(data, f"{family} r4", 1.0)
+        shown = measures[(family, "concept shown at strength 1.0")]
+        assert (shown["value"], tuple(shown["ci"])) == (
+            row["concept_rate"],
+            tuple(row["concept_rate_ci"]),
+        )
+        fused = measures[(family, "inference cost fused")]
+        cost = next(c for c in data["costs"]
+                    if c["method"] == f"{family} r4" and c["mode"] == "fused")  # fmt: skip
+        assert fused["value"] == cost["vs_base"]
+        share = measures[(family, "share of seeds and learning rates at the bar")]
+        assert share["n"] == config.seeds + config.stability_seed_count  # 1x and 2x
+        assert 0.0 <= share["value"] <= 1.0
+    effect = measures[("lora", "effect of regularisation + early stopping on preservation")]
+    assert effect["n"] == config.seeds  # the original recipe ran on every seed
+    assert measures[("lokr", "effect of regularisation + early stopping on preservation")]["n"] == 1
+
+
 def test_training_stops_at_the_erasure_bar(
     compared: tuple[CompareConfig, Any, dict[str, Any]],
 ) -> None:
@@ -161,7 +199,7 @@ def test_kohya_file_gives_the_peft_adapters_images(
 def test_verdicts_follow_the_intervals(
     compared: tuple[CompareConfig, Any, dict[str, Any]],
 ) -> None:
-    _, _, data = compared
+    config, _, data = compared
     claims = [v["claim"] for v in data["verdicts"]]
     assert claims == [
         "the factorised family is faster and more accurate",
@@ -169,9 +207,13 @@ def test_verdicts_follow_the_intervals(
         "the original LoRA without regularisation is less effective",
     ]
     for c in data["comparisons"]:
-        a, b = (c["a_value"], tuple(c["a_ci"])), (c["b_value"], tuple(c["b_ci"]))
         lower = any(w in c["measure"] for w in ("concept", "seconds", "spread", "paraphrase"))
-        assert c["verdict"] == compare(a, b, lower=lower)
+        sign = -1 if lower else 1
+        assert c["difference"] == pytest.approx(sign * (c["a_value"] - c["b_value"]))
+        lo, hi = c["difference_ci"]
+        assert lo - 1e-9 <= c["difference"] <= hi + 1e-9 or c["measure"].startswith("spread")
+        assert c["verdict"] in (decide((lo, hi), c["margin"]), NOT_CONVERGED)
+        assert c["seeds"] == config.seeds  # no claim rests on a stability subset
     lora = _row(data, "lora r4", 1.0)
     factorised = next(
         c for c in data["comparisons"] if c["measure"] == "concept shown at strength 1.0"
@@ -239,6 +281,7 @@ def test_resume_reuses_units(
     monkeypatch.setattr("safety_lora.workbench.training.esd.EsdTrainer.train_step", no_training)
     again = run(config.model_copy(update={"resume": True}), pipe=pipe)
     assert again["rows"] == data["rows"]
+    assert again["costs"] == data["costs"]  # timings read back, not measured again
 
 
 def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
