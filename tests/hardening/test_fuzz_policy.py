@@ -2,14 +2,14 @@
 
 Nesting depth (flow and block), alias fan-out, list lengths around the limit, blank and
 whitespace terms, in every list of terms: each generated file is a policy or a
-:class:`PolicyError` naming the file, in bounded time and with a bounded message; never
-another exception (``RecursionError``, ``MemoryError``), and never a blank term accepted.
+:class:`PolicyError` naming the file, with a bounded message; never another exception
+(``RecursionError``, ``MemoryError``), and never a blank term accepted. (How long the worst
+files take is measured by ``benchmarks/policy_limits.py``, not asserted here.)
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import NamedTuple
 
 from hypothesis import event, given, settings
@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from safety_lora.policies import Policy, PolicyError
 from safety_lora.textfiles import MAX_DEPTH, MAX_ITEMS
 
-#: Seconds a file may take to validate or be refused (an alias bomb once ran for minutes).
-BOUND_S = 10.0
 #: The longest error a file may produce (a bomb's error once printed its expansion).
 MAX_MESSAGE = 20_000
 
@@ -118,9 +116,8 @@ def _term_lists(policy: Policy) -> list[list[str]]:
 
 @settings(max_examples=20, deadline=None)
 @given(shapes)
-def test_any_policy_text_is_a_policy_or_a_policy_error_in_bounded_time(shape: Shape) -> None:
+def test_any_policy_text_is_a_policy_or_a_policy_error(shape: Shape) -> None:
     text = shape.text()
-    start = time.perf_counter()
     try:
         policy = Policy.from_text(text, source="fuzz.yaml")
     except PolicyError as e:
@@ -133,4 +130,3 @@ def test_any_policy_text_is_a_policy_or_a_policy_error_in_bounded_time(shape: Sh
         for found in _term_lists(policy):
             assert len(found) <= MAX_ITEMS
             assert all(term == term.strip() and term for term in found), found[:10]
-    assert time.perf_counter() - start < BOUND_S
