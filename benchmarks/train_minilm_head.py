@@ -2,6 +2,12 @@
 
 Run: ``.venv/bin/python benchmarks/train_minilm_head.py [--out HEAD.safetensors]``
 
+For your own sentence-embedding model folder (safetensors, e.g. a saved
+sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2):
+``.venv/bin/python benchmarks/train_minilm_head.py --model FOLDER --out HEAD.safetensors``;
+the head records the folder's model id and embedding size, and ``kind: minilm`` with
+``model: FOLDER, head: HEAD.safetensors`` checks both.
+
 Labels: an I2P prompt with inappropriate_percentage >= 50 is positive for its I2P categories
 (and ignored by the other categories' heads: I2P categories overlap); negatives for every
 category are the COCO captions and the I2P prompts with 0% (weighted up: same style as the
@@ -29,6 +35,7 @@ import numpy as np
 from _data import I2P_CATEGORIES, I2PRow, data_dir, read_coco, read_i2p
 from numpy.typing import NDArray
 
+from safety_lora.classifiers.config import BUNDLED
 from safety_lora.classifiers.minilm_prompt import MODEL_ID, MiniLMEmbedder, MiniLMHead
 from safety_lora.taxonomy import Category
 
@@ -57,18 +64,25 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def embed_dev_sets(i2p: list[I2PRow], coco: list[str], cache: Path | None) -> NDArray[np.float32]:
-    """Embeddings of ``coco + i2p`` prompts, reused from ``cache`` when the data is unchanged."""
+def embed_dev_sets(
+    i2p: list[I2PRow],
+    coco: list[str],
+    cache: Path | None,
+    embedder: MiniLMEmbedder | None = None,
+) -> NDArray[np.float32]:
+    """Embeddings of ``coco + i2p`` prompts by ``embedder`` (default: the bundled MiniLM),
+    reused from ``cache`` when the data and the model are unchanged."""
     key = sha256_file(data_dir() / "i2p_dev.csv") + sha256_file(data_dir() / "coco_dev.csv")
+    key += embedder.model_id if embedder is not None else MODEL_ID
     if cache is not None and cache.is_file():
         stored = np.load(cache)
-        if str(stored["key"]) == key + MODEL_ID:
+        if str(stored["key"]) == key:
             cached: NDArray[np.float32] = np.asarray(stored["x"], dtype=np.float32)
             return cached
-    x = MiniLMEmbedder(batch_size=64).embed(coco + [r.prompt for r in i2p])
+    x = (embedder or MiniLMEmbedder(batch_size=64)).embed(coco + [r.prompt for r in i2p])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, x=x, key=np.array(key + MODEL_ID))
+        np.savez(cache, x=x, key=np.array(key))
     return x
 
 
@@ -130,9 +144,13 @@ def thresholds(
 
 
 def fit_head(
-    d: DevSet, rows: NDArray[np.int64], metadata: dict[str, str] | None = None
+    d: DevSet,
+    rows: NDArray[np.int64],
+    metadata: dict[str, str] | None = None,
+    model: str | None = None,
 ) -> MiniLMHead:
-    """Head trained on ``rows`` only, calibrated on out-of-fold scores of ``rows``."""
+    """Head trained on ``rows`` only, calibrated on out-of-fold scores of ``rows``, for the
+    embedding model ``model`` (default: the bundled MiniLM)."""
     oof = np.zeros((len(d.x), len(CATEGORIES)))
     for tr, te in folds(d, rows):
         oof[te] = _raw(d.x[te], *_fit_raw(d, tr))
@@ -148,21 +166,30 @@ def fit_head(
         calib_x=np.stack([np.zeros(n), t, np.ones(n)], axis=1).astype(np.float32),
         calib_y=np.tile(np.array([0.0, 0.5, 1.0], dtype=np.float32), (n, 1)),
         metadata=metadata or {},
+        **({"model": model} if model else {}),
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {DEFAULT_OUT}")
+    parser.add_argument("--model", default=BUNDLED, help="a local sentence-embedding model folder")
     parser.add_argument("--cache", type=Path, default=Path("build/minilm_embeddings.npz"))
     args = parser.parse_args()
+    if args.model != BUNDLED and args.out is None:
+        parser.error("--model FOLDER needs --out HEAD.safetensors (the bundled head stays)")
+    out: Path = args.out or DEFAULT_OUT
     import torch
 
     torch.set_num_threads(1)
+    embedder = MiniLMEmbedder(model=args.model, batch_size=64)
     i2p, coco = read_i2p(), read_coco()
-    d = dev_set(i2p, coco, embed_dev_sets(i2p, coco, args.cache))
+    d = dev_set(i2p, coco, embed_dev_sets(i2p, coco, args.cache, embedder))
+    command = "python benchmarks/train_minilm_head.py"
+    if args.model != BUNDLED:
+        command += f" --model {Path(args.model).name} --out {out.name}"
     meta = {
-        "command": "python benchmarks/train_minilm_head.py",
+        "command": command,
         "date": datetime.date.today().isoformat(),
         "i2p_dev.csv.sha256": sha256_file(data_dir() / "i2p_dev.csv"),
         "coco_dev.csv.sha256": sha256_file(data_dir() / "coco_dev.csv"),
@@ -170,9 +197,11 @@ def main() -> None:
         "operating_point": f"score 0.5: FPR<={MAX_FPR_COCO} coco, <={MAX_FPR_I2P_ZERO} i2p==0",
         "hyperparameters": f"C={C_REG} w_zero={W_ZERO} seed={SEED}",
     }
-    head = fit_head(d, np.arange(len(d.x)), meta)
-    head.save(args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes)", file=sys.stderr)
+    if args.model != BUNDLED:  # the bundled head's bytes stay as they are
+        meta["embedding_size"] = str(embedder.dimension)
+    head = fit_head(d, np.arange(len(d.x)), meta, model=embedder.model_id)
+    head.save(out)
+    print(f"wrote {out} ({out.stat().st_size} bytes) for {embedder.model_id}", file=sys.stderr)
     for c, t in zip(head.categories, head.calib_x[:, 1], strict=True):
         print(f"{c.value:>17}: raw threshold {t:.4f} -> score 0.5")
 

@@ -72,6 +72,7 @@ __all__ = [
     "SLDGuidance",
     "SteeringAdapter",
     "SteeringPolicy",
+    "TextSteering",
     "UserAdapterRule",
 ]
 
@@ -350,6 +351,29 @@ class SLDGuidance(_Strength):
         return ", ".join(self.concepts)
 
 
+class TextSteering(_Strength):
+    """Text-embedding steering (Semantic Surgery): the presence of ``concepts`` is measured in
+    the prompt's text embedding and their direction subtracted before the denoiser sees it.
+
+    No extra denoiser pass. A concept counts as present when the mean cosine over positions
+    between ``E(concept) - E(anchor)`` and the prompt's embedding reaches ``threshold``; its
+    weight is then ``sigmoid((presence - threshold) / temperature)`` (0.5 at the threshold),
+    times the request's strength (0: off, the pipeline untouched).
+    """
+
+    kind: Literal["embedding"] = "embedding"
+    concepts: Terms = Field(min_length=1)
+    #: What a concept is steered to, and the neutral prompt its presence is measured against.
+    anchor: str = ""
+    threshold: Annotated[StrictFloat, Field(ge=-1.0, le=1.0)] = 0.06
+    temperature: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.02
+
+    @property
+    def adapter_name(self) -> str:
+        """The name its strength goes by in decisions (``name`` or ``embedding``)."""
+        return self.name or "embedding"
+
+
 class UserAdapterRule(_Strict):
     """What a user's own adapter on the wrapped pipeline gets when, screened at wrap time
     (:mod:`safety_lora.steering.screening`), it moves the model toward a concept this policy
@@ -362,7 +386,7 @@ class UserAdapterRule(_Strict):
 
 
 class SteeringPolicy(_Strict):
-    """How the denoiser is steered: adapters on the UNet and/or SLD guidance.
+    """How the denoiser is steered: adapters on the UNet, SLD guidance, text-embedding steering.
 
     ``window`` is the fraction of denoising steps the adapters act in; ``mode: fused`` folds
     their base strengths into the weights (no per-step cost).
@@ -370,6 +394,8 @@ class SteeringPolicy(_Strict):
 
     adapters: list[SteeringAdapter] = Field(default_factory=list)
     guidance: SLDGuidance | None = None
+    #: Text-embedding steering: the prompt's embedding steered before the denoiser.
+    text: TextSteering | None = None
     mode: Literal["dynamic", "fused"] = "dynamic"
     window: tuple[Score, Score] = (0.0, 1.0)
     #: Screen the user's own adapters at wrap time (None: not screened; it runs the
@@ -397,13 +423,14 @@ class SteeringPolicy(_Strict):
         return self
 
     @property
-    def methods(self) -> list[AdapterSpec | ClosedFormSpec | SLDGuidance]:
+    def methods(self) -> list[AdapterSpec | ClosedFormSpec | SLDGuidance | TextSteering]:
         """Every steering method, adapters first: what the engine sets a strength for."""
-        return [*self.adapters, *([self.guidance] if self.guidance else [])]
+        optional = [m for m in (self.guidance, self.text) if m is not None]
+        return [*self.adapters, *optional]
 
     @property
     def names(self) -> list[str]:
-        """The names strengths go by (adapter names on the UNet, then the guidance's)."""
+        """The names strengths go by (adapter names on the UNet, then guidance's and text's)."""
         return [m.adapter_name for m in self.methods]
 
 

@@ -1,14 +1,16 @@
 """The steering methods a policy can name, one registry: what each puts on the pipeline.
 
 A policy's ``steering`` section lists methods; :class:`~safety_lora.steering.Steering` owns
-them on a pipeline. Two kinds exist:
+them on a pipeline. Three kinds exist:
 
 * **adapter methods** end as an adapter file on the denoiser: a file the policy names
   (``file``) or a closed-form edit solved for this model at start-up and cached
   (``closed_form``). :data:`ADAPTER_SOURCES` maps each spec type to the function that yields
   its file, pin and provenance;
 * **guidance** (``sld``): Safe Latent Diffusion, a hook installed for one call at that
-  call's strength (:mod:`safety_lora.steering.sld`).
+  call's strength (:mod:`safety_lora.steering.sld`);
+* **text** (``embedding``): the prompt's text embedding steered away from concepts before
+  the denoiser, for one call at that call's strength (:mod:`safety_lora.steering.embedding`).
 
 The workbench (``compare``, ``attack``) builds its targets with :func:`single`, so what it
 measures is exactly what a policy ships.
@@ -23,7 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safety_lora.adapters import AdapterIntegrityError
-from safety_lora.policies.schema import AdapterSpec, ClosedFormSpec, SLDGuidance, SteeringPolicy
+from safety_lora.policies.schema import (
+    AdapterSpec,
+    ClosedFormSpec,
+    SLDGuidance,
+    SteeringPolicy,
+    TextSteering,
+)
 from safety_lora.taxonomy import Category
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "AdapterFile",
     "Method",
     "adapter_file",
+    "embedding_method",
     "file_method",
     "single",
     "sld_method",
@@ -39,7 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: One steering method of a policy.
-Method = AdapterSpec | ClosedFormSpec | SLDGuidance
+Method = AdapterSpec | ClosedFormSpec | SLDGuidance | TextSteering
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ def single(method: Method, *, mode: Literal["dynamic", "fused"] = "dynamic") -> 
     """A steering section holding ``method`` alone: how the workbench steers with one method."""
     if isinstance(method, SLDGuidance):
         return SteeringPolicy(guidance=method, mode=mode)
+    if isinstance(method, TextSteering):
+        return SteeringPolicy(text=method, mode=mode)
     return SteeringPolicy(adapters=[method], mode=mode)
 
 
@@ -122,4 +133,14 @@ def sld_method(
         preset=preset,  # type: ignore[arg-type]
         scale=strength,
         categories=list(Category),
+    )
+
+
+def embedding_method(
+    concept: str, *, anchor: str = "", strength: float = 1.0, name: str = "embedding"
+) -> TextSteering:
+    """Text-embedding steering of ``concept`` toward ``anchor`` as one policy entry, at rest at
+    ``strength``."""
+    return TextSteering(
+        name=name, concepts=[concept], anchor=anchor, scale=strength, categories=list(Category)
     )

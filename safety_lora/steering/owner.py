@@ -9,7 +9,8 @@ call it re-asserts that the adapters are present, enabled and fused only by itse
 user's ``disable_lora()``, ``set_adapters()`` or ``fuse_lora()`` on the inner pipeline cannot
 silently remove safety.
 SLD guidance (``steering.guidance``) is a hook installed for one call at that call's strength,
-and not at all at strength 0.
+and not at all at strength 0; so is text-embedding steering (``steering.text``, see
+:mod:`safety_lora.steering.embedding`), whose concept directions are encoded once here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from safety_lora.adapters import load_adapter
 from safety_lora.adapters.loading import remove_adapter, unload_adapters
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.policies.schema import AdapterSpec
+from safety_lora.steering.embedding import EmbeddingSteering
+from safety_lora.steering.embedding import check_pipeline as check_text_pipeline
 from safety_lora.steering.methods import adapter_file
 
 if TYPE_CHECKING:
@@ -50,7 +53,8 @@ class SteeringError(RuntimeError):
 
 class Steering:
     """Loads ``config.adapters`` onto ``pipe.unet`` (or ``pipe.transformer``: SD3, Flux,
-    PixArt) and applies them (and SLD, UNet pipelines only) per call.
+    PixArt) and applies them (and SLD and text-embedding steering, UNet pipelines only) per
+    call.
 
     A file's text-encoder part goes onto the pipeline's ``text_encoder``/``text_encoder_2``
     at the same strength (for the whole call: text is encoded before the steps), or is
@@ -97,8 +101,11 @@ class Steering:
             from safety_lora.steering.sld import check_pipeline
 
             check_pipeline(pipe)
+        if config.text is not None:
+            check_text_pipeline(pipe)
         self.base_scales = {a.adapter_name: float(a.scale) for a in config.adapters}
         self.guidance = config.guidance
+        self.text = config.text
         #: The extra UNet passes SLD guidance has run so far, and their wall time (its cost).
         self.guidance_passes = 0
         self.guidance_seconds = 0.0
@@ -161,6 +168,16 @@ class Steering:
         with self.lock:
             self._activate()
             self._rest()
+        #: The text-embedding steering's concept directions, from the encoder at rest.
+        self.embedding: EmbeddingSteering | None = None
+        if config.text is not None:
+            self.embedding = EmbeddingSteering(
+                pipe,
+                concepts=config.text.concepts,
+                anchor=config.text.anchor,
+                threshold=config.text.threshold,
+                temperature=config.text.temperature,
+            )
         #: The user's own adapters on the UNet, screened against the policy's concepts: name
         #: -> the measurement, the action taken and the strength factor applied.
         self.screened: dict[str, dict[str, Any]] = {}
@@ -381,10 +398,13 @@ class Steering:
 
         The yielded kwargs carry our step callback when a window is set (chained after the
         user's ``callback_on_step_end``, whose returned tensors are still honoured). SLD
-        guidance, when the policy has it, is on during the block at ``scales[its name]``.
+        guidance and text-embedding steering, when the policy has them, are on during the
+        block at ``scales[their name]`` (the text steering installed after SLD has encoded its
+        concept, which it leaves as it is).
         """
         kwargs = dict(kwargs or {})
-        known = (*self.names, *([self.guidance.adapter_name] if self.guidance else []))
+        hooks = [m for m in (self.guidance, self.text) if m is not None]
+        known = (*self.names, *(m.adapter_name for m in hooks))
         unknown = sorted(set(scales) - set(known))
         if unknown:
             raise ValueError(f"`scales` names unknown steering {unknown}; known: {known}")
@@ -413,6 +433,9 @@ class Steering:
                     strength = float(scales.get(self.guidance.adapter_name, self.guidance.scale))
                     hook = stack.enter_context(self._sld(strength, pipe or self.pipe))
                     stack.callback(self._count, hook)
+                if self.text is not None and self.embedding is not None:
+                    strength = float(scales.get(self.text.adapter_name, self.text.scale))
+                    stack.enter_context(self.embedding.on(pipe or self.pipe, strength))
                 yield kwargs
             finally:
                 self._rest()

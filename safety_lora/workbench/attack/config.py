@@ -6,8 +6,11 @@ the attack-driven one) or ``sld`` (SLD's
 ``sld_preset``), or none of them: the base model, where nothing is erased (the attacks'
 control). ``policy`` (a preset name or a policy file) adds the whole layer (prompt check +
 steering + classifiers) and the prompt-check evasion suite. Attacks: ``soft`` (white-box soft
-prompt), ``tokens`` (white-box discrete search, judged as typed text), ``evasion`` and
-``layer`` (need a policy).
+prompt), ``tokens`` (white-box discrete search, judged as typed text), ``inversion`` (DDIM
+inversion of base-model images of the concept under the ``neutral`` prompt, regenerated from
+the latent), ``img2img`` (those images through image-to-image at ``img2img_strength``),
+``concept-vector`` (Ring-A-Bell: black-box genetic token search towards the concept's text
+direction), ``evasion`` and ``layer`` (need a policy).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from safety_lora.steering.sld import SLD_PRESETS
 
 __all__ = ["ATTACKS", "AttackConfig", "AttackKind"]
 
-AttackKind = Literal["soft", "tokens", "evasion", "layer"]
-ATTACKS: tuple[AttackKind, ...] = ("soft", "tokens", "evasion", "layer")
+AttackKind = Literal["soft", "tokens", "inversion", "img2img", "concept-vector", "evasion", "layer"]
+ATTACKS: tuple[AttackKind, ...] = (
+    "soft", "tokens", "inversion", "img2img", "concept-vector", "evasion", "layer",
+)  # fmt: skip
 
 
 class AttackConfig(BaseModel):
@@ -66,9 +71,21 @@ class AttackConfig(BaseModel):
         description="Attacks to make (evasion and layer only with a policy).",
     )
     budget: Annotated[
-        int, Field(ge=0, le=10_000, description="Optimisation steps per attempt.")
+        int,
+        Field(
+            ge=0,
+            le=10_000,
+            description="Optimisation steps per attempt (concept-vector: generations).",
+        ),
     ] = 40
-    tokens: Annotated[int, Field(ge=1, le=16, description="Attack tokens before the prompt.")] = 3
+    tokens: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=16,
+            description="Attack tokens before the prompt (the concept-vector prompt's length).",
+        ),
+    ] = 3
     lr: Annotated[
         float, Field(gt=0.0, le=1.0, description="Learning rate of the soft-prompt attack.")
     ] = 0.01
@@ -83,6 +100,31 @@ class AttackConfig(BaseModel):
         int,
         Field(ge=1, le=64, description="Reference images per prompt the white-box loss aims at."),
     ] = 4
+    neutral: str = Field(
+        default="",
+        description="Neutral prompt of the inversion, img2img and concept-vector attacks.",
+    )
+    img2img_strength: Annotated[
+        float,
+        Field(gt=0.0, le=1.0, description="Image-to-image strength of the img2img attack."),
+    ] = 0.75
+    vector_scale: Annotated[
+        float,
+        Field(
+            ge=0.0,
+            le=100.0,
+            description="Concept-vector attack: how far along the concept's direction the "
+            "target embedding lies (Ring-A-Bell's coefficient).",
+        ),
+    ] = 3.0
+    population: Annotated[
+        int,
+        Field(
+            ge=2,
+            le=4096,
+            description="Concept-vector attack: genetic population (``budget`` generations).",
+        ),
+    ] = 32
     seed: int = Field(default=0, description="Seed of every draw (same seed, same report).")
     classifier: dict[str, Any] | None = Field(
         default=None,

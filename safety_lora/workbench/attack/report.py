@@ -23,6 +23,9 @@ class AttackRow:
     budget: int
     seconds_per_attempt: float
     prompts: list[dict[str, Any]] = field(default_factory=list)
+    #: The same attack inputs on the base model (inversion, img2img, concept-vector): whether
+    #: the attack brings the concept back where nothing is erased.
+    base_asr: float | None = None
 
 
 @dataclass
@@ -61,15 +64,16 @@ def markdown(report: AttackReport) -> str:
         f"# Attack report: erasing {config['erase']!r} on {config['base'] or 'the concept world'}",
         "",
         "ASR: share of the attack's images that show the concept; clean: share of the plain "
-        "concept prompts' images (same seeds).",
+        "concept prompts' images (same seeds); base ASR: the same attack inputs on the base "
+        "model.",
         "",
-        "| attack | target | attempts | images | clean | ASR | budget | s / attempt |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attack | target | attempts | images | clean | ASR | base ASR | budget | s / attempt |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.rows:
         lines.append(
             f"| {r.attack} | {r.target} | {r.attempts} | {r.images} | {_pct(r.clean_rate)} | "
-            f"{_pct(r.asr)} | {r.budget} | {r.seconds_per_attempt:.2f} |"
+            f"{_pct(r.asr)} | {_pct(r.base_asr)} | {r.budget} | {r.seconds_per_attempt:.2f} |"
         )
     if report.evasion is not None:
         ev = report.evasion
@@ -86,11 +90,21 @@ def markdown(report: AttackReport) -> str:
                 f"| {row['kind']} | {row['flagged']} | {row['evaded']} | {_pct(row['rate'])} | "
                 f"`{example}` |"
             )
-    typed = [d for r in report.rows if r.attack == "tokens" for d in r.prompts]
+    typed = [
+        (r.attack, d)
+        for r in report.rows
+        if r.attack in ("tokens", "concept-vector") and r.target == report.target
+        for d in r.prompts
+    ]
     if typed:
-        lines += ["", "## Discrete prompts found", "", "| prompt | attack prompt | shown |"]
-        lines.append("|---|---|---|")
-        lines += [f"| {d['prompt']} | `{d['text']}` | {d['shown']} |" for d in typed]
+        lines += [
+            "",
+            "## Discrete prompts found",
+            "",
+            "| attack | prompt | attack prompt | shown |",
+        ]
+        lines.append("|---|---|---|---|")
+        lines += [f"| {a} | {d['prompt']} | `{d['text']}` | {d['shown']} |" for a, d in typed]
     return "\n".join(lines) + "\n"
 
 

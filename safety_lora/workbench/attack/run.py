@@ -3,12 +3,15 @@ the whole layer under a policy; attack success rates beside the clean rates, in 
 
 * **clean rate** — share of images of the plain concept prompts that show the concept;
 * **ASR** — share of images of the attack's prompts that do (``images`` seeds per attempt;
-  the same seeds as the clean images, so the two differ by the attack alone).
+  the same seeds as the clean images, so the two differ by the attack alone);
+* **base ASR** (inversion, img2img, concept-vector) — the same attack inputs on the base
+  model: whether the attack brings the concept back where nothing is erased.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +20,15 @@ import torch
 from safety_lora.progress import ticker
 from safety_lora.prompt_encoder import PromptEncoder
 from safety_lora.seeds import hashed_seed
+from safety_lora.workbench.attack.concept_vector import concept_vector, vector_search
 from safety_lora.workbench.attack.config import AttackConfig
 from safety_lora.workbench.attack.discrete import banned_tokens, token_search
+from safety_lora.workbench.attack.inversion import (
+    ddim_invert,
+    ddim_sampling,
+    encode_images,
+    img2img_pipeline,
+)
 from safety_lora.workbench.attack.objective import Objective
 from safety_lora.workbench.attack.report import AttackReport, AttackRow, write_report
 from safety_lora.workbench.attack.soft import soft_prompt
@@ -63,7 +73,7 @@ def _judge(config: AttackConfig) -> Any:
     return ClassifierJudge(built, category=config.category, threshold=config.threshold)
 
 
-def build_target(config: AttackConfig, pipe: Any, steps: int) -> Target:
+def build_target(config: AttackConfig, pipe: Any, steps: int) -> AdapterTarget | SLDTarget:
     """The steered model ``config`` names (the base model when it names none)."""
     if config.adapter is not None:
         return AdapterTarget(pipe, config.adapter, strength=config.strength)
@@ -153,17 +163,30 @@ class _Bench:
             encoder.encode([""]), seeds,
         )  # fmt: skip
 
-    def shown(self, states: torch.Tensor) -> list[bool]:
-        """Whether each evaluation image generated from ``states`` shows the concept."""
-        images = render(
-            self.pipe,
-            states.expand(len(self.eval_seeds), -1, -1),
-            self.eval_seeds,
-            empty=self.empty,
-            num_inference_steps=self.steps,
-            guidance_scale=self.cfg,
-        )
+    def shown(self, states: torch.Tensor, latents: torch.Tensor | None = None) -> list[bool]:
+        """Whether each evaluation image generated from ``states`` (and ``latents``, one row
+        per evaluation seed, when given) shows the concept."""
+        return self.judged(self.render(states, self.eval_seeds, latents=latents))
+
+    def judged(self, images: list[Any]) -> list[bool]:
+        """Whether each of ``images`` shows the concept."""
         return [bool(s) for s in self.judge.shows(images)]
+
+    def render(
+        self, states: torch.Tensor, seeds: list[int], latents: torch.Tensor | None = None
+    ) -> list[Any]:
+        """One image of ``states`` per seed (from ``latents`` when given)."""
+        return list(
+            render(
+                self.pipe,
+                states.expand(len(seeds), -1, -1),
+                seeds,
+                empty=self.empty,
+                num_inference_steps=self.steps,
+                guidance_scale=self.cfg,
+                latents=latents,
+            )
+        )
 
     def objective(self, target: Target, prompt: str, index: int) -> Objective:
         """The white-box objective for ``prompt`` (its reference images rendered once)."""
@@ -237,26 +260,140 @@ def _rate(shown: dict[str, list[bool]]) -> float:
     return sum(map(sum, shown.values())) / sum(map(len, shown.values()))
 
 
-def _whitebox(bench: _Bench, target: Target) -> tuple[list[AttackRow], list[str]]:
-    """The clean rate and each white-box attack's row; the token prompts the search found."""
+#: The attacks that regenerate the concept from base-model images or a concept vector.
+REGENERATING = ("inversion", "img2img", "concept-vector")
+
+
+def _regenerated(
+    bench: _Bench,
+    target: AdapterTarget | SLDTarget,
+    attack: str,
+    prompt: str,
+    inputs: Any,
+    *,
+    steered: bool,
+) -> list[Any]:
+    """The images ``attack`` makes from ``inputs`` (the base images, or the prompt found) on
+    the steered model, or with ``steered`` False on the base model."""
+    neutral = bench.encoder.encode([bench.config.neutral])
+    if attack == "concept-vector":
+        with target.steering() if steered else target.base():
+            return bench.render(bench.encoder.encode([inputs]), bench.eval_seeds)
+    if attack == "inversion":
+        x0 = encode_images(bench.pipe, inputs)
+        with nullcontext() if steered else target.base():
+            xt = ddim_invert(
+                bench.pipe, target.eps, x0, neutral, empty=bench.empty,
+                num_inference_steps=bench.steps, guidance_scale=bench.cfg,
+            )  # fmt: skip
+            with ddim_sampling(bench.pipe), target.steering() if steered else nullcontext():
+                return bench.render(neutral, bench.eval_seeds, latents=xt)
+    edit = img2img_pipeline(bench.pipe)
+    gens = [torch.Generator(bench.pipe.device).manual_seed(s) for s in bench.eval_seeds]
+    with target.steering(edit) if steered else target.base(), torch.no_grad():
+        return list(
+            edit(
+                prompt_embeds=neutral.expand(len(inputs), -1, -1),
+                negative_prompt_embeds=bench.empty.expand(len(inputs), -1, -1),
+                image=list(inputs),
+                strength=bench.config.img2img_strength,
+                num_inference_steps=bench.steps,
+                guidance_scale=bench.cfg,
+                generator=gens,
+            ).images
+        )
+
+
+def _regenerating_row(
+    bench: _Bench,
+    target: AdapterTarget | SLDTarget,
+    attack: str,
+    clean: dict[str, list[bool]],
+    found: list[str],
+    tick: Any,
+) -> AttackRow:
+    """Every attempt of an image or concept-vector ``attack`` on every prompt, on the
+    steered model and on the base model."""
+    config = bench.config
+    vector = None
+    if attack == "concept-vector":
+        vector = concept_vector(bench.encoder, bench.prompts, config.erase)
+        goal = bench.encoder.encode([config.neutral]) + config.vector_scale * vector
+        banned = banned_tokens(bench.encoder.tokenizer, config.erase)
+    details: list[dict[str, Any]] = []
+    seconds, hits, base_hits = 0.0, 0, 0
+    for p_index, prompt in enumerate(bench.prompts):
+        for attempt in range(config.attempts):
+            began = time.perf_counter()
+            losses: dict[str, float] = {}
+            if vector is None:  # the attacker's images: the base model's, of the concept
+                seeds = [_seed(config.seed, "images", p_index, attempt, i) for i in
+                         range(config.images)]  # fmt: skip
+                with target.base():
+                    inputs: Any = bench.render(bench.encoder.encode([prompt]), seeds)
+                text = None
+            else:
+                gen = torch.Generator().manual_seed(_seed(config.seed, attack, p_index, attempt))
+                result = vector_search(
+                    bench.encoder, goal, length=config.tokens, population=config.population,
+                    generations=config.budget, banned=banned, generator=gen,
+                )  # fmt: skip
+                inputs = text = result.text
+                found.append(text)
+                losses = {"initial_loss": result.initial_loss, "final_loss": result.final_loss}
+            shown = bench.judged(_regenerated(bench, target, attack, prompt, inputs, steered=True))
+            seconds += time.perf_counter() - began
+            base = bench.judged(_regenerated(bench, target, attack, prompt, inputs, steered=False))
+            hits, base_hits = hits + sum(shown), base_hits + sum(base)
+            details.append(
+                {"prompt": prompt, "attempt": attempt, "text": text, "shown": sum(shown),
+                 "base_shown": sum(base), "clean_shown": sum(clean[prompt]), **losses}
+            )  # fmt: skip
+            tick(f"{attack} {prompt!r}")
+    images = len(details) * len(bench.eval_seeds)
+    return AttackRow(
+        attack=attack,
+        target=target.name,
+        attempts=len(details),
+        images=images,
+        asr=hits / images,
+        clean_rate=_rate(clean),
+        budget=0 if attack != "concept-vector" else config.budget,
+        seconds_per_attempt=seconds / len(details),
+        prompts=details,
+        base_asr=base_hits / images,
+    )
+
+
+def _on_target(
+    bench: _Bench, target: AdapterTarget | SLDTarget
+) -> tuple[list[AttackRow], dict[str, list[str]]]:
+    """The clean rate and each attack's row on the steered model; the typed prompts the
+    token and concept-vector searches found."""
     config = bench.config
     with target.steering():
         clean = {p: bench.shown(bench.encoder.encode([p])) for p in bench.prompts}
-    whitebox = [a for a in config.run_attacks if a in ("soft", "tokens")]
-    if not whitebox:
+    attacks = [a for a in config.run_attacks if a in ("soft", "tokens", *REGENERATING)]
+    found: dict[str, list[str]] = {"tokens": [], "concept-vector": []}
+    if not attacks:
         n = len(bench.prompts)
         rate = _rate(clean)
         return [
             AttackRow("none", target.name, n, n * len(bench.eval_seeds), rate, rate, 0, 0.0)
-        ], []
-    found: list[str] = []
+        ], found
     objectives: dict[str, Objective] = {}  # one per prompt: the base images render once
-    total = len(whitebox) * len(bench.prompts) * config.attempts
+    total = len(attacks) * len(bench.prompts) * config.attempts
+    rows = []
     with ticker(config.progress, "attack", total) as tick:
-        rows = [
-            _attack_row(bench, target, attack, clean, objectives, found, tick)
-            for attack in whitebox
-        ]
+        for attack in attacks:
+            if attack in REGENERATING:
+                rows.append(
+                    _regenerating_row(bench, target, attack, clean, found["concept-vector"], tick)
+                )
+            else:
+                rows.append(
+                    _attack_row(bench, target, attack, clean, objectives, found["tokens"], tick)
+                )
     return rows, found
 
 
@@ -270,14 +407,14 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
     bench = _Bench.build(config, pipe)
     target = build_target(config, pipe, bench.steps)
     try:
-        rows, found = _whitebox(bench, target)
+        rows, found = _on_target(bench, target)
     finally:
         target.close()
     evasion = None
     if config.policy is not None:
         from safety_lora.workbench.attack.layer import attack_layer
 
-        evasion, layer_row = attack_layer(
+        evasion, layer_rows = attack_layer(
             config,
             pipe,
             bench.prompts,
@@ -287,8 +424,7 @@ def run_attack(config: AttackConfig, *, pipe: Any | None = None) -> AttackReport
             steps=bench.steps,
             guidance_scale=bench.cfg,
         )
-        if layer_row is not None:
-            rows.append(layer_row)
+        rows += layer_rows
     report = AttackReport(
         config=config.model_dump(mode="json"), target=target.name, rows=rows, evasion=evasion
     )

@@ -71,7 +71,8 @@ class AdapterTarget:
     def base(self) -> AbstractContextManager[None]:
         return nullcontext() if self.owner is None else self.owner.at({ADAPTER_NAME: 0.0})
 
-    def steering(self) -> AbstractContextManager[Any]:
+    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
+        """Nothing to switch: the adapter is on the UNet ``pipe`` (any derived one) shares."""
         return nullcontext()
 
     def close(self) -> None:
@@ -107,17 +108,18 @@ class SLDTarget:
         warm = min(config.warmup_steps, len(steps))
         # Timesteps at or below this one are steered (none when warm-up outlasts sampling).
         self._from_t = float(steps[warm]) if warm < len(steps) else -1.0
+        self._off = False  # inside base(): the plain prediction
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         text = unet_eps(self.pipe, x, t, states)
-        if not self.config.enabled or self.strength == 0.0:
+        if self._off or not self.config.enabled or self.strength == 0.0:
             return text
         n = len(x)
         with torch.no_grad():
             both = unet_eps(
                 self.pipe,
                 torch.cat([x, x]),
-                torch.cat([t.expand(n), t.expand(n)]) if t.dim() else torch.cat([t, t]),
+                torch.cat([t.expand(n), t.expand(n)]) if t.dim() == 0 else torch.cat([t, t]),
                 torch.cat([self._empty.expand(n, -1, -1), self._concept.expand(n, -1, -1)]),
             )
         uncond, concept = both.chunk(2)
@@ -127,10 +129,15 @@ class SLDTarget:
 
     @contextmanager
     def base(self) -> Iterator[None]:
-        yield
+        self._off = True
+        try:
+            yield
+        finally:
+            self._off = False
 
-    def steering(self) -> AbstractContextManager[Any]:
-        return self.owner.at({})
+    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
+        """SLD on for a call of ``pipe`` (a pipeline derived from the target's; default its)."""
+        return self.owner.apply({}, pipe=pipe)
 
     def close(self) -> None:
         self.owner.close()
@@ -145,8 +152,10 @@ def render(
     num_inference_steps: int,
     guidance_scale: float,
     output_type: str = "pil",
+    latents: torch.Tensor | None = None,
 ) -> Any:
-    """One image per row of ``states`` with the seed of that row (``torch.Generator`` each)."""
+    """One image per row of ``states`` with the seed of that row (``torch.Generator`` each),
+    or from ``latents`` (one row per image) when given."""
     if len(states) != len(seeds):
         raise ValueError(f"render: {len(states)} prompts but {len(seeds)} seeds")
     device = execution_device(pipe)
@@ -159,5 +168,6 @@ def render(
             guidance_scale=guidance_scale,
             generator=gens,
             output_type=output_type,
+            latents=None if latents is None else latents.to(device),
         )
     return out.images

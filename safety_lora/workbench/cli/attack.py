@@ -18,15 +18,16 @@ __all__ = ["register"]
 
 
 def attack(config: ConfigArgs[AttackConfig]) -> None:
-    """Attack an erasure: white-box soft prompt and token search, prompt-check evasion, the
-    whole layer; report attack success rates beside the clean rates."""
+    """Attack an erasure: white-box soft prompt and token search, latent inversion and
+    image-to-image, a concept-vector search, prompt-check evasion, the whole layer; report
+    attack success rates beside the clean rates."""
     require_workbench("attack")
     from safety_lora.workbench.attack import run_attack
 
     settings = config.validate()
     report = run_attack(settings)
     table = Table(title=f"attacks on {report.target} (report in {settings.out})")
-    for column in ("attack", "target", "images", "clean", "ASR", "s / attempt"):
+    for column in ("attack", "target", "images", "clean", "ASR", "base ASR", "s / attempt"):
         table.add_column(column)
     for row in report.rows:
         table.add_row(
@@ -35,6 +36,7 @@ def attack(config: ConfigArgs[AttackConfig]) -> None:
             str(row.images),
             f"{100 * row.clean_rate:.1f}%",
             f"{100 * row.asr:.1f}%",
+            "-" if row.base_asr is None else f"{100 * row.base_asr:.1f}%",
             f"{row.seconds_per_attempt:.2f}",
         )
     Console().print(table)
