@@ -352,21 +352,19 @@ class SLDGuidance(_Strength):
 
 
 class TextSteering(_Strength):
-    """Text-embedding steering (Semantic Surgery): the presence of ``concepts`` is measured in
-    the prompt's text embedding and their direction subtracted before the denoiser sees it.
+    """Text-embedding steering (after Semantic Surgery): ``concepts`` are measured in each token
+    of the prompt's text embedding and taken out before the denoiser sees it.
 
-    No extra denoiser pass. A concept counts as present when the mean cosine over positions
-    between ``E(concept) - E(anchor)`` and the prompt's embedding reaches ``threshold``; its
-    weight is then ``sigmoid((presence - threshold) / temperature)`` (0.5 at the threshold),
-    times the request's strength (0: off, the pipeline untouched).
+    No extra denoiser pass. A token counts when its cosine with a concept's direction (the mean
+    of ``E(concept) - E(anchor)`` over positions) reaches ``threshold``; its coordinates along
+    the directions present are moved to the anchor's, times the request's strength (0: off).
     """
 
     kind: Literal["embedding"] = "embedding"
     concepts: Terms = Field(min_length=1)
-    #: What a concept is steered to, and the neutral prompt its presence is measured against.
+    #: What a concept is steered to, and the neutral prompt its direction is measured from.
     anchor: str = ""
-    threshold: Annotated[StrictFloat, Field(ge=-1.0, le=1.0)] = 0.06
-    temperature: Annotated[StrictFloat, Field(gt=0.0, le=1.0)] = 0.02
+    threshold: Annotated[StrictFloat, Field(ge=-1.0, le=1.0)] = 0.4
 
     @property
     def adapter_name(self) -> str:

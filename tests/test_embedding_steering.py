@@ -105,23 +105,50 @@ def test_sdxl_steers_the_hidden_states_and_the_pooled_embedding() -> None:
     assert (out.pooled - pooled).abs().max() > 1e-3
 
 
-def test_on_the_embedded_model_only_prompts_naming_the_concept_move() -> None:
+def test_on_the_embedded_model_only_tokens_carrying_the_concept_move() -> None:
     pipe = concept_world()
     text = EmbeddingSteering(pipe, concepts=["red"])
-    prompts = ["red", "a red circle", "a crimson square", "a blue circle", "a green triangle"]
+    prompts = ["a red circle", "a crimson square", "a green square and a red circle"]
+    prompts += ["a blue circle", "a green triangle"]
     hidden = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
     out = text.steer(hidden, strength=1.0)
     presence = out.presence[:, 0].tolist()
-    moved = (out.hidden - hidden).flatten(1).norm(dim=1).tolist()
     assert min(presence[:3]) > text.threshold > max(presence[3:])
     assert out.selected == (("red",), ("red",), ("red",), (), ())
-    assert min(moved[:3]) > 1.0 and moved[3:] == [0.0, 0.0]
-    # the concept itself, at strength 1, lands (almost: alpha < 1) on the anchor's embedding
-    empty = pipe.encode_prompt("", "cpu", 1, False)[0][0]
-    assert (out.hidden[0] - empty).norm() < 0.1 * (hidden[0] - empty).norm()
+    # "a red circle": from the colour word on (bos, a: untouched); the two-object prompt: "red"
+    # (position 6) and the tokens after it but "circle" (cosine just under the threshold),
+    # "a green square and a" untouched
+    assert out.tokens[0, :6].tolist() == [False, False, True, True, True, True]
+    assert out.tokens[2, :10].tolist() == [False] * 6 + [True, False, True, True]
+    assert not out.tokens[3:].any()
+    torch.testing.assert_close(out.hidden[~out.tokens], hidden[~out.tokens], rtol=0, atol=0)
+    # a steered token's coordinate along red's direction is the anchor's, at strength 1
+    found = text._encode(None)
+    unit, level = found.hidden[0], found.anchor @ found.hidden[0]
+    along = out.hidden[out.tokens] @ unit
+    assert (hidden[out.tokens] @ unit).min() > 2.0
+    torch.testing.assert_close(along, torch.full_like(along, level.item()), rtol=0, atol=1e-4)
+    # ... and only that coordinate moved: the rest of the token is kept
+    rest = (out.hidden - hidden)[out.tokens]
+    torch.testing.assert_close(rest - (rest @ unit)[:, None] * unit, torch.zeros_like(rest),
+                               rtol=0, atol=1e-4)  # fmt: skip
     # twice the strength moves twice as far
     twice = text.steer(hidden, strength=2.0)
-    assert torch.allclose((twice.hidden - hidden)[1], 2 * (out.hidden - hidden)[1], atol=1e-5)
+    torch.testing.assert_close(twice.hidden - hidden, 2 * (out.hidden - hidden), rtol=0, atol=1e-5)
+
+
+def test_several_concepts_are_taken_out_together() -> None:
+    pipe = concept_world()
+    hidden = pipe.encode_prompt(["a red circle", "a blue square"], "cpu", 1, False)[0]
+    text = EmbeddingSteering(pipe, concepts=["red", "crimson"])
+    out = text.steer(hidden, strength=1.0)
+    assert out.selected == (("red", "crimson"), ())
+    found = text._encode(None)
+    # both coordinates reach the anchor's, though the two directions are far from orthogonal
+    assert (found.hidden[0] @ found.hidden[1]).item() > 0.5
+    along = out.hidden[out.tokens] @ found.hidden.T
+    torch.testing.assert_close(along, (found.anchor @ found.hidden.T).expand_as(along),
+                               rtol=0, atol=1e-4)  # fmt: skip
 
 
 def test_through_safe_pipeline_strength_follows_the_prompt_risk() -> None:
@@ -151,17 +178,12 @@ def test_policy_round_trip(tmp_path: Any) -> None:
     text = MINIMAL + (
         "steering:\n"
         "  text: {kind: embedding, concepts: [nudity, naked], anchor: a person,"
-        " threshold: 0.1, temperature: 0.05, categories: [sexual], scale: 0.0, risk_boost: 1.0}\n"
+        " threshold: 0.1, categories: [sexual], scale: 0.0, risk_boost: 1.0}\n"
     )
     policy = Policy.from_text(text)
     entry = policy.steering.text
     assert isinstance(entry, TextSteering)
-    assert (entry.concepts, entry.anchor, entry.threshold, entry.temperature) == (
-        ["nudity", "naked"],
-        "a person",
-        0.1,
-        0.05,
-    )
+    assert (entry.concepts, entry.anchor, entry.threshold) == (["nudity", "naked"], "a person", 0.1)
     assert policy.steering.names == ["embedding"]
     assert policy.steering.methods == [entry]
     again = Policy.from_dict(policy.model_dump(mode="json"))
@@ -173,7 +195,7 @@ def test_policy_round_trip(tmp_path: Any) -> None:
     ("entry", "expected"),
     [
         ("{concepts: [], categories: [sexual]}", "steering.text.concepts"),
-        ("{concepts: [red], categories: [sexual], temperature: 0}", "steering.text.temperature"),
+        ("{concepts: [red], categories: [sexual], temperature: 0.02}", "steering.text.temperature"),
         ("{concepts: [red], categories: [sexual], kind: surgery}", "steering.text.kind"),
         ("{concepts: [red], categories: [sexual], threshold: 2}", "steering.text.threshold"),
     ],

@@ -1,23 +1,23 @@
 """Text-embedding steering, after Semantic Surgery (Xiong et al., NeurIPS 2025): the concept's
-presence is measured in the prompt's text embedding and its direction subtracted before the
+presence is measured in the prompt's text embedding and the concept taken out before the
 denoiser sees it. No extra denoiser pass, nothing to train; the directions come from the
 pipeline's own ``encode_prompt`` when the pipeline is wrapped.
 
-As in the authors' code (``get_multi_erased_embedding`` in their ``src/utils.py``), with ``E``
-the pipeline's prompt embedding (every position) and ``E(anchor)`` the neutral prompt's:
+Per token, unlike the authors' code (which subtracts ``E(concept) - E(anchor)`` from every
+position, scaled by one weight per prompt). With ``E`` the pipeline's prompt embedding (every
+position) and ``a`` the anchor:
 
-* presence of concept ``c`` in a prompt: the mean over positions of the cosine between
-  ``E(c) - E(anchor)`` and ``E(prompt)``;
-* the concepts whose presence reaches ``threshold`` are selected; the weight is
-  ``alpha = max sigmoid((presence - threshold) / temperature)`` over them (0.5 at the
-  threshold; 0 when none is selected);
-* ``E'(prompt) = E(prompt) - strength * alpha * (E(selected) - E(anchor))``, with the selected
-  concepts encoded together (comma-joined: the paper's co-occurrence encoding). SDXL's pooled
-  embedding moves the same way with its own direction.
+* concept ``c``'s unit direction ``u_c`` is the mean over positions of ``E(c) - E(a)``,
+  normalised;
+* a token is steered for ``c`` when the cosine between it and ``u_c`` reaches ``threshold``; a
+  prompt's presence of ``c`` is its largest such cosine;
+* each steered token ``e`` becomes ``e - strength * P (e - mean E(a))``, ``P`` the projection on
+  the span of the directions of the concepts present at that token: at strength 1 its
+  coordinates along them are the anchor's. SDXL's pooled embedding moves the same way, with
+  pooled directions, for the concepts present anywhere in its prompt.
 
-``strength`` is ours: the policy's per-request strength (0: nothing installed, the pipeline
-untouched). Each prompt of a batch is measured on its own (the authors take one weight for the
-whole batch). Embeddings the caller passes (``prompt_embeds=``) reach ``encode_prompt`` too and
+``strength`` is the policy's per-request strength (0: nothing installed, the pipeline
+untouched). Embeddings the caller passes (``prompt_embeds=``) reach ``encode_prompt`` too and
 are steered alike; a call whose pipeline never calls ``encode_prompt`` raises.
 """
 
@@ -54,99 +54,103 @@ def check_pipeline(pipe: Any) -> None:
 class Steered:
     """One batch of prompt embeddings after steering, and what was measured on it.
 
-    ``presence[b, k]``: concept ``k``'s presence in row ``b``; ``alpha[b]``: the row's weight
-    (before ``strength``); ``selected[b]``: the concepts subtracted from it.
+    ``presence[b, k]``: concept ``k``'s presence in row ``b``; ``tokens[b, i]``: whether token
+    ``i`` of row ``b`` was steered; ``selected[b]``: the concepts present in row ``b``.
     """
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None
     presence: torch.Tensor
-    alpha: torch.Tensor
+    tokens: torch.Tensor
     selected: tuple[tuple[str, ...], ...]
 
 
-class EmbeddingSteering:
-    """``concepts``' directions (``E(concept) - E(anchor)``) from ``pipe``'s own text encoder(s),
-    and :meth:`on`, which steers the pipeline's prompt embeddings for the calls in its block.
+@dataclass(frozen=True)
+class _Directions:
+    """Unit directions ``[K, D]`` (and SDXL's pooled ``[K, P]``) and the anchor's mean token
+    ``[D]`` (and pooled ``[P]``) for one ``clip_skip``."""
 
-    Directions are encoded once per ``clip_skip`` a call uses (``None`` at construction), and
-    per set of concepts selected together, then reused.
-    """
+    hidden: torch.Tensor
+    anchor: torch.Tensor
+    pooled: torch.Tensor | None
+    anchor_pooled: torch.Tensor | None
+
+
+def _take_out(
+    rows: torch.Tensor, on: torch.Tensor, units: torch.Tensor, anchor: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``rows`` ``[N, D]`` minus ``scale`` times the projection of ``rows - anchor`` on the span
+    of the ``units`` ``[K, D]`` that ``on`` ``[N, K]`` selects for each row."""
+    basis = units.float()[None] * on[..., None].float()  # [N, K, D], unselected rows zero
+    offset = rows.float() - anchor.float()
+    coeffs: torch.Tensor = torch.linalg.pinv(basis.transpose(1, 2)) @ offset[..., None]  # [N,K,1]
+    return rows - (scale * (basis.transpose(1, 2) @ coeffs)[..., 0]).to(rows)
+
+
+class EmbeddingSteering:
+    """``concepts``' directions (from ``E(concept) - E(anchor)``) from ``pipe``'s own text
+    encoder(s), and :meth:`on`, which steers the pipeline's prompt embeddings for the calls in
+    its block. Directions are encoded once per ``clip_skip`` a call uses (``None`` at
+    construction), then reused."""
 
     def __init__(
-        self,
-        pipe: Any,
-        *,
-        concepts: Sequence[str],
-        anchor: str = "",
-        threshold: float = 0.06,
-        temperature: float = 0.02,
+        self, pipe: Any, *, concepts: Sequence[str], anchor: str = "", threshold: float = 0.4
     ) -> None:
         check_pipeline(pipe)
         if not concepts or any(not c.strip() for c in concepts):
             raise ValueError(f"EmbeddingSteering: `concepts` must be non-blank terms: {concepts!r}")
-        if not temperature > 0.0:
-            raise ValueError(f"EmbeddingSteering: `temperature` must be > 0, got {temperature}")
         self.pipe = pipe
         self.concepts = tuple(concepts)
         self.anchor = anchor
         self.threshold = float(threshold)
-        self.temperature = float(temperature)
-        self._encoded: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self._encode([*self.concepts, anchor], None)
+        self._directions: dict[int | None, _Directions] = {}
+        self._encode(None)
 
     # -- directions --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _encode(self, texts: Sequence[str], clip_skip: int | None) -> None:
-        """Encode the texts not yet cached with the pipeline's own ``encode_prompt``."""
-        todo = [t for t in dict.fromkeys(texts) if (t, clip_skip) not in self._encoded]
-        if not todo:
-            return
+    def _encode(self, clip_skip: int | None) -> _Directions:
+        """The directions for ``clip_skip``, encoded with the pipeline's own ``encode_prompt``
+        on first use."""
+        if clip_skip in self._directions:
+            return self._directions[clip_skip]
         encode = type(self.pipe).encode_prompt  # the class's, never a wrapper of ours
         out = encode(
             self.pipe,
-            prompt=todo,
+            prompt=[*self.concepts, self.anchor],
             device=execution_device(self.pipe),
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
             clip_skip=clip_skip,
         )
-        pooled = out[2] if len(out) == 4 else None
-        for i, text in enumerate(todo):
-            self._encoded[(text, clip_skip)] = (
-                out[0][i].detach(),
-                None if pooled is None else pooled[i].detach(),
-            )
-
-    def _direction(
-        self, texts: Sequence[str], clip_skip: int | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``E(", ".join(texts)) - E(anchor)``: hidden ``[L, D]`` and pooled (SDXL) or None."""
-        joined = ", ".join(texts)
-        self._encode([joined, self.anchor], clip_skip)
-        hidden, pooled = self._encoded[(joined, clip_skip)]
-        hidden_n, pooled_n = self._encoded[(self.anchor, clip_skip)]
-        delta_pooled = None if pooled is None or pooled_n is None else pooled - pooled_n
-        return hidden - hidden_n, delta_pooled
+        hidden, pooled = out[0].detach(), out[2].detach() if len(out) == 4 else None
+        found = _Directions(
+            hidden=F.normalize((hidden[:-1] - hidden[-1:]).mean(dim=1), dim=-1),
+            anchor=hidden[-1].mean(dim=0),
+            pooled=None if pooled is None else F.normalize(pooled[:-1] - pooled[-1:], dim=-1),
+            anchor_pooled=None if pooled is None else pooled[-1],
+        )
+        self._directions[clip_skip] = found
+        return found
 
     # -- measuring and steering ----------------------------------------------------------------
 
-    def presence(self, hidden: torch.Tensor, *, clip_skip: int | None = None) -> torch.Tensor:
-        """``[batch, concepts]``: each concept's presence in each row of ``hidden``
-        (``[batch, L, D]`` prompt embeddings): the mean over positions of the cosine between
-        the concept's direction and the row."""
-        self._encode([*self.concepts, self.anchor], clip_skip)
-        deltas = torch.stack([self._direction([c], clip_skip)[0] for c in self.concepts])
-        if hidden.dim() != 3 or hidden.shape[1:] != deltas.shape[1:]:
+    def cosines(self, hidden: torch.Tensor, *, clip_skip: int | None = None) -> torch.Tensor:
+        """``[batch, L, concepts]``: the cosine between each token of ``hidden`` (``[batch, L,
+        D]`` prompt embeddings) and each concept's direction."""
+        units = self._encode(clip_skip).hidden
+        if hidden.dim() != 3 or hidden.shape[2] != units.shape[1]:
             raise ValueError(
                 f"text-embedding steering: prompt embeddings of shape {tuple(hidden.shape)} do "
-                f"not match the text encoder's [batch, {deltas.shape[1]}, {deltas.shape[2]}] "
-                f"(prompt_embeds of another length or encoder cannot be measured)"
+                f"not match the text encoder's [batch, L, {units.shape[1]}] (prompt_embeds of "
+                f"another encoder cannot be measured)"
             )
-        deltas = deltas.to(hidden)
-        cos = F.cosine_similarity(hidden[:, None], deltas[None], dim=-1)  # [B, K, L]
-        return cos.mean(dim=-1)
+        return F.normalize(hidden.float(), dim=-1) @ units.float().T
+
+    def presence(self, hidden: torch.Tensor, *, clip_skip: int | None = None) -> torch.Tensor:
+        """``[batch, concepts]``: each concept's presence in each row of ``hidden``, its
+        largest cosine with a token of the row."""
+        return self.cosines(hidden, clip_skip=clip_skip).amax(dim=1)
 
     @torch.no_grad()
     def steer(
@@ -157,28 +161,29 @@ class EmbeddingSteering:
         strength: float,
         clip_skip: int | None = None,
     ) -> Steered:
-        """``hidden`` (and SDXL's ``pooled``) with each row's selected concepts subtracted at
-        ``strength`` times their weight; rows where no concept is present are left as they
-        are."""
-        presence = self.presence(hidden, clip_skip=clip_skip)
-        present = presence >= self.threshold
-        weight = torch.sigmoid((presence - self.threshold) / self.temperature)
-        alpha = torch.where(present, weight, torch.zeros_like(weight)).amax(dim=1)
-        out_hidden, out_pooled = hidden.clone(), None if pooled is None else pooled.clone()
-        selected: list[tuple[str, ...]] = []
-        for row in range(len(hidden)):
-            names = tuple(
-                c for c, on in zip(self.concepts, present[row].tolist(), strict=True) if on
+        """``hidden`` (and SDXL's ``pooled``) with the concepts present at each token taken out
+        at ``strength``; tokens where none is present are left exactly as they are."""
+        found = self._encode(clip_skip)
+        cosines = self.cosines(hidden, clip_skip=clip_skip)
+        on = cosines >= self.threshold  # [B, L, K]
+        tokens = on.any(dim=-1)
+        presence = cosines.amax(dim=1)
+        out_hidden = hidden.clone()
+        out_hidden[tokens] = _take_out(
+            hidden[tokens], on[tokens], found.hidden.to(hidden), found.anchor, strength
+        )
+        out_pooled = None if pooled is None else pooled.clone()
+        rows = on.any(dim=1)  # [B, K]
+        moved = rows.any(dim=-1)
+        if out_pooled is not None and found.pooled is not None and found.anchor_pooled is not None:
+            out_pooled[moved] = _take_out(
+                out_pooled[moved], rows[moved], found.pooled, found.anchor_pooled, strength
             )
-            selected.append(names)
-            if not names:
-                continue
-            delta, delta_pooled = self._direction(names, clip_skip)
-            scale = strength * alpha[row]
-            out_hidden[row] -= scale * delta.to(hidden)
-            if out_pooled is not None and delta_pooled is not None:
-                out_pooled[row] -= scale * delta_pooled.to(out_pooled)
-        return Steered(out_hidden, out_pooled, presence, alpha, tuple(selected))
+        selected = tuple(
+            tuple(c for c, hit in zip(self.concepts, row, strict=True) if hit)
+            for row in rows.tolist()
+        )
+        return Steered(out_hidden, out_pooled, presence, tokens, selected)
 
     @contextmanager
     def on(self, pipe: Any, strength: float) -> Iterator[EncodeCalls]:

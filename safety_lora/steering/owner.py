@@ -176,7 +176,6 @@ class Steering:
                 concepts=config.text.concepts,
                 anchor=config.text.anchor,
                 threshold=config.text.threshold,
-                temperature=config.text.temperature,
             )
         #: The user's own adapters on the UNet, screened against the policy's concepts: name
         #: -> the measurement, the action taken and the strength factor applied.
