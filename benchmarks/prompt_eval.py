@@ -397,6 +397,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/prompt_eval"))
     add_arguments(parser, NAME)
     args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one core, as the speed table says; BLAS threads only fight
     rep = Report(NAME, "Prompt classifiers: quality and speed", first_paragraph(__doc__))
     console = Console(width=160)
     i2p, coco = read_i2p(), read_coco()

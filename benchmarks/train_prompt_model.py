@@ -8,14 +8,19 @@ Run: ``.venv/bin/python benchmarks/train_prompt_model.py [--out MODEL.safetensor
    dimensions, is the token's vector. A prompt's vector is the token vectors' mean, each
    weighted ``a / (a + p(token))`` (SIF, ``a = 1e-3``, ``p`` from the training prompts).
 2. **Word n-grams**: tf-idf (words and word pairs seen in at least 2 training prompts,
-   sublinear tf, l2 norm) of the normalised prompt.
-3. **Rules**: the bundled prompt rules' scores.
+   sublinear tf, l2 norm) of the normalised prompt, after :class:`WordRepair` (slang, split
+   and misspelt words read back as the vocabulary's words).
+3. **Character n-grams**: tf-idf of 2-5 letter n-grams within words (the 20,000 most frequent
+   seen in at least 3 training prompts), which still match a word with a letter changed.
+4. **Rules**: the bundled prompt rules' scores.
 
-Labels as for the MiniLM head: an I2P prompt with inappropriate_percentage >= 50 is positive
-for its I2P categories (and left out of the other categories' heads); negatives are the COCO
-captions and the I2P prompts with 0% (weighted 5x: same style, other content). One logistic
-regression per category (C = 4); calibration: isotonic regression of out-of-fold raw
-probabilities (inner 5-fold, grouped as below) per category. Folds group I2P prompts by their
+Labels: an I2P prompt with inappropriate_percentage >= 50 is positive for its I2P
+categories, and a weaker positive (weight 0.3) for the other categories' heads, so each head
+also learns what unsafe prompts share; negatives are the COCO captions and the I2P prompts
+with 0% (weighted 2x: same style, other content). One logistic regression per category
+(C = 4); calibration: isotonic regression of out-of-fold raw probabilities (inner 5-fold,
+grouped as below) per category, blended 2% with the raw probability so that it is strictly
+increasing (no ties between prompts the model tells apart). Folds group I2P prompts by their
 last three words (prompt series share a style suffix), so a held-out fold never holds a
 near-copy of a training prompt. Deterministic (fixed seeds, lbfgs).
 """
@@ -35,7 +40,12 @@ import numpy as np
 from _data import I2P_CATEGORIES, I2PRow, data_dir, read_coco, read_i2p
 from numpy.typing import NDArray
 
-from safety_lora.classifiers.learned_prompt import PromptModel, tokenizer
+from safety_lora.classifiers.learned_prompt import (
+    LearnedPromptClassifier,
+    PromptModel,
+    char_grams,
+    tokenizer,
+)
 from safety_lora.classifiers.prompt_rules import PromptRulesClassifier
 from safety_lora.taxonomy import Category
 
@@ -43,7 +53,13 @@ CATEGORIES = tuple(Category(c) for c in I2P_CATEGORIES.values())
 RULE_CATEGORIES = CATEGORIES
 SEED = 0
 C_REG = 4.0
-W_ZERO = 5.0
+W_ZERO = 2.0
+#: Weight of an unsafe prompt as a positive for the heads of categories it is not labelled.
+W_OTHER = 0.3
+#: Character n-grams kept (the most frequent).
+CHAR_FEATURES = 20_000
+#: Share of the raw probability in the calibrated score (strictly increasing maps).
+RAW_BLEND = 0.02
 SIF_A = 1e-3
 DIMS = 128
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "classifiers/rules/prompt_model.safetensors"
@@ -54,12 +70,11 @@ GRID = 1.0 / (1.0 + np.exp(-np.linspace(-14.0, 14.0, 281)))
 
 @dataclass(frozen=True)
 class Corpus:
-    """The dev prompts (COCO captions first), normalised, tokenised, ruled and labelled."""
+    """The dev prompts (COCO captions first), normalised, tokenised and labelled."""
 
     texts: list[str]
     normalized: list[str]
     token_ids: list[list[int]]
-    rules: NDArray[np.float64]  # (N, R)
     pos: NDArray[np.bool_]  # (N, C)
     coco: NDArray[np.bool_]
     zero: NDArray[np.bool_]
@@ -89,7 +104,6 @@ def corpus(i2p: list[I2PRow], coco: list[str]) -> Corpus:
         texts=texts,
         normalized=normalized,
         token_ids=token_ids,
-        rules=np.array([[r.scores.get(c, 0.0) for c in RULE_CATEGORIES] for r in ruled]),
         pos=cats & unsafe[:, None],
         coco=coco_m,
         zero=zero,
@@ -145,12 +159,17 @@ def _unfitted(c: Corpus, rows: NDArray[np.int64], table: NDArray[np.float16]) ->
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     vectorizer.fit([c.normalized[i] for i in rows])
     vocabulary = tuple(vectorizer.get_feature_names_out())
+    chars = TfidfVectorizer(
+        analyzer=char_grams, min_df=3, sublinear_tf=True, max_features=CHAR_FEATURES
+    )
+    chars.fit([c.normalized[i] for i in rows])
     counts = Counter(t for i in rows for t in c.token_ids[i])
     total = max(1, sum(counts.values()))
     weights = np.ones(len(table), dtype=np.float32)
     for token, count in counts.items():
         weights[token] = SIF_A / (SIF_A + count / total)
-    n, width = len(CATEGORIES), len(vocabulary) + DIMS + len(RULE_CATEGORIES)
+    n = len(CATEGORIES)
+    width = len(vocabulary) + len(chars.vocabulary_) + DIMS + len(RULE_CATEGORIES)
     return PromptModel(
         categories=CATEGORIES,
         rule_categories=RULE_CATEGORIES,
@@ -163,22 +182,26 @@ def _unfitted(c: Corpus, rows: NDArray[np.int64], table: NDArray[np.float16]) ->
         calib_x=np.tile(GRID.astype(np.float32), (n, 1)),
         calib_y=np.tile(GRID.astype(np.float32), (n, 1)),
         metadata={},
+        char_vocabulary=tuple(chars.get_feature_names_out()),
+        char_idf=chars.idf_.astype(np.float32),
     )
 
 
 def features(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> Any:
-    """The sparse ``(len(rows), V + E + R)`` design matrix, computed as the classifier does."""
+    """The sparse ``(len(rows), V + H + E + R)`` design matrix, computed by the classifier
+    itself (repaired text, rules on both texts, n-grams and tokens)."""
     from scipy.sparse import csr_matrix, hstack
 
+    reader = LearnedPromptClassifier(model=model, cache_size=0)
     data, indices, indptr = [], [], [0]
     dense = []
-    for i in rows:
-        cols, vals = model.word_features(c.normalized[i])
+    for _, (cols, vals), static, rules in reader.features([c.texts[i] for i in rows]):
         data.extend(vals)
         indices.extend(cols)
         indptr.append(len(indices))
-        dense.append(np.concatenate([model.static_vector(c.token_ids[i]), c.rules[i]]))
-    words = csr_matrix((data, indices, indptr), shape=(len(rows), len(model.vocabulary)))
+        dense.append(np.concatenate([static, rules]))
+    sparse_width = len(model.vocabulary) + len(model.char_vocabulary)
+    words = csr_matrix((data, indices, indptr), shape=(len(rows), sparse_width))
     return hstack([words, csr_matrix(np.array(dense))]).tocsr()
 
 
@@ -188,10 +211,12 @@ def _fit_raw(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> PromptMo
     x = features(model, c, rows)
     weights, biases = [], []
     for k in range(len(CATEGORIES)):
-        w = np.where(c.coco, 1.0, np.where(c.zero, W_ZERO, np.where(c.pos[:, k], 1.0, 0.0)))[rows]
-        keep = w > 0
+        other = np.where(c.unsafe, W_OTHER, 0.0)
+        w = np.where(c.coco, 1.0, np.where(c.zero, W_ZERO, np.where(c.pos[:, k], 1.0, other)))
+        y = (c.pos[:, k] | c.unsafe)[rows]
+        keep = w[rows] > 0
         clf = LogisticRegression(C=C_REG, max_iter=5000)
-        clf.fit(x[keep], c.pos[rows][keep, k], sample_weight=w[keep])
+        clf.fit(x[keep], y[keep], sample_weight=w[rows][keep])
         weights.append(clf.coef_[0])
         biases.append(clf.intercept_[0])
     return _replace(model, weight=np.array(weights, np.float32), bias=np.array(biases, np.float32))
@@ -228,13 +253,16 @@ def fit_model(
         inner = _fit_raw(_unfitted(c, train, table), c, train)
         oof[test] = raw_scores(inner, c, test)
     model = _fit_raw(_unfitted(c, rows, table), c, rows)
-    ys = []
-    for k in range(len(CATEGORIES)):
-        sel = rows[eligible(c, k)[rows]]
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-        iso.fit(oof[sel, k], c.pos[sel, k].astype(float))
-        ys.append(iso.predict(GRID))
-    calib_y = np.maximum.accumulate(np.array(ys), axis=1).astype(np.float32)
+    # one map for every head (their out-of-fold scores pooled): the max over categories then
+    # ranks prompts as the raw scores do
+    sel = [rows[eligible(c, k)[rows]] for k in range(len(CATEGORIES))]
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    iso.fit(
+        np.concatenate([oof[s, k] for k, s in enumerate(sel)]),
+        np.concatenate([c.pos[s, k] for k, s in enumerate(sel)]).astype(float),
+    )
+    ys = (1.0 - RAW_BLEND) * iso.predict(GRID) + RAW_BLEND * GRID
+    calib_y = np.tile(np.maximum.accumulate(ys), (len(CATEGORIES), 1)).astype(np.float32)
     return _replace(model, calib_y=calib_y, metadata=metadata or {})
 
 
@@ -243,8 +271,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    threadpool_limits(1)  # BLAS threads on a busy 2-core machine only fight each other
     i2p, coco = read_i2p(), read_coco()
     c = corpus(i2p, coco)
     table = projected(token_vectors())
@@ -256,9 +286,15 @@ def main() -> None:
             (data_dir() / "coco_dev.csv").read_bytes()
         ).hexdigest(),
         "token_vectors": f"all-MiniLM-L6-v2 wordpiece vectors, PCA {DIMS} (Apache-2.0 model)",
-        "labels": "positive: i2p inappropriate>=50 per category; negative: coco + i2p ==0",
+        "labels": (
+            "positive: i2p inappropriate>=50 per category (other categories' heads: weight "
+            f"{W_OTHER}); negative: coco + i2p ==0"
+        ),
         "calibration": "isotonic on grouped out-of-fold raw probabilities",
-        "hyperparameters": f"C={C_REG} w_zero={W_ZERO} sif_a={SIF_A} seed={SEED}",
+        "hyperparameters": (
+            f"C={C_REG} w_zero={W_ZERO} w_other={W_OTHER} chars={CHAR_FEATURES} "
+            f"raw_blend={RAW_BLEND} sif_a={SIF_A} seed={SEED}"
+        ),
     }
     model = fit_model(c, np.arange(len(c.texts)), table, meta)
     args.out.write_bytes(model.to_bytes())

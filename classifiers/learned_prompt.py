@@ -1,22 +1,25 @@
-"""``kind: learned`` — the default prompt classifier: a calibrated model over three views.
+"""``kind: learned`` — the default prompt classifier: a calibrated model over four views.
 
-Each normalised prompt (:mod:`~safety_lora.classifiers.normalize`) is read three ways:
+Each normalised prompt (:mod:`~safety_lora.classifiers.normalize`) is first repaired
+(:mod:`~safety_lora.classifiers.spelling`: slang, split, misspelt and leet words read back as
+known words), then read four ways:
 
 1. **static MiniLM**: the mean of all-MiniLM-L6-v2's own contextual vector for each of its
    wordpiece tokens (distilled once from the model, PCA to 128 dimensions, weighted by how
    rare the token is), so subwords carry meaning even for misspelt or unseen words;
 2. **word n-grams**: tf-idf of words and word pairs seen in the training prompts;
-3. **the bundled prompt rules' scores** (:mod:`~safety_lora.classifiers.prompt_rules`).
+3. **character n-grams**: tf-idf of 2-5 letter n-grams inside words;
+4. **the bundled prompt rules' scores**, on the typed and the repaired text (the higher).
 
 A logistic regression per category turns them into a raw probability, and an isotonic map
 fitted on held-out folds makes it a calibrated one: among held-out prompts scored about 0.8,
-about 80% were unsafe in that category. Explicit rule hits (score 1.0, user ``extra_terms``
-too) pass through, so do the rules' ``sexual`` scores where they see a child, and
-``minors``, which has no learned head, comes from the rules, so the hard rule keeps its exact
-terms. Everything ships in the package (about 8 MB, no torch at
-run time): ``rules/prompt_model.safetensors`` (made by ``benchmarks/train_prompt_model.py``)
-and MiniLM's tokenizer (``rules/minilm_tokenizer.json``, Apache-2.0 like the model). It
-scores thousands of prompts a second on one core; recent prompts are cached.
+about 80% were unsafe. Explicit rule hits (score 1.0, user ``extra_terms`` too) pass through,
+so do the rules' ``sexual`` scores where they see a child, and ``minors``, which has no
+learned head, comes from the rules, so the hard rule keeps its exact terms. Everything ships
+in the package (about 9 MB, no torch at run time): ``rules/prompt_model.safetensors`` (made
+by ``benchmarks/train_prompt_model.py``) and MiniLM's tokenizer (``rules/minilm_tokenizer.json``,
+Apache-2.0 like the model). It scores thousands of prompts a second on one core; recent
+prompts are cached.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import struct
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -46,6 +49,7 @@ from safety_lora.classifiers.prompt_rules import (
     PromptRulesConfig,
     check_extra_terms,
 )
+from safety_lora.classifiers.spelling import WordRepair
 from safety_lora.taxonomy import Category
 from safety_lora.textfiles import Terms
 
@@ -71,14 +75,50 @@ MINORS_AT = 0.5
 _WORD = re.compile(r"\b\w\w+\b")
 
 
+#: Character n-gram lengths (inside words, padded with a space at each end).
+CHAR_NGRAMS = (2, 5)
+
+
+def char_grams(text: str) -> list[str]:
+    """``text``'s character n-grams within each whitespace-separated word, the word padded
+    with a space at each end (scikit-learn's ``char_wb`` analyser, which training uses)."""
+    low, high = CHAR_NGRAMS
+    out: list[str] = []
+    for word in text.split():
+        padded = f" {word} "
+        size = len(padded)
+        for n in range(low, high + 1):
+            if size <= n:  # a short word is counted once, whole
+                out.append(padded)
+                break
+            out.extend(padded[i : i + n] for i in range(size - n + 1))
+    return out
+
+
+def _tfidf(
+    grams: Counter[str], index: Mapping[str, int], idf: NDArray[np.float32], offset: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Sublinear-tf tf-idf of the ``grams`` ``index`` knows, l2-normalised; columns + offset."""
+    cols, vals = [], []
+    for gram, count in grams.items():
+        col = index.get(gram)
+        if col is not None:
+            cols.append(col + offset)
+            vals.append((1.0 + math.log(count)) * float(idf[col]))
+    values = np.asarray(vals, dtype=np.float64)
+    norm = float(np.sqrt((values**2).sum()))
+    return np.asarray(cols, dtype=np.int64), values / norm if norm > 0 else values
+
+
 @dataclass(frozen=True)
 class PromptModel:
     """Everything the classifier computes with, as stored in one safetensors file.
 
     ``token_vectors`` ``(T, E)`` and ``token_weights`` ``(T,)`` are indexed by tokenizer id;
-    ``vocabulary``/``idf`` are the word n-grams; ``weight`` is ``(C, V + E + R)`` over
-    [word tf-idf, static vector, rule scores of ``rule_categories``]; ``calib_x``/``calib_y``
-    ``(C, K)`` map raw probabilities to calibrated ones.
+    ``vocabulary``/``idf`` are the word n-grams, ``char_vocabulary``/``char_idf`` the
+    character n-grams (none in a model made before them); ``weight`` is ``(C, V + H + E + R)``
+    over [word tf-idf, character tf-idf, static vector, rule scores of ``rule_categories``];
+    ``calib_x``/``calib_y`` ``(C, K)`` map raw probabilities to calibrated ones.
     """
 
     categories: tuple[Category, ...]
@@ -92,15 +132,20 @@ class PromptModel:
     calib_x: NDArray[np.float32]
     calib_y: NDArray[np.float32]
     metadata: Mapping[str, str]
+    char_vocabulary: tuple[str, ...] = ()
+    char_idf: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self) -> None:
-        c, v = len(self.categories), len(self.vocabulary)
+        c, v, h = len(self.categories), len(self.vocabulary), len(self.char_vocabulary)
         e, r = self.token_vectors.shape[1], len(self.rule_categories)
         problems = []
-        if self.weight.shape != (c, v + e + r):
-            problems.append(f"weight {self.weight.shape} is not ({c}, {v + e + r})")
-        if self.idf.shape != (v,) or self.bias.shape != (c,):
-            problems.append(f"idf {self.idf.shape} / bias {self.bias.shape} do not fit")
+        if self.weight.shape != (c, v + h + e + r):
+            problems.append(f"weight {self.weight.shape} is not ({c}, {v + h + e + r})")
+        if self.idf.shape != (v,) or self.char_idf.shape != (h,) or self.bias.shape != (c,):
+            problems.append(
+                f"idf {self.idf.shape} / char_idf {self.char_idf.shape} / bias "
+                f"{self.bias.shape} do not fit"
+            )
         if self.token_weights.shape != (self.token_vectors.shape[0],):
             problems.append("token_weights do not fit token_vectors")
         if self.calib_x.shape != self.calib_y.shape or self.calib_x.shape[0] != c:
@@ -113,22 +158,26 @@ class PromptModel:
         """Word n-gram -> column."""
         return {term: i for i, term in enumerate(self.vocabulary)}
 
+    @cached_property
+    def char_index(self) -> dict[str, int]:
+        """Character n-gram -> column (after the word n-grams')."""
+        return {gram: i for i, gram in enumerate(self.char_vocabulary)}
+
     # -- features ----------------------------------------------------------------------------
 
     def word_features(self, text: str) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """Sparse l2-normalised tf-idf (sublinear tf) of ``text``'s words and word pairs."""
+        """Sparse tf-idf of ``text``: its words and word pairs, then its character n-grams
+        (columns after the words'), each block l2-normalised with sublinear tf."""
         words = _WORD.findall(text)
         grams = Counter(words)
         grams.update(f"{a} {b}" for a, b in itertools.pairwise(words))
-        cols, vals = [], []
-        for gram, count in grams.items():
-            col = self.index.get(gram)
-            if col is not None:
-                cols.append(col)
-                vals.append((1.0 + math.log(count)) * float(self.idf[col]))
-        values = np.asarray(vals, dtype=np.float64)
-        norm = float(np.sqrt((values**2).sum()))
-        return np.asarray(cols, dtype=np.int64), values / norm if norm > 0 else values
+        cols, vals = _tfidf(grams, self.index, self.idf, 0)
+        if not self.char_vocabulary:
+            return cols, vals
+        ccols, cvals = _tfidf(
+            Counter(char_grams(text)), self.char_index, self.char_idf, len(self.vocabulary)
+        )
+        return np.concatenate([cols, ccols]), np.concatenate([vals, cvals])
 
     def static_vector(self, token_ids: Sequence[int]) -> NDArray[np.float64]:
         """The rarity-weighted mean token vector, unit length (zeros for no tokens)."""
@@ -154,7 +203,7 @@ class PromptModel:
     ) -> NDArray[np.float64]:
         """Uncalibrated per-category probabilities for one prompt's features."""
         cols, vals = words
-        v = len(self.vocabulary)
+        v = len(self.vocabulary) + len(self.char_vocabulary)
         w = self._weight64
         logits = self.bias.astype(np.float64) + w[:, v:] @ np.concatenate([static, rules])
         if cols.size:
@@ -180,10 +229,15 @@ class PromptModel:
             "categories": ",".join(c.value for c in self.categories),
             "rule_categories": ",".join(c.value for c in self.rule_categories),
             "vocabulary": json.dumps(list(self.vocabulary)),
+            **(
+                {"char_vocabulary": json.dumps(list(self.char_vocabulary))}
+                if self.char_vocabulary
+                else {}
+            ),
         }
         header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
         blobs, offset = [], 0
-        for key in sorted(self._ARRAYS):
+        for key in sorted((*self._ARRAYS, "char_idf") if self.char_vocabulary else self._ARRAYS):
             array = getattr(self, key)
             kind = "F16" if array.dtype == np.float16 else "F32"
             blob = np.ascontiguousarray(array, dtype="<f2" if kind == "F16" else "<f4").tobytes()
@@ -216,6 +270,8 @@ class PromptModel:
                 categories=tuple(Category(c) for c in meta.pop("categories").split(",")),
                 rule_categories=tuple(Category(c) for c in meta.pop("rule_categories").split(",")),
                 vocabulary=tuple(json.loads(meta.pop("vocabulary"))),
+                char_vocabulary=tuple(json.loads(meta.pop("char_vocabulary", "[]"))),
+                char_idf=arrays.get("char_idf", np.zeros(0, np.float32)),
                 metadata={k: v for k, v in meta.items() if k != "format"},
                 **{k: arrays[k] for k in cls._ARRAYS},
             )
@@ -259,6 +315,14 @@ def tokenizer() -> Any:
     return Tokenizer.from_str(ref.read_text(encoding="utf-8"))
 
 
+def _merged(first: PromptScores, second: PromptScores) -> PromptScores:
+    """Two rule verdicts on one prompt: each category's higher score, both sets of matches."""
+    scores = {c: max(first.scores.get(c, 0.0), second.scores.get(c, 0.0))
+              for c in first.scores.keys() | second.scores.keys()}  # fmt: skip
+    matches = tuple(dict.fromkeys((*first.matches, *second.matches)))
+    return PromptScores(scores=scores, matches=matches, normalized=first.normalized)
+
+
 class LearnedPromptClassifier:
     """Calibrated per-category scores from the shipped prompt model (module docstring)."""
 
@@ -280,6 +344,16 @@ class LearnedPromptClassifier:
         both = hashlib.sha256((digest + self.rules.fingerprint).encode()).hexdigest()
         self.fingerprint = f"learned:{both[:16]}"
         self._tokenizer = tokenizer()
+        # split and misspelt words are read back as the model's words (the commoner first)
+        # or as the rules' single-word terms ("nu de" -> "nude")
+        known = {w: float(self.model.idf[i]) for i, w in enumerate(self.model.vocabulary)}
+        rarest = max(known.values(), default=0.0) + 1.0
+        self.repair = WordRepair(
+            {
+                **dict.fromkeys(self.rules.words, rarest),
+                **{w: f for w, f in known.items() if w.isalpha()},
+            }
+        )
         self._passthrough = passthrough
         self._cache: OrderedDict[str, PromptScores] = OrderedDict()
         self._cache_size = cache_size
@@ -309,20 +383,26 @@ class LearnedPromptClassifier:
         return [s for s in out if s is not None]
 
     def features(self, prompts: Sequence[str]) -> list[tuple[Any, ...]]:
-        """Per prompt: (rule scores, word features, static vector), as the model reads them."""
+        """Per prompt: (rule verdict, n-gram features, static vector, rule scores), as the model
+        reads them: from the repaired text, the rules from both texts."""
         ruled = self.rules.classify(prompts)
-        encoded = self._tokenizer.encode_batch(
-            [r.normalized for r in ruled], add_special_tokens=False
-        )
         m = self.model
+        texts = [self.repair(r.normalized) for r in ruled]
+        # the rules read the repaired text too ("boomstick" is a gun to them as well)
+        changed = [
+            i for i, (r, t) in enumerate(zip(ruled, texts, strict=True)) if t != r.normalized
+        ]
+        for i, again in zip(changed, self.rules.classify([texts[i] for i in changed]), strict=True):
+            ruled[i] = _merged(ruled[i], again)
+        encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         return [
             (
                 r,
-                m.word_features(r.normalized),
+                m.word_features(text),
                 m.static_vector(e.ids),
                 np.array([r.scores.get(c, 0.0) for c in m.rule_categories]),
             )
-            for r, e in zip(ruled, encoded, strict=True)
+            for r, text, e in zip(ruled, texts, encoded, strict=True)
         ]
 
     def _score(self, prompts: Sequence[str]) -> list[PromptScores]:

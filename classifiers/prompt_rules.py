@@ -40,6 +40,7 @@ from safety_lora.classifiers.normalize import (
     normalize,
     unspaced,
 )
+from safety_lora.classifiers.spelling import deletes, english_words, one_edit
 from safety_lora.taxonomy import Category
 from safety_lora.textfiles import (
     MAX_ITEMS,
@@ -72,33 +73,6 @@ _RUNS = re.compile(r"([a-z])\1+")
 
 def _collapsed(word: str) -> str:
     return _RUNS.sub(r"\1", word)
-
-
-def _deletes(word: str) -> set[str]:
-    return {word[:i] + word[i + 1 :] for i in range(len(word))}
-
-
-def _one_edit(a: str, b: str) -> bool:
-    """True when ``a`` and ``b`` differ by one insertion, deletion, substitution or swap of
-    neighbours (Damerau-Levenshtein distance 1)."""
-    if a == b or abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (
-            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
-            and a[diff[1]] == b[diff[0]]
-        )  # fmt: skip
-    short, long = (a, b) if len(a) < len(b) else (b, a)
-    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
-
-
-def _known_words() -> frozenset[str]:
-    """Whole words of MiniLM's English vocabulary (bundled): never read as a misspelt term
-    (``baked`` is not ``naked``, ``exotic`` not ``erotic``)."""
-    ref = resources.files("safety_lora.classifiers").joinpath("rules/minilm_tokenizer.json")
-    vocab = json.loads(ref.read_text(encoding="utf-8"))["model"]["vocab"]
-    return frozenset(w for w in vocab if w.isalpha() and w.isascii())
 
 
 _CATEGORIES = tuple(Category)
@@ -267,7 +241,10 @@ class PromptRulesClassifier:
             if table:
                 automaton.make_automaton()
         # misspelt and stretched words: single-word ASCII terms that are evidence alone
-        self._known = set(_known_words()) if fuzzy else set()
+        self._known = set(english_words()) if fuzzy else set()
+        #: The single-word ASCII terms that are evidence alone (what fuzzy matching respells
+        #: toward; the learned model joins split words into them too).
+        self.words: set[str] = set()
         self._stretched: dict[str, list[_Rule]] = {}
         self._edits: dict[str, list[tuple[str, _Rule]]] = {}
         for cat, weight, context, terms, _, _ in groups if fuzzy else ():
@@ -276,10 +253,11 @@ class PromptRulesClassifier:
                 if context or weight < 0.6 or not term.isascii() or not label.isalpha():
                     continue
                 rule = _Rule(cat, label, weight)
+                self.words.add(label)
                 self._known |= {label, label + "s", label + "es"}
                 self._stretched.setdefault(_collapsed(label), []).append(rule)
                 if len(label) >= FUZZY_MIN:
-                    for key in {label, *_deletes(label)}:
+                    for key in {label, *deletes(label)}:
                         self._edits.setdefault(key, []).append((label, rule))
 
     @staticmethod
@@ -347,8 +325,8 @@ class PromptRulesClassifier:
             if len(word) < 4 or not word.isalpha() or self._is_known(word):
                 continue
             found = list(self._stretched.get(_collapsed(word), ())) if _RUNS.search(word) else []
-            for key in {word, *_deletes(word)}:
-                found += [r for label, r in self._edits.get(key, ()) if _one_edit(word, label)]
+            for key in {word, *deletes(word)}:
+                found += [r for label, r in self._edits.get(key, ()) if one_edit(word, label)]
             for rule in found:
                 fired[f"{rule.tag}~"] = rule
         return fired

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from safety_lora.classifiers.learned_prompt import (
     CERTAIN,
+    CHAR_NGRAMS,
     LearnedPromptClassifier,
     LearnedPromptConfig,
     PromptModel,
@@ -24,20 +26,37 @@ def learned() -> LearnedPromptClassifier:
     return LearnedPromptConfig().build()
 
 
-def test_word_features_equal_sklearns_tfidf() -> None:
+def test_word_and_character_features_equal_sklearns_tfidf() -> None:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     model, _ = load_model("bundled")
     texts = ["a woman sleeping in bed", "a bloody knife on a table", "portrait of a cat cat"]
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    vectorizer.vocabulary_ = model.index
-    vectorizer.idf_ = model.idf.astype(np.float64)
-    expected = vectorizer.transform(texts).toarray()
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    words.vocabulary_, words.idf_ = model.index, model.idf.astype(np.float64)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True)
+    chars.vocabulary_, chars.idf_ = model.char_index, model.char_idf.astype(np.float64)
+    expected = np.hstack([words.transform(texts).toarray(), chars.transform(texts).toarray()])
+    assert model.char_vocabulary and expected[:, len(model.vocabulary) :].any()
     for text, row in zip(texts, expected, strict=True):
         cols, vals = model.word_features(text)
-        ours = np.zeros(len(model.vocabulary))
+        ours = np.zeros(len(model.vocabulary) + len(model.char_vocabulary))
         ours[cols] = vals
         np.testing.assert_allclose(ours, row, rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_file_without_character_ngrams_still_loads() -> None:
+    model, _ = load_model("bundled")
+    v = len(model.vocabulary)
+    older = replace(
+        model,
+        char_vocabulary=(),
+        char_idf=np.zeros(0, np.float32),
+        weight=np.delete(model.weight, np.s_[v : v + len(model.char_vocabulary)], axis=1),
+    )
+    again = PromptModel.from_bytes(older.to_bytes(), source="older")
+    assert again.char_vocabulary == () and again.weight.shape == older.weight.shape
+    cols, _ = again.word_features("a bloody knife on a table")
+    assert cols.size and cols.max() < v
 
 
 def test_the_model_file_round_trips_and_is_checked(tmp_path: Path) -> None:
