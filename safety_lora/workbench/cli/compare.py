@@ -24,6 +24,11 @@ def _presets(value: str) -> list[str]:
     return [] if value.strip() == "none" else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _embedding(value: str) -> list[str]:
+    """``--embedding``: comma-separated strengths, or ``none`` for no text-embedding rows."""
+    return [] if value.strip() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+
 def _classifier(value: str) -> dict[str, Any]:
     """``--classifier`` as JSON (``{"kind": "nudenet"}``) or a bare kind (``nudenet``)."""
     if not value.lstrip().startswith("{"):
@@ -50,9 +55,9 @@ def compare(
     ] = False,
 ) -> None:
     """Compare LoRA, LoHa and LoKr erasure adapters (trained to the bar, on several seeds)
-    with closed-form erasure, negative prompt, SLD and classifier-only; each claim supported,
-    refuted, equivalent or inconclusive against its margin (95% intervals) in report.html,
-    report.md and report.json."""
+    with closed-form erasure, negative prompt, SLD, text-embedding steering and
+    classifier-only; each claim supported, refuted, equivalent or inconclusive against its
+    margin (95% intervals) in report.html, report.md and report.json."""
     require_workbench("compare")
     from safety_lora.workbench.compare import run
     from safety_lora.workbench.compare.config import QUICK
@@ -100,6 +105,14 @@ def register(app: typer.Typer) -> None:
                 metavar="PRESET,...",
                 help="SLD presets compared (weak, medium, strong, max); none: no SLD rows.",
             ),
+            "embedding_strengths": CliField(
+                "--embedding",
+                sep=",",
+                parse=_embedding,
+                metavar="STRENGTH,...",
+                help="Text-embedding steering strengths measured (1.0 included); none: no rows.",
+            ),
+            "attacks": CliField("--attack"),
             "classifier": CliField(
                 parse=_classifier,
                 metavar="KIND|JSON",

@@ -334,8 +334,15 @@ def _family(
                           row.paraphrase_rate, row.paraphrase_rate_ci, row.seeds))  # fmt: skip
     attack = next((a for a in attacks if a.method == method), None)
     if attack is not None:
-        for name, value in (("soft prompt", attack.soft_asr), ("token search", attack.token_asr)):
-            out.append(_fixed("efficacy", f"attack success ({name}, seed 0)", "%", value, None))
+        for name, asr in (
+            ("soft prompt", attack.soft_asr),
+            ("token search", attack.token_asr),
+            ("inversion", attack.inversion_asr),
+            ("img2img", attack.img2img_asr),
+            ("concept vector", attack.concept_vector_asr),
+        ):
+            if asr is not None:
+                out.append(_fixed("efficacy", f"attack success ({name}, seed 0)", "%", asr, None))
     lr_runs = [t for t in training if t.family == family and t.budget == budget
                and t.role in ("adapter", "stability")]  # fmt: skip
     at_bar = [float(at_one[(t.method, t.seed)].concept_rate <= BAR) for t in lr_runs]

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from safety_lora.steering.sld import SLD_PRESETS
 from safety_lora.workbench.training.config import AdapterKind
 
-__all__ = ["QUICK", "STRENGTHS", "CompareConfig"]
+__all__ = ["ATTACKS", "EMBEDDING_STRENGTHS", "QUICK", "STRENGTHS", "CompareAttack", "CompareConfig"]
 
 #: Adapter strengths every adapter is measured at (strength 0 is the base model exactly, so
 #: the base row stands for it).
 STRENGTHS: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
+#: Text-embedding steering's strengths measured: its strength scales a weight of at most 1 on
+#: the concept's direction, so it can need more than 1 (``benchmarks/embedding_steering.py``).
+EMBEDDING_STRENGTHS: tuple[float, ...] = (1.0, 2.0, 4.0)
+#: The red-team harness's attacks compare can run (those that need a policy left out).
+CompareAttack = Literal["soft", "tokens", "inversion", "img2img", "concept-vector"]
+ATTACKS: tuple[CompareAttack, ...] = ("soft", "tokens", "inversion", "img2img", "concept-vector")
 #: Prompt templates for a user's model (the concept or a preserved concept at ``{}``).
 _FAMILIES: tuple[AdapterKind, ...] = ("lora", "loha", "lokr")
 #: ``--quick``: fewer seeds, prompts and steps, the same code (a smoke test, ~4 minutes: its
-#: report says so above the verdicts, which rest on 2 seeds and an unfinished training).
+#: report says so above the verdicts, which rest on 2 seeds and an unfinished training); the
+#: inversion and img2img attacks left out (each renders, inverts and regenerates images).
 QUICK: dict[str, Any] = {
     "smoke": True,
     "seeds": 2,
@@ -29,6 +36,7 @@ QUICK: dict[str, Any] = {
     "lr_scales": [2.0],
     "sld_presets": ["medium"],
     "attack_budget": 3,
+    "attacks": ["soft", "tokens", "concept-vector"],
     "attack_images": 2,
     "cost_pairs": 3,
 }
@@ -46,15 +54,16 @@ class CompareConfig(BaseModel):
     stopping and without both (seed 0), and LoRA without both on every seed (the regularity
     claims compare it with the main LoRA on the main run's seeds). ``lr_scales`` x each
     family's rate, on ``stability_seeds`` seeds (default: ``seeds``), measure stability.
-    ``closed_form`` adds the closed-form erasure; ``kohya`` the kohya file of each PEFT LoRA.
+    ``closed_form`` adds the closed-form erasure; ``kohya`` the kohya file of each PEFT LoRA;
+    ``embedding_strengths`` text-embedding steering at those strengths (empty: none).
     ``adapters`` are files (any format the project reads) compared next to, or instead of,
     the trained families (``families=[]``). ``classifier`` (a classifier config with
     ``kind``) and ``category`` decide what "shows the concept" means on a user's model.
     ``num_inference_steps``, ``guidance_scale`` default to the concept world's sampling
     settings (30, 7.5 elsewhere). ``attack_budget`` > 0 also attacks every seed-0 adapter,
-    file and SLD preset at strength 1.0 with the red-team harness's white-box attacks (soft
-    prompt, token search; that many steps each, on up to 3 target prompts,
-    ``attack_images`` images per attempt); 0 skips it. ``cost_pairs`` (base, method) timing
+    file and SLD preset at strength 1.0 with the red-team harness's ``attacks`` (that many
+    steps, or concept-vector generations, each; on up to 3 target prompts, ``attack_images``
+    images per attempt); 0 skips them. ``cost_pairs`` (base, method) timing
     pairs per method measure the costs. ``workers`` processes share the
     units (each loads the model; one per core on a CPU).
     """
@@ -105,6 +114,10 @@ class CompareConfig(BaseModel):
     )
     sld_presets: list[str] = Field(
         default_factory=lambda: list(SLD_PRESETS), description="SLD presets compared."
+    )
+    embedding_strengths: tuple[Annotated[float, Field(ge=0.0, le=10.0)], ...] = Field(
+        default=EMBEDDING_STRENGTHS,
+        description="Text-embedding steering strengths measured (1.0 included); empty: no row.",
     )
     regularity: bool = Field(
         default=True,
@@ -158,6 +171,10 @@ class CompareConfig(BaseModel):
             "0: skip.",
         ),
     ] = 20
+    attacks: list[CompareAttack] = Field(
+        default_factory=lambda: list(ATTACKS),
+        description="The red-team harness's attacks behind the attack-success columns.",
+    )
     attack_images: Annotated[
         int, Field(ge=1, le=256, description="Images judged per attack attempt.")
     ] = 8
@@ -187,6 +204,20 @@ class CompareConfig(BaseModel):
         bad = [p for p in value if p not in SLD_PRESETS]
         if bad:
             raise ValueError(f"unknown SLD preset(s) {bad}; use {list(SLD_PRESETS)}")
+        return value
+
+    @field_validator("embedding_strengths")
+    @classmethod
+    def _embedding(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if value and 1.0 not in value:
+            raise ValueError(f"must include 1.0 (the probes' strength) or be empty, got {value}")
+        return value
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, value: list[CompareAttack]) -> list[CompareAttack]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"must name each attack once, got {value}")
         return value
 
     @field_validator("adapters")

@@ -18,15 +18,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.methods import (
     BaseModel,
     ClassifierOnly,
     NegativePrompt,
     SLDMethod,
+    TextEmbeddingMethod,
 )
 from safety_lora.workbench.compare.metrics import mean_interval
 from safety_lora.workbench.compare.rows import Cost, Results
 from safety_lora.workbench.compare.state import Run, slug
+from safety_lora.workbench.compare.units import embedding_anchor
 
 __all__ = ["cost_rows"]
 
@@ -107,10 +110,12 @@ def cost_rows(state: Run, results: Results) -> list[Cost]:
     config, sampler = state.config, state.sampler
     free: list[Any] = [BaseModel(sampler), NegativePrompt(sampler, config.erase)]
     free += [SLDMethod(sampler, config.erase, p) for p in config.sld_presets]
+    if config.embedding_strengths:
+        free.append(TextEmbeddingMethod(sampler, config.erase, anchor=embedding_anchor(config)))
     free.append(ClassifierOnly(sampler, state.check))
     main = [t for t in results.training if t.role == "adapter" and t.seed == 0]
     files = [(t.method, Path(t.path)) for t in main if t.budget == config.ranks[0]]
-    files += [("closed form", Path(s.path)) for s in results.solves]
+    files += [(s.method, Path(s.path)) for s in results.solves if s.path is not None]
     files += [(f"file {p.stem}", p) for p in config.adapters]
     rows = []
     with ticker(config.progress, "compare (costs)", len(free) + 2 * len(files)) as tick:
@@ -127,7 +132,8 @@ def cost_rows(state: Run, results: Results) -> list[Cost]:
 
 
 def _free_row(state: Run, method: Any) -> Cost:
-    """A training-free method's row (SLD's with its extra UNet calls per step)."""
+    """A training-free method's row (SLD's and text embedding's with their extra UNet calls
+    per step)."""
     sampler = state.sampler
     if method.kind == "base":  # sampled every time (BaseModel keeps its images)
         return _row(state, "base (control)", "", sampler.sample)
@@ -137,7 +143,23 @@ def _free_row(state: Run, method: Any) -> Cost:
         method.generate(list(state.prompts.target[:1]), [0], 1.0)
         extra = method.extra_calls / sampler.num_inference_steps
         row = row.model_copy(update={"extra_unet_calls_per_step": extra})
+    if isinstance(method, TextEmbeddingMethod):
+        steered = _denoiser_calls(state, partial(method.generate, strength=1.0))
+        extra = (steered - _denoiser_calls(state, sampler.sample)) / sampler.num_inference_steps
+        row = row.model_copy(update={"extra_unet_calls_per_step": extra})
     return row
+
+
+def _denoiser_calls(state: Run, generate: Callable[[list[str], list[int]], object]) -> int:
+    """The denoiser's forward passes in one ``generate`` call of one image."""
+    denoiser = getattr(state.pipe, denoiser_part(state.pipe))
+    calls = [0]
+    hook = denoiser.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        generate(list(state.prompts.target[:1]), [0])
+    finally:
+        hook.remove()
+    return calls[0]
 
 
 def _file_row(state: Run, name: str, path: Path, mode: str) -> Cost:

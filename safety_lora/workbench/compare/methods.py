@@ -9,6 +9,7 @@ image it withholds (classifier-only blocks).
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from safety_lora.internals import execution_device
-from safety_lora.steering import Steering, file_method, single, sld_method
+from safety_lora.steering import Steering, embedding_method, file_method, single, sld_method
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -32,6 +33,7 @@ __all__ = [
     "NegativePrompt",
     "SLDMethod",
     "Sampler",
+    "TextEmbeddingMethod",
 ]
 
 
@@ -225,6 +227,39 @@ class SLDMethod:
         self.extra_calls += steering.guidance_passes
         self.extra_seconds += steering.guidance_seconds
         return list(images)
+
+
+@dataclass
+class TextEmbeddingMethod:
+    """Text-embedding steering away from the concept (toward ``anchor``), as a policy's ``text``
+    entry steers (the runtime's :class:`~safety_lora.steering.Steering`): no extra UNet pass.
+
+    :meth:`load` builds the owner once (it encodes the concept's directions) and records the
+    seconds that took in ``seconds``; :meth:`generate` loads it when not loaded yet.
+    """
+
+    sampler: Sampler
+    concept: str
+    anchor: str = ""
+    strengths: tuple[float, ...] = (1.0,)
+    name: str = "text embedding"
+    kind: str = "embedding"
+    seconds: float | None = None
+    _steering: Steering | None = field(default=None, repr=False)
+
+    def load(self) -> Steering:
+        if self._steering is None:
+            began = time.perf_counter()
+            method = embedding_method(self.concept, anchor=self.anchor, name="compare")
+            self._steering = Steering(self.sampler.pipe, single(method))
+            self.seconds = time.perf_counter() - began
+        return self._steering
+
+    def generate(
+        self, prompts: Sequence[str], seeds: Sequence[int], strength: float
+    ) -> list[Image | None]:
+        with self.load().at({"compare": strength}):
+            return list(self.sampler.sample(prompts, seeds))
 
 
 @dataclass

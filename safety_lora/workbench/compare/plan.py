@@ -22,6 +22,7 @@ from safety_lora.workbench.compare.methods import (
     Method,
     NegativePrompt,
     SLDMethod,
+    TextEmbeddingMethod,
 )
 from safety_lora.workbench.compare.rows import Evaluation, KohyaCheck, Results, Solve, TrainingRun
 from safety_lora.workbench.compare.state import Run, slug
@@ -31,6 +32,8 @@ from safety_lora.workbench.compare.units import (
     Training,
     budget_ranks,
     closed_form_unit,
+    embedding_anchor,
+    embedding_unit,
     kohya_unit,
     train_unit,
 )
@@ -79,8 +82,8 @@ def trainings(
 
 
 def groups(state: Run) -> list[Group]:
-    """Every group of units of this run, in report order: the training-free methods, each
-    trained adapter, the closed-form edit, the files."""
+    """Every group of units of this run, in report order: the training-free methods (text
+    embedding last), each trained adapter, the closed-form edit, the files."""
     config = state.config
     attack = bool(config.attack_budget)
     base = state.base
@@ -88,6 +91,9 @@ def groups(state: Run) -> list[Group]:
     free.append(NegativePrompt(state.sampler, config.erase))
     free += [SLDMethod(state.sampler, config.erase, preset) for preset in config.sld_presets]
     out = [_free(state, method, attack=attack) for method in free]
+    if config.embedding_strengths:
+        n = len(config.embedding_strengths) * config.seeds
+        out.append(Group("text embedding", _EVAL_COST * n, 1 + n, partial(_embedding_group, state)))
     denoiser = getattr(state.pipe, denoiser_part(state.pipe))
     budgets = {r: budget_ranks(denoiser, list(config.families), r) for r in config.ranks}
     out += [_trained(state, job) for job in trainings(config, budgets)]
@@ -150,6 +156,17 @@ def _free_group(state: Run, method: Method, results: Results, *, attack: bool) -
         assert isinstance(method, SLDMethod)
         fields = {"method": "sld", "sld_preset": method.preset}
         results.attacks.append(state.attack(method.name, fields))
+
+
+def _embedding_group(state: Run, results: Results) -> None:
+    """Text-embedding steering: its directions encoded (timed, like the closed-form solve),
+    then its evaluations at its strengths (its owner built only when a unit is not cached)."""
+    config = state.config
+    method = TextEmbeddingMethod(state.sampler, config.erase, anchor=embedding_anchor(config),
+                                 strengths=config.embedding_strengths)  # fmt: skip
+    compute = partial(embedding_unit, method)
+    results.solves.append(state.cached("train/text-embedding", Solve, compute))
+    _evaluate(state, results, method, method.strengths, range(config.seeds))
 
 
 def _adapter_units(

@@ -214,8 +214,8 @@ def _err(rows: Sequence[dict[str, Any]], key: str) -> list[list[float]]:
 
 
 def strength_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Concept rate and preservation against adapter strength, one line per adapter, 95%
-    intervals as error bars."""
+    """Concept rate and preservation against strength, one line per adapter (and text-embedding
+    steering), 95% intervals as error bars."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, rows in curves.items():
@@ -224,8 +224,8 @@ def strength_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None
             ax.errorbar(s, [r[key] for r in rows], yerr=_err(rows, key), label=name,
                         marker="o", capsize=3)  # fmt: skip
     axes[0].axhline(0.05, color="grey", linestyle=":", linewidth=1, label="bar (5%)")
-    axes[0].set(xlabel="adapter strength", ylabel="concept rate", ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="adapter strength", ylabel="preservation", ylim=(-0.02, 1.02))
+    axes[0].set(xlabel="strength", ylabel="concept rate", ylim=(-0.02, 1.02))
+    axes[1].set(xlabel="strength", ylabel="preservation", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=7)
     fig.suptitle("Strength curves (mean, 95% interval over seeds and prompts)")
     fig.tight_layout()

@@ -37,7 +37,7 @@ from safety_lora.workbench.compare.plots import (
     strength_curves,
 )
 from safety_lora.workbench.compare.rows import Attack, Cost, Results, Row, Solve, TrainingRun
-from safety_lora.workbench.compare.sections import ADAPTERS, MAIN, label, pct, sections
+from safety_lora.workbench.compare.sections import MAIN, SCALED, label, pct, sections
 from safety_lora.workbench.compare.state import slug
 from safety_lora.workbench.compare.verdicts import (
     EQUIVALENT,
@@ -91,7 +91,7 @@ class Report(Row):
     stability: list[StabilityRow]
     regularity: list[RegularityRow]
     kohya: KohyaSummary
-    closed_form: list[Solve]
+    solves: list[Solve]
     costs: list[Cost]
     attacks: list[Attack]
     reading: str
@@ -147,7 +147,7 @@ def write_report(config: CompareConfig, results: Results, prompts: PromptSet) ->
         stability=runs,
         regularity=regularity(results.evaluations, results.training),
         kohya=kohya_summary(results.kohya),
-        closed_form=results.solves,
+        solves=results.solves,
         costs=results.costs,
         attacks=results.attacks,
         reading=_reading(rows, verdicts, comparisons),
@@ -177,7 +177,7 @@ def _figures(
     base = next(r for r in rows if r.kind == "base").model_dump()
     curves: dict[str, list[MethodRow]] = defaultdict(list)
     for r in rows:
-        if r.kind in ("adapter", "closed_form", "file"):
+        if r.kind in SCALED and r.kind != "kohya":
             curves[r.method].append(r)
     strength_curves(
         {
@@ -245,7 +245,7 @@ def _reading(rows: list[MethodRow], verdicts: list[Verdict], comparisons: list[C
     """One paragraph answering the founding question in plain words from the numbers: the
     best method under the bar, then each claim with the comparison that decided it."""
     base = next(r for r in rows if r.kind == "base")
-    at_one = [r for r in rows if r.kind in ADAPTERS and r.strength == 1.0]
+    at_one = [r for r in rows if r.kind in SCALED and r.strength == 1.0]
     free = [r for r in rows if r.kind in ("negative_prompt", "sld", "classifier")]
     passing = [r for r in [*at_one, *free] if r.concept_rate_ci[1] <= BAR]
     parts = [

@@ -97,21 +97,31 @@ class TrainingRun(Row):
 
 
 class Solve(Row):
-    """The closed-form edit written to ``path`` in ``seconds``."""
+    """A method made in ``seconds`` without training: the closed-form edit (written to
+    ``path``), text-embedding steering's concept directions (encoded, no file)."""
 
-    path: str
+    path: str | None
     seconds: float
+    method: str = "closed form"
 
 
 class Attack(Row):
-    """The white-box attacks' success on one method at strength 1.0."""
+    """The attacks' success on one method at strength 1.0 (None: that attack did not run);
+    ``*_base_asr``: the same attack inputs on the base model (nothing erased);
+    ``seconds_per_attempt``: the mean over the attacks run."""
 
     method: str
     clean: float
-    soft_asr: float
-    token_asr: float
     budget: int
     seconds_per_attempt: float
+    soft_asr: float | None = None
+    token_asr: float | None = None
+    inversion_asr: float | None = None
+    inversion_base_asr: float | None = None
+    img2img_asr: float | None = None
+    img2img_base_asr: float | None = None
+    concept_vector_asr: float | None = None
+    concept_vector_base_asr: float | None = None
 
 
 class Cost(Row):

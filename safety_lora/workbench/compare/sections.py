@@ -15,21 +15,23 @@ from safety_lora.workbench.compare.aggregate import (
     TrainingSummary,
 )
 from safety_lora.workbench.compare.metrics import BAR
-from safety_lora.workbench.compare.rows import Attack, Cost, Interval
+from safety_lora.workbench.compare.rows import Attack, Cost, Interval, Solve
 from safety_lora.workbench.compare.verdicts import INCONCLUSIVE, MARGINS, Comparison, Verdict
 
 if TYPE_CHECKING:
     from safety_lora.workbench.compare.config import CompareConfig
     from safety_lora.workbench.compare.report import Report
 
-__all__ = ["ADAPTERS", "MAIN", "Column", "Section", "label", "pct", "sections", "table"]
+__all__ = ["MAIN", "SCALED", "Column", "Section", "label", "pct", "sections", "table"]
 
 R = TypeVar("R")
 
-#: Row kinds with a strength (their label names it).
-ADAPTERS = ("adapter", "closed_form", "file", "kohya")
+#: Row kinds measured at a strength of their own (their label names it): the adapters and
+#: text-embedding steering.
+SCALED = ("adapter", "closed_form", "file", "kohya", "embedding")
 #: Row kinds in the main table (variants and learning-rate runs have their own tables).
-MAIN = ("base", "adapter", "kohya", "closed_form", "file", "negative_prompt", "sld", "classifier")
+MAIN = ("base", "adapter", "kohya", "closed_form", "file", "negative_prompt", "sld", "embedding",
+        "classifier")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def _num(mean: float | None, ci: Interval | None = None, digits: int = 0) -> str
 
 def label(row: MethodRow) -> str:
     """The row's name in the scatter plot and the Pareto list: adapters with their strength."""
-    return f"{row.method} {row.strength:g}" if row.kind in ADAPTERS else row.method
+    return f"{row.method} {row.strength:g}" if row.kind in SCALED else row.method
 
 
 def _amount(c: Comparison, value: float) -> str:
@@ -167,7 +169,7 @@ MEASURES: list[Column[FamilyMeasure]] = [
 ]
 ERASURE: list[Column[MethodRow]] = [
     Column("method", lambda r: r.method),
-    Column("strength", lambda r: f"{r.strength:g}" if r.kind in ADAPTERS else "-"),
+    Column("strength", lambda r: f"{r.strength:g}" if r.kind in SCALED else "-"),
     Column("concept shown", lambda r: pct(r.concept_rate, r.concept_rate_ci)),
     Column("kept attribute", lambda r: pct(r.kept, r.kept_ci)),
     Column("other concepts", lambda r: pct(r.other, r.other_ci)),
@@ -212,12 +214,40 @@ REGULARITY: list[Column[RegularityRow]] = [
     Column("stopped early", lambda r: "yes" if r.stopped_early else "no"),
     Column("steps to bar", lambda r: str(r.steps_to_bar or "not reached")),
 ]
-ATTACKS: list[Column[Attack]] = [
-    Column("method (strength 1.0)", lambda a: a.method),
-    Column("clean", lambda a: pct(a.clean)),
-    Column("soft-prompt ASR", lambda a: pct(a.soft_asr)),
-    Column("token ASR", lambda a: pct(a.token_asr)),
-    Column("s / attempt", lambda a: f"{a.seconds_per_attempt:.1f}"),
+#: Each attack's column: its header and its row's success (and the base model's, when the
+#: attack regenerates the concept from images or a concept vector).
+_ASR: dict[str, Column[Attack]] = {
+    "soft": Column("soft-prompt ASR", lambda a: pct(a.soft_asr)),
+    "tokens": Column("token ASR", lambda a: pct(a.token_asr)),
+    "inversion": Column(
+        "inversion ASR (base)", lambda a: _versus(a.inversion_asr, a.inversion_base_asr)
+    ),
+    "img2img": Column("img2img ASR (base)", lambda a: _versus(a.img2img_asr, a.img2img_base_asr)),
+    "concept-vector": Column(
+        "concept-vector ASR (base)",
+        lambda a: _versus(a.concept_vector_asr, a.concept_vector_base_asr),
+    ),
+}
+
+
+def _versus(asr: float | None, base: float | None) -> str:
+    return f"{pct(asr)} ({pct(base)})"
+
+
+def _attack_columns(attacks: Sequence[str]) -> list[Column[Attack]]:
+    """The attack table's columns: the clean rate, each attack run, the seconds per attempt."""
+    return [
+        Column("method (strength 1.0)", lambda a: a.method),
+        Column("clean", lambda a: pct(a.clean)),
+        *(_ASR[k] for k in attacks),
+        Column("s / attempt", lambda a: f"{a.seconds_per_attempt:.1f}"),
+    ]
+
+
+SOLVES: list[Column[Solve]] = [
+    Column("method", lambda s: s.method),
+    Column("what", lambda s: "edit solved" if s.path is not None else "directions encoded"),
+    Column("seconds", lambda s: f"{s.seconds:.2f}"),
 ]
 COSTS: list[Column[Cost]] = [
     Column("method", lambda c: c.method),
@@ -254,8 +284,9 @@ _MEASURES = (
     "attack on seed 0, without an interval."
 )
 _ERASURE = (
-    "Mean over {seeds} seeds [95% CI]. Adapters at each strength (strength 0 is the base model "
-    "exactly); the kohya row is the seed's PEFT LoRA rewritten as a kohya file. "
+    "Mean over {seeds} seeds [95% CI]. Adapters and text embedding at each strength (strength "
+    "0 is the base model exactly); the kohya row is the seed's PEFT LoRA rewritten as a kohya "
+    "file. "
     "Classifier-only: a blocked image shows nothing (not the concept, nor anything kept); its "
     "cost is the block rate."
 )
@@ -279,13 +310,24 @@ _KOHYA = (
 )
 _ATTACKS = (
     "ASR: share of the attack's images that show the concept; clean: the plain prompts' (same "
-    "seeds)."
+    "seeds); (base): the same attack inputs on the base model, where nothing is erased. Soft "
+    "prompt and token search are white-box; inversion and img2img regenerate base-model images "
+    "of the concept; concept-vector is Ring-A-Bell's black-box search.{embedding}"
+)
+_NOT_ATTACKED = (
+    " Text-embedding steering is not attacked: the red-team harness has no target for it yet."
+)
+_SOLVES = (
+    "Methods made without training, on this machine: the closed-form edit solved and written, "
+    "text-embedding steering's concept directions encoded (when a policy's pipeline is wrapped)."
 )
 _COSTS = (
     "Each method timed in alternating pairs with the base model (A B, B A, ...) after the whole "
     "run, alone on the machine: mean ratio [95% CI over the pairs]. The control row times the "
     "base against itself (the noise floor). Adapters as the wrapper runs them: dynamic (peft's "
-    "layers at call time) and fused (merged, wrappers out of the forward path)."
+    "layers at call time) and fused (merged, wrappers out of the forward path). Extra UNet "
+    "calls: SLD's counted by its hook, text embedding's as the denoiser's passes in one call "
+    "less the base model's."
 )
 
 
@@ -314,6 +356,8 @@ def sections(config: CompareConfig, report: Report) -> list[Section]:
     if probed:
         out.append(_probes(report, probed))
     out.append(table("Training to the bar", _TRAINING, TRAINING, report.training))
+    if report.solves:
+        out.append(table("Solved, not trained", _SOLVES, SOLVES, report.solves))
     out.append(table("Stability", _STABILITY, STABILITY, report.stability))
     if report.regularity:
         out.append(table("Regularity (seed 0)", _REGULARITY, REGULARITY, report.regularity))
@@ -323,8 +367,10 @@ def sections(config: CompareConfig, report: Report) -> list[Section]:
         text = _KOHYA.format(same=same, seeds=k.seeds, diff=k.max_pixel_difference)
         out.append(Section("kohya file vs PEFT file", text, [], []))
     if report.attacks:
-        title = f"Attack success (white-box, {report.attacks[0].budget} steps per attempt)"
-        out.append(table(title, _ATTACKS, ATTACKS, report.attacks))
+        title = f"Attack success ({report.attacks[0].budget} steps or generations per attempt)"
+        embedding = _NOT_ATTACKED if config.embedding_strengths else ""
+        text = _ATTACKS.format(embedding=embedding)
+        out.append(table(title, text, _attack_columns(config.attacks), report.attacks))
     out.append(table("Inference cost per denoising step", _COSTS, COSTS, report.costs))
     return out
 

@@ -85,11 +85,13 @@ class Run:
             from safety_lora.loading import load_pipeline
 
             pipe, _ = load_pipeline(config.base, config.device)
-        if denoiser_part(pipe) != "unet" and (config.sld_presets or config.attack_budget):
+        unet_only = config.sld_presets or config.embedding_strengths or config.attack_budget
+        if denoiser_part(pipe) != "unet" and unet_only:
             denoiser = type(getattr(pipe, denoiser_part(pipe))).__name__
             raise ValueError(
-                f"compare on a transformer denoiser ({denoiser}): SLD presets and the attack "
-                "harness need a UNet; pass --sld none and --attack-budget 0"
+                f"compare on a transformer denoiser ({denoiser}): SLD presets, text-embedding "
+                "steering and the attack harness need a UNet; pass --sld none, --embedding none "
+                "and --attack-budget 0"
             )
         judge, prompts, check = _judge_and_prompts(config)
         if config.base is None:
@@ -179,7 +181,7 @@ class Run:
         return sum(self.judge.shows(images)) / len(images)
 
     def attack(self, name: str, fields: dict[str, Any]) -> Attack:
-        """The white-box attacks' success on ``name`` at strength 1.0 (a cached unit)."""
+        """The ``attacks``' success on ``name`` at strength 1.0 (a cached unit)."""
         from safety_lora.workbench.attack import AttackConfig, run_attack
 
         config = self.config
@@ -192,7 +194,7 @@ class Run:
                 classifier=config.classifier,
                 category=config.category,
                 threshold=config.threshold,
-                attacks=["soft", "tokens"],
+                attacks=list(config.attacks),
                 budget=config.attack_budget,
                 images=config.attack_images,
                 num_inference_steps=self.sampler.num_inference_steps,
@@ -202,15 +204,28 @@ class Run:
                 device=config.device,
                 **fields,
             )
-            report = run_attack(attack, pipe=self.pipe)
-            soft, tokens = report.row("soft"), report.row("tokens")
-            return Attack(
-                method=name,
-                clean=soft.clean_rate,
-                soft_asr=soft.asr,
-                token_asr=tokens.asr,
-                budget=config.attack_budget,
-                seconds_per_attempt=(soft.seconds_per_attempt + tokens.seconds_per_attempt) / 2,
-            )
+            rows = {r.attack: r for r in run_attack(attack, pipe=self.pipe).rows}
+            asr: dict[str, float | None] = {}
+            for kind, row in rows.items():
+                key = _ASR_FIELDS[kind]
+                asr[f"{key}_asr"] = row.asr
+                if kind not in ("soft", "tokens"):
+                    asr[f"{key}_base_asr"] = row.base_asr
+            seconds = sum(r.seconds_per_attempt for r in rows.values()) / len(rows)
+            clean = next(iter(rows.values())).clean_rate
+            return Attack.model_validate(
+                {"method": name, "clean": clean, "budget": config.attack_budget,
+                 "seconds_per_attempt": seconds, **asr}
+            )  # fmt: skip
 
         return self.cached(f"attack/{slug(name)}", Attack, compute)
+
+
+#: Each attack's field prefix in :class:`~safety_lora.workbench.compare.rows.Attack`.
+_ASR_FIELDS = {
+    "soft": "soft",
+    "tokens": "token",
+    "inversion": "inversion",
+    "img2img": "img2img",
+    "concept-vector": "concept_vector",
+}

@@ -18,7 +18,7 @@ import torch
 from safety_lora.adapters.loading import add_trainable_adapter, unload_adapters
 from safety_lora.adapters.names import denoiser_part
 from safety_lora.workbench.compare.config import CompareConfig
-from safety_lora.workbench.compare.methods import AdapterMethod
+from safety_lora.workbench.compare.methods import AdapterMethod, TextEmbeddingMethod
 from safety_lora.workbench.compare.metrics import BAR
 from safety_lora.workbench.compare.rows import Evaluation, KohyaCheck, Probe, Solve, TrainingRun
 from safety_lora.workbench.compare.state import Run
@@ -34,6 +34,8 @@ __all__ = [
     "Training",
     "budget_ranks",
     "closed_form_unit",
+    "embedding_anchor",
+    "embedding_unit",
     "kohya_unit",
     "train_unit",
 ]
@@ -296,6 +298,19 @@ def closed_form_unit(state: Run, path: Path) -> Solve:
     began = time.perf_counter()
     erase(solved, out=path, pipe=state.pipe, base=config.base)
     return Solve(path=str(path), seconds=time.perf_counter() - began)
+
+
+def embedding_anchor(config: CompareConfig) -> str:
+    """Text-embedding steering's anchor: the erasure's, as ESD's and the closed form's ('' for
+    none)."""
+    return _erasure(config)[0].anchor or ""
+
+
+def embedding_unit(method: TextEmbeddingMethod) -> Solve:
+    """Text-embedding steering's concept directions encoded (its owner built), and the time."""
+    method.load()
+    assert method.seconds is not None
+    return Solve(path=None, seconds=method.seconds, method=method.name)
 
 
 # -- the kohya file of a PEFT adapter -------------------------------------------------------

@@ -71,3 +71,25 @@ def test_quick_sets_its_fields_and_explicit_options_win(
     default = seen[-1]
     assert (default.seeds, default.lr_scales, default.steps) == (5, [0.5, 2.0], None)
     assert default.workers == (2 if (os.cpu_count() or 1) > 1 else 1)
+
+
+def test_embedding_strengths_and_attacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[CompareConfig] = []
+
+    def fake_run(config: CompareConfig) -> dict[str, str]:
+        seen.append(config)
+        return {"reading": "ok"}
+
+    monkeypatch.setattr("safety_lora.workbench.compare.run", fake_run)
+    runner, out = CliRunner(), ["--out", str(tmp_path)]
+    given = ["--embedding", "1,3", "--attack", "soft", "--attack", "concept-vector"]
+    result = runner.invoke(_app(), ["compare", "--erase", "red", *given, *out])
+    assert result.exit_code == 0, result.output
+    assert seen[-1].embedding_strengths == (1.0, 3.0)
+    assert seen[-1].attacks == ["soft", "concept-vector"]
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--embedding", "none", *out])
+    assert result.exit_code == 0 and seen[-1].embedding_strengths == ()
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--embedding", "2,4", *out])
+    assert result.exit_code == 2 and "--embedding: must include 1.0" in result.output
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--attack", "layer", *out])
+    assert result.exit_code == 2 and "layer" in result.output

@@ -37,6 +37,7 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
         "num_inference_steps": 2,
         "strengths": (0.5, 1.0),
         "sld_presets": ["strong"],
+        "embedding_strengths": (1.0, 2.0),
         "stability_seeds": 1,
         "lr_scales": [2.0],
         "grid_images": 2,
@@ -89,9 +90,10 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
     figures = ("forest", "scatter", "curves", "costs", "stability")
     pngs = [out / data["files"][k] for k in figures]
     pngs += [out / g for g in data["files"]["grids"].values()]
-    # base, classifier, negative prompt, SLD, closed form, kohya file, 2 families x (main,
-    # 3 regularity variants, 2x learning rate)
-    assert len(data["files"]["grids"]) == 6 + 2 * 5
+    # base, classifier, negative prompt, SLD, text embedding, closed form, kohya file,
+    # 2 families x (main, 3 regularity variants, 2x learning rate)
+    assert len(data["files"]["grids"]) == 7 + 2 * 5
+    assert "| text embedding | 2 |" in markdown and "## Solved, not trained" in markdown
     for png in pngs:
         with Image.open(png) as image:
             assert image.format == "PNG" and image.width > 0 and image.height > 0
@@ -105,8 +107,12 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
 def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     config, _, data = compared
     methods = {r["method"] for r in data["rows"] if r["kind"] not in ("variant", "stability")}
-    assert methods == {"base", "negative prompt", "SLD strong", "classifier only", "lora r4",
-                       "lokr r4", "closed form", "lora r4 (kohya file)"}  # fmt: skip
+    assert methods == {"base", "negative prompt", "SLD strong", "text embedding",
+                       "classifier only", "lora r4", "lokr r4", "closed form",
+                       "lora r4 (kohya file)"}  # fmt: skip
+    embedding = [(r["kind"], r["strength"], r["seeds"]) for r in data["rows"]
+                 if r["method"] == "text embedding"]  # fmt: skip
+    assert embedding == [("embedding", 1.0, 2), ("embedding", 2.0, 2)]
     for row in data["rows"]:
         for key in RATES:
             assert 0.0 <= row[key] <= 1.0, (row["method"], key, row[key])
@@ -129,6 +135,11 @@ def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) ->
         assert t["seconds_per_step"] > 0 and t["step_budget"] == config.steps
     sld = next(c for c in data["costs"] if c["method"] == "SLD strong")
     assert sld["extra_unet_calls_per_step"] == 1.0
+    text = next(c for c in data["costs"] if c["method"] == "text embedding")
+    assert text["extra_unet_calls_per_step"] == 0.0 and text["mode"] == ""
+    solves = {s["method"]: s for s in data["solves"]}
+    assert solves["closed form"]["path"].endswith("closed-form.safetensors")
+    assert solves["text embedding"]["path"] is None and solves["text embedding"]["seconds"] > 0
     for c in data["costs"]:
         assert c["vs_base_ci"][0] <= c["vs_base"] <= c["vs_base_ci"][1]
         assert c["pairs"] == config.cost_pairs
@@ -226,11 +237,21 @@ def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any
     config, _, data = compared
     attacked = [a["method"] for a in data["attacks"]]
     assert attacked == ["SLD strong", "lora r4", "lokr r4", "closed form"]  # seed 0, at 1.0
+    rates = ("clean", "soft_asr", "token_asr", "inversion_asr", "inversion_base_asr",
+             "img2img_asr", "img2img_base_asr", "concept_vector_asr",
+             "concept_vector_base_asr")  # fmt: skip
     for row in data["attacks"]:
         assert row["budget"] == config.attack_budget and row["seconds_per_attempt"] > 0
-        assert all(0.0 <= row[k] <= 1.0 for k in ("clean", "soft_asr", "token_asr"))
+        assert all(0.0 <= row[k] <= 1.0 for k in rates), row
+    harness = json.loads((config.out / "attacks" / "lora-r4" / "report.json").read_text())
+    inversion = next(r for r in harness["rows"] if r["attack"] == "inversion")
+    lora = next(a for a in data["attacks"] if a["method"] == "lora r4")
+    assert (lora["inversion_asr"], lora["inversion_base_asr"]) == (
+        inversion["asr"], inversion["base_asr"])  # fmt: skip
     report = (config.out / "report.md").read_text()
-    assert f"## Attack success (white-box, {config.attack_budget} steps per attempt" in report
+    title = f"## Attack success ({config.attack_budget} steps or generations per attempt)"
+    assert title in report and "| img2img ASR (base) |" in report
+    assert "Text-embedding steering is not attacked" in report
     assert (config.out / "attacks" / "sld-strong" / "report.json").is_file()
 
 

@@ -21,6 +21,7 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
     fields: dict[str, Any] = {
         "erase": "red", "families": ["lora"], "seeds": 1, "steps": 5,
         "prompts_per_concept": 1, "num_inference_steps": 2, "sld_presets": [],
+        "embedding_strengths": (),
         "regularity": False, "lr_scales": [], "stability_seeds": 1, "closed_form": False,
         "strengths": (0.0, 1.0), "grid_images": 1, "attack_budget": 0, "cost_pairs": 1,
         "out": out, "progress": False, **overrides,
@@ -57,8 +58,10 @@ def test_compare_runs_on_a_pixart_pipeline(tmp_path: Path) -> None:
 
 
 def test_compare_names_what_a_transformer_cannot_run(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--sld none and --attack-budget 0"):
+    with pytest.raises(ValueError, match="--sld none, --embedding none and --attack-budget 0"):
         run(_config(tmp_path / "cmp", sld_presets=["strong"]), pipe=tiny_pipeline("sd3"))
+    with pytest.raises(ValueError, match="text-embedding steering"):
+        run(_config(tmp_path / "cmp2", embedding_strengths=(1.0,)), pipe=tiny_pipeline("sd3"))
 
 
 def test_the_negative_prompt_acts_on_flux() -> None:
