@@ -1,7 +1,7 @@
 """Closed-form erasure (UCE family) on the concept world, and its cost on an SD 1.5-sized model.
 
-    python benchmarks/closed_form.py [--seeds 32] [--no-sd15] [--repeats 9]
-        [--results PATH | --no-results]
+    python benchmarks/closed_form.py [--seeds 32] [--grid-seeds 6] [--repeats 9]
+        [--sections methods,defaults,costs,sd15] [--results PATH | --no-results]
 
 1. Erase ``red`` on the shipped concept-world model, per method: UCE's paper form (the concept
    takes the anchor prompt's values, "a red circle" -> "a circle"), the ESD-style push past
@@ -15,10 +15,17 @@
    (one CPU thread, encoding included) and the bar verdict (push form at strength 1: red
    <= 5%, shape on red prompts >= 90%, other colours and shapes within 3 points of the base,
    solve <= 5 s).
-2. Per-step cost on the concept world, interleaved (base / adapter / base / adapter...) so
+2. The defaults: what a new user's ``safety-lora erase --erase red --anchor red=`` solves
+   (the concept alone, no preserve prompts) by ``push`` and ``lam``, and the task's templates
+   and preserve prompts on single objects vs with two-object contexts; the same probes at
+   strength 1, red shown with its 95% Wilson interval, and which row is best (least red among
+   those keeping shapes, other colours and shapes within 3 points of the base, neighbours
+   within 5). Then one table of the config's defaults beside the demo policy and the presets,
+   with why each differs.
+3. Per-step cost on the concept world, interleaved (base / adapter / base / adapter...) so
    machine load cancels out of the ratios: the closed-form adapter unfused and fused, and
    SLD guidance (one more UNet pass per step).
-3. An SD 1.5-sized UNet and CLIP ViT-L/14 text encoder built in code from the published
+4. An SD 1.5-sized UNet and CLIP ViT-L/14 text encoder built in code from the published
    configs with random weights (no download): the time to solve ``balanced``'s sexual entry
    (8 concepts, 6 preserve prompts, every position of 77), exact and at rank 64, and the
    adapter sizes.
@@ -27,6 +34,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import tempfile
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from _report import Report, add_arguments, first_paragraph
 from rich.console import Console
 
@@ -53,6 +63,9 @@ SHIPPED_ESD = (
 STRENGTHS = (0.5, 1.0, 1.5)
 #: The rows the bar is checked on (the push form, as the demo policy and compare solve it).
 BAR_ROWS = ("push eta=1", "push eta=1 + two-object contexts")
+SECTIONS = ("methods", "defaults", "costs", "sd15")
+PRESETS = Path(__file__).resolve().parents[1] / "policies"
+DEMO = Path(__file__).resolve().parents[1] / "safety_lora/demo/policy"
 
 
 def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
@@ -64,7 +77,7 @@ def measure(pipe: Any, seeds: list[int]) -> dict[str, float]:
 def configs() -> dict[str, ClosedFormConfig]:
     task = erasure_task("red")
     return {
-        "UCE paper form": task.closed_form(contexts=False),
+        "UCE paper form": task.closed_form(contexts=False, push=0.0, lam=0.5),
         "push eta=1": task.closed_form(contexts=False, push=1.0),
         "push eta=1 + two-object contexts": task.closed_form(push=1.0),
         "push eta=1 + RECE x2": task.closed_form(contexts=False, push=1.0, rounds=2),
@@ -120,6 +133,165 @@ def concept_world_table(seeds: list[int], repeats: int, console: Console, report
                               verdict)  # fmt: skip
             pipe.unet.unload_lora()
     console.print(table.rich())
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of k successes in n."""
+    z, p = 1.959964, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _shown_with_interval(rate: float, n: int) -> str:
+    k = round(rate * n)
+    lo, hi = wilson(k, n)
+    return f"{k / n:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def keeps(row: dict[str, float], base: dict[str, float]) -> bool:
+    """Whether an edit keeps what it should: shapes on red prompts (>= 90%), the other
+    colours and shapes within 3 points of the base, neighbours within 5."""
+    return (
+        row["kept_on_target"] >= 0.90
+        and all(row[k] >= base[k] - 0.03 - 1e-9 for k in ("other_colour", "other_shape"))
+        and row["neighbour_kept"] >= base["neighbour_kept"] - 0.05 - 1e-9
+    )
+
+
+#: What a new user's ``erase --erase red --anchor red=`` is measured at, (push, lam): UCE's
+#: paper form, then push at lam 2 and lam at push 1 (the defaults and their neighbours).
+USER_GRID = ((0.0, 0.5), (0.5, 2.0), (1.0, 2.0), (2.0, 2.0), (1.0, 0.5), (1.0, 1.0), (1.0, 4.0))
+#: Red's own templates and preserve prompts: (label, two-object contexts, push, lam).
+TASK_GRID = (
+    ("single objects", False, 0.0, 0.5),
+    ("single objects", False, 1.0, 2.0),
+    ("+ two-object contexts", True, 1.0, 0.5),
+    ("+ two-object contexts", True, 1.0, 2.0),
+)
+#: Why a shipped closed-form entry differs from the config's defaults (shown beside them).
+WHY = {
+    "demo policy": "red's own templates (two-object contexts among them) and preserve prompts "
+    "pin the object beside red and the other colours",
+    "demo lam": "its lam: its regeneration ladder and rows were set for that edit, which pulls "
+    "harder per unit of strength; with those prompts it keeps as much at strength 1 (the "
+    "table above)",
+    "strict / balanced presets": "for SD-class models: their concepts are not in the embedded "
+    "model, so nothing here measures them; they keep UCE's paper form (push 0, lam 0.5) as "
+    "the authors set it for SD",
+}
+
+
+def _closed_form_entries(policy: Path) -> list[ClosedFormConfig]:
+    """The closed-form entries of a policy file (``.yaml`` added), read alone: the rest of the
+    policy is not measured here."""
+    data = yaml.safe_load(policy.with_suffix(".yaml").read_text("utf-8"))
+    adapters = data["steering"]["adapters"]
+    return [
+        ClosedFormConfig.model_validate(a["closed_form"]) for a in adapters if "closed_form" in a
+    ]
+
+
+def defaults_tables(seeds: list[int], console: Console, report: Report) -> None:
+    """The defaults grid, the best row, and the defaults beside the demo policy and presets."""
+    pipe = concept_world()
+    task = erasure_task("red")
+    base = measure(pipe, seeds)
+    n = len(task.target_prompts) * len(seeds)
+    measured: dict[str, dict[str, float]] = {}
+
+    def run(config: ClosedFormConfig) -> dict[str, float]:
+        # the same solve however its prompts are spelled (the demo's file vs the task's)
+        words = {"erase", "templates", "guide", "anchors", "preserve"}
+        key = json.dumps(
+            [config.pairs(), sorted(config.preserve), config.model_dump(exclude=words)]
+        )
+        if key not in measured:
+            with tempfile.TemporaryDirectory() as tmp:
+                erase(config, out=Path(tmp) / "edit.safetensors", pipe=pipe)
+                load_adapter(pipe.unet, Path(tmp) / "edit.safetensors", adapter_name="erase")
+            pipe.unet.set_adapters(["erase"], [1.0])
+            measured[key] = measure(pipe, seeds)
+            pipe.unet.unload_lora()
+        return measured[key]
+
+    def cells(row: dict[str, float]) -> list[str]:
+        return [
+            _shown_with_interval(row["erased_rate"], n),
+            _pct(row["paraphrase_rate"]),
+            _pct(row["kept_on_target"]),
+            _pct(row["other_colour"]),
+            _pct(row["other_shape"]),
+            _pct(row["neighbour_kept"]),
+            "yes" if keeps(row, base) else "no",
+        ]
+
+    probes = ["red shown [95%]", "crimson/scarlet show red", "shape kept (red prompts)",
+              "other colours", "other shapes", "neighbour kept", "keeps"]  # fmt: skip
+    default = ClosedFormConfig(erase=["red"], anchors={"red": ""})
+    user = report.table(
+        f"a new user's `erase --erase red --anchor red=` (template '{{}}', no preserve "
+        f"prompts) at strength 1: {len(seeds)} images per prompt",
+        ["push", "lam", *probes],
+    )
+    user.add_row("base model", "", *cells(base)[:-1], "")
+    rows: dict[tuple[float, float], dict[str, float]] = {}
+    for push, lam in USER_GRID:
+        config = default.model_copy(update={"push": push, "lam": lam})
+        rows[push, lam] = run(config)
+        user.add_row(str(push), str(lam), *cells(rows[push, lam]))
+    kept = [key for key, row in rows.items() if keeps(row, base)]
+    if kept:  # least red shown, then least red on paraphrases, then the first in the grid
+        push, lam = min(
+            kept,
+            key=lambda k: (rows[k]["erased_rate"], rows[k]["paraphrase_rate"], USER_GRID.index(k)),
+        )
+        verdict = (
+            "the defaults" if (push, lam) == (default.push, default.lam) else "NOT the defaults"
+        )
+        user.note(f"best (least red, then least on paraphrases, among the rows that keep): "
+                  f"push {push}, lam {lam}: {verdict} "
+                  f"(push {default.push}, lam {default.lam}).")  # fmt: skip
+    else:
+        user.note("no row keeps shapes, colours and neighbours.")
+    console.print(user.rich())
+
+    context = report.table(
+        f"red's templates and preserve prompts at strength 1: {len(seeds)} images per prompt",
+        ["templates", "push", "lam", *probes],
+    )
+    for label, contexts, push, lam in TASK_GRID:
+        config = task.closed_form(contexts=contexts, push=push, lam=lam)
+        context.add_row(label, str(push), str(lam), *cells(run(config)))
+    console.print(context.rich())
+
+    shipped = report.table(
+        "the closed-form defaults beside the demo policy and the presets (embedded model, "
+        "strength 1)",
+        ["where", "push", "lam", "templates (n)", "preserve (n)", "red shown [95%]",
+         "shape kept (red prompts)", "neighbour kept", "why it differs"],
+    )  # fmt: skip
+    shipped.add_row(
+        "ClosedFormConfig / `safety-lora erase` defaults", str(default.push), str(default.lam),
+        "1", "0", *(cells(run(default))[i] for i in (0, 2, 5)), "",
+    )  # fmt: skip
+    (demo,) = _closed_form_entries(DEMO)
+    demo_row = cells(run(demo))
+    why = WHY["demo policy"] + ("; " + WHY["demo lam"] if demo.lam != default.lam else "")
+    shipped.add_row(
+        "demo policy", str(demo.push), str(demo.lam), f"{len(demo.templates)}",
+        f"{len(demo.preserve)}", *(demo_row[i] for i in (0, 2, 5)), why,
+    )  # fmt: skip
+    presets = [c for name in ("strict", "balanced") for c in _closed_form_entries(PRESETS / name)]
+    settings = sorted({(c.push, c.lam) for c in presets})
+    shipped.add_row(
+        "strict / balanced presets", "/".join(str(p) for p, _ in settings),
+        "/".join(str(lam) for _, lam in settings),
+        "/".join(sorted({str(len(c.templates)) for c in presets})),
+        "/".join(sorted({str(len(c.preserve)) for c in presets})), "-", "-", "-",
+        WHY["strict / balanced presets"],
+    )  # fmt: skip
+    console.print(shipped.rich())
 
 
 def step_costs(repeats: int, console: Console, report: Report) -> None:
@@ -258,15 +430,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=32, help="images per prompt")
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats")
-    parser.add_argument("--no-sd15", action="store_true", help="skip the SD 1.5-sized solve")
+    parser.add_argument("--grid-seeds", type=int, default=6, help="images per prompt (defaults)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
+    )
     add_arguments(parser, NAME)
     args = parser.parse_args()
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {list(SECTIONS)}")
     report = Report(NAME, "Closed-form erasure (UCE family)", first_paragraph(__doc__))
     torch.set_num_threads(1)
     console = Console(width=150)
-    concept_world_table(list(range(args.seeds)), args.repeats, console, report)
-    step_costs(args.repeats, console, report)
-    if not args.no_sd15:
+    if "methods" in sections:
+        concept_world_table(list(range(args.seeds)), args.repeats, console, report)
+    if "defaults" in sections:
+        defaults_tables(list(range(args.grid_seeds)), console, report)
+    if "costs" in sections:
+        step_costs(args.repeats, console, report)
+    if "sd15" in sections:
         sd15_sized(console, report)
     report.save(args)
 

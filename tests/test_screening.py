@@ -26,9 +26,10 @@ SHAPES = ["a {} circle", "a {} square", "a {} triangle", "a {} shape"]
 def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A re-teaching adapter (draws red for "blue") and a benign one (squares as triangles)."""
     root = tmp_path_factory.mktemp("user-adapters")
-    reteach = ClosedFormConfig(erase=["blue"], guide="red", templates=SHAPES)
+    paper = {"push": 0.0, "lam": 0.5}  # UCE's form: the concept takes the guide's values
+    reteach = ClosedFormConfig(erase=["blue"], guide="red", templates=SHAPES, **paper)
     benign = ClosedFormConfig(
-        erase=["square"], guide="triangle", templates=["a {}", "a blue {}", "a small {}"]
+        erase=["square"], guide="triangle", templates=["a {}", "a blue {}", "a small {}"], **paper
     )
     return {
         "reteach": erase(reteach, out=root / "blue_to_red.safetensors").path,

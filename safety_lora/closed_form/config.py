@@ -10,8 +10,10 @@ maps the concept's states to
 * ``a - push * (c - a)`` (``push > 0``): ESD's target, past the anchor, away from the concept.
 
 ``preserve`` prompts keep their values; ``lam`` keeps the weights near the base; ``rounds``
-adds RECE's adversarial embeddings (see :mod:`safety_lora.closed_form.solve`). No torch here:
-policy files validate this model without loading a model.
+adds RECE's adversarial embeddings (see :mod:`safety_lora.closed_form.solve`). ``push`` and
+``lam`` default to the embedded model's measured best for the concept alone
+(``benchmarks/closed_form.py``, section ``defaults``); UCE's paper form is ``push 0, lam 0.5``.
+No torch here: policy files validate this model without loading a model.
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ class ClosedFormConfig(BaseModel):
             ge=0.0,
             le=10.0,
             description="0: UCE's form (the concept takes the anchor's values); ETA > 0: ESD's "
-            "target a - ETA (c - a), past the anchor.",
+            "target a - ETA (c - a), past the anchor (default: the embedded model's best).",
         ),
-    ] = 0.0
+    ] = 1.0
     preserve: Terms = Field(
         default_factory=list, description="Prompts whose keys and values must not change."
     )
@@ -97,8 +99,14 @@ class ClosedFormConfig(BaseModel):
         StrictFloat, Field(ge=0.0, le=1e4, description="Weight of the preserve prompts.")
     ] = 1.0
     lam: Annotated[
-        StrictFloat, Field(gt=0.0, le=1e4, description="Pull toward the base weights.")
-    ] = 0.5
+        StrictFloat,
+        Field(
+            gt=0.0,
+            le=1e4,
+            description="Pull toward the base weights (default: the embedded model's best; "
+            "UCE's is 0.5).",
+        ),
+    ] = 2.0
     rounds: Annotated[
         StrictInt,
         Field(

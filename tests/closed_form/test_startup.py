@@ -58,7 +58,7 @@ def test_the_solve_is_cached_and_reused(_cache: Path) -> None:
 def test_the_cache_is_invalidated_by_the_model_and_the_entry(_cache: Path) -> None:
     pipe = tiny_pipeline()
     key = solved_adapter(pipe, CONFIG).key
-    assert solved_adapter(pipe, CONFIG.model_copy(update={"push": 1.0})).key != key
+    assert solved_adapter(pipe, CONFIG.model_copy(update={"push": 2.0})).key != key
     assert solved_adapter(tiny_pipeline(seed=1), CONFIG).key != key
     norm = pipe.text_encoder.get_submodule("final_layer_norm")
     with torch.no_grad():  # one text-encoder weight changed: its states change

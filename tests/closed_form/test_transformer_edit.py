@@ -20,7 +20,8 @@ from safety_lora.workbench.hardening import harden
 from safety_lora.workbench.training.denoiser import Denoiser
 
 KINDS = ["sd3", "flux"]
-CONFIG = ClosedFormConfig(erase=["a red cat"], preserve=["a blue dog"])
+# UCE's paper form: the concept takes the anchor's values (the defaults push past it)
+CONFIG = ClosedFormConfig(erase=["a red cat"], preserve=["a blue dog"], push=0.0, lam=0.5)
 PROMPTS = ["a red cat", "", "a blue dog"]
 
 
@@ -86,7 +87,9 @@ def test_rece_and_attack_rounds_are_refused_on_a_transformer(tmp_path: Path) -> 
         erase(attack, out=tmp_path / "b.safetensors", pipe=pipe, refine=harden)
 
 
-PIXART = ClosedFormConfig(erase=["red"], templates=["a {} cat"], preserve=["a blue dog"])
+PIXART = ClosedFormConfig(
+    erase=["red"], templates=["a {} cat"], preserve=["a blue dog"], push=0.0, lam=0.5
+)
 
 
 def _pixart_predictions(pipe: Any, prompts: list[str]) -> torch.Tensor:
