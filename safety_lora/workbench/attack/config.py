@@ -2,15 +2,15 @@
 
 What is attacked: ``adapter`` (a steering file at ``strength``), ``method`` ``closed-form``
 (solved now for the model; ``rounds`` > 0 is RECE's hardened solve, ``attack_rounds`` > 0
-the attack-driven one) or ``sld`` (SLD's
-``sld_preset``), or none of them: the base model, where nothing is erased (the attacks'
-control). ``policy`` (a preset name or a policy file) adds the whole layer (prompt check +
-steering + classifiers) and the prompt-check evasion suite. Attacks: ``soft`` (white-box soft
-prompt), ``tokens`` (white-box discrete search, judged as typed text), ``inversion`` (DDIM
-inversion of base-model images of the concept under the ``neutral`` prompt, regenerated from
-the latent), ``img2img`` (those images through image-to-image at ``img2img_strength``),
-``concept-vector`` (Ring-A-Bell: black-box genetic token search towards the concept's text
-direction), ``evasion`` and ``layer`` (need a policy).
+the attack-driven one), ``sld`` (SLD's ``sld_preset``) or ``embedding`` (text-embedding
+steering at ``strength``), or none of them: the base model, where nothing is erased (the
+attacks' control). ``policy`` (a preset name or a policy file) adds the whole layer (prompt
+check + steering + classifiers) and the prompt-check evasion suite. Attacks: ``soft``
+(white-box soft prompt), ``tokens`` (white-box discrete search, judged as typed text),
+``inversion`` (DDIM inversion of base-model images of the concept under the ``neutral``
+prompt, regenerated from the latent), ``img2img`` (those images through image-to-image at
+``img2img_strength``), ``concept-vector`` (Ring-A-Bell: black-box genetic token search
+towards the concept's text direction), ``evasion`` and ``layer`` (need a policy).
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class AttackConfig(BaseModel):
         description="Pipeline folder or hub id (default: the bundled concept-world model).",
     )
     adapter: Path | None = Field(default=None, description="Steering adapter file to attack.")
-    method: Literal["closed-form", "sld"] | None = Field(
-        default=None, description="Attack a closed-form edit solved now, or SLD guidance (no file)."
+    method: Literal["closed-form", "sld", "embedding"] | None = Field(
+        default=None,
+        description="Attack a closed-form edit solved now, SLD guidance or text-embedding "
+        "steering (no file).",
     )
     policy: str | None = Field(
         default=None,

@@ -32,7 +32,13 @@ from safety_lora.workbench.attack.inversion import (
 from safety_lora.workbench.attack.objective import Objective
 from safety_lora.workbench.attack.report import AttackReport, AttackRow, write_report
 from safety_lora.workbench.attack.soft import soft_prompt
-from safety_lora.workbench.attack.targets import AdapterTarget, SLDTarget, Target, render
+from safety_lora.workbench.attack.targets import (
+    AdapterTarget,
+    EmbeddingTarget,
+    SLDTarget,
+    Target,
+    render,
+)
 
 __all__ = ["build_target", "run_attack"]
 
@@ -73,7 +79,11 @@ def _judge(config: AttackConfig) -> Any:
     return ClassifierJudge(built, category=config.category, threshold=config.threshold)
 
 
-def build_target(config: AttackConfig, pipe: Any, steps: int) -> AdapterTarget | SLDTarget:
+#: The targets a run builds.
+AnyTarget = AdapterTarget | SLDTarget | EmbeddingTarget
+
+
+def build_target(config: AttackConfig, pipe: Any, steps: int) -> AnyTarget:
     """The steered model ``config`` names (the base model when it names none)."""
     if config.adapter is not None:
         return AdapterTarget(pipe, config.adapter, strength=config.strength)
@@ -86,6 +96,8 @@ def build_target(config: AttackConfig, pipe: Any, steps: int) -> AdapterTarget |
             num_inference_steps=steps,
             name=f"SLD {config.sld_preset}",
         )
+    if config.method == "embedding":
+        return EmbeddingTarget(pipe, concept=config.erase, strength=config.strength)
     if config.method == "closed-form":
         from safety_lora.closed_form import ClosedFormConfig, erase
         from safety_lora.workbench.hardening import harden
@@ -266,7 +278,7 @@ REGENERATING = ("inversion", "img2img", "concept-vector")
 
 def _regenerated(
     bench: _Bench,
-    target: AdapterTarget | SLDTarget,
+    target: AnyTarget,
     attack: str,
     prompt: str,
     inputs: Any,
@@ -306,7 +318,7 @@ def _regenerated(
 
 def _regenerating_row(
     bench: _Bench,
-    target: AdapterTarget | SLDTarget,
+    target: AnyTarget,
     attack: str,
     clean: dict[str, list[bool]],
     found: list[str],
@@ -365,9 +377,7 @@ def _regenerating_row(
     )
 
 
-def _on_target(
-    bench: _Bench, target: AdapterTarget | SLDTarget
-) -> tuple[list[AttackRow], dict[str, list[str]]]:
+def _on_target(bench: _Bench, target: AnyTarget) -> tuple[list[AttackRow], dict[str, list[str]]]:
     """The clean rate and each attack's row on the steered model; the typed prompts the
     token and concept-vector searches found."""
     config = bench.config

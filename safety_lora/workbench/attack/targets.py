@@ -16,10 +16,11 @@ import torch
 
 from safety_lora.conditioning import unet_eps
 from safety_lora.internals import execution_device
-from safety_lora.steering import Steering, file_method, single, sld_method
+from safety_lora.steering import Steering, embedding_method, file_method, single, sld_method
+from safety_lora.steering.embedding import _take_out
 from safety_lora.steering.sld import safety_term, sld_preset
 
-__all__ = ["AdapterTarget", "SLDTarget", "Target", "render"]
+__all__ = ["AdapterTarget", "EmbeddingTarget", "SLDTarget", "Target", "render"]
 
 #: The adapter's name on the UNet while it is attacked.
 ADAPTER_NAME = "safety_lora_attack"
@@ -137,6 +138,50 @@ class SLDTarget:
 
     def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
         """SLD on for a call of ``pipe`` (a pipeline derived from the target's; default its)."""
+        return self.owner.apply({}, pipe=pipe)
+
+    def close(self) -> None:
+        self.owner.close()
+
+
+class EmbeddingTarget:
+    """Text-embedding steering of ``concept`` (``steering.text``) at ``strength``: ``eps`` takes
+    the concept out of the states per token as the runtime does, differentiably in them."""
+
+    def __init__(
+        self, pipe: Any, *, concept: str, strength: float = 1.0, name: str | None = None
+    ) -> None:
+        self.pipe, self.strength = pipe, strength
+        self.name = name or f"text-embedding x{strength:g}"
+        self.owner = Steering(pipe, single(embedding_method(concept, strength=strength)))
+        assert self.owner.embedding is not None
+        self.text = self.owner.embedding
+        self._off = False  # inside base(): the plain prediction
+
+    def steered(self, states: torch.Tensor) -> torch.Tensor:
+        """``states`` as the steered pipeline's ``encode_prompt`` returns them, with grad."""
+        on = self.text.cosines(states) >= self.text.threshold
+        tokens = on.any(dim=-1)
+        found = self.text._encode(None)  # the directions steer() uses (it runs without grad)
+        out = states.clone()
+        out[tokens] = _take_out(
+            states[tokens], on[tokens], found.hidden.to(states), found.anchor, self.strength
+        )
+        return out
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        return unet_eps(self.pipe, x, t, states if self._off else self.steered(states))
+
+    @contextmanager
+    def base(self) -> Iterator[None]:
+        self._off = True
+        try:
+            yield
+        finally:
+            self._off = False
+
+    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
+        """The prompt steered for a call of ``pipe`` (a pipeline derived from the target's)."""
         return self.owner.apply({}, pipe=pipe)
 
     def close(self) -> None:

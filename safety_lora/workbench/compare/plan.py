@@ -92,8 +92,9 @@ def groups(state: Run) -> list[Group]:
     free += [SLDMethod(state.sampler, config.erase, preset) for preset in config.sld_presets]
     out = [_free(state, method, attack=attack) for method in free]
     if config.embedding_strengths:
-        n = len(config.embedding_strengths) * config.seeds
-        out.append(Group("text embedding", _EVAL_COST * n, 1 + n, partial(_embedding_group, state)))
+        n = len(config.embedding_strengths) * config.seeds + attack
+        work = partial(_embedding_group, state, attack=attack)
+        out.append(Group("text embedding", _EVAL_COST * n, 1 + n, work))
     denoiser = getattr(state.pipe, denoiser_part(state.pipe))
     budgets = {r: budget_ranks(denoiser, list(config.families), r) for r in config.ranks}
     out += [_trained(state, job) for job in trainings(config, budgets)]
@@ -158,15 +159,18 @@ def _free_group(state: Run, method: Method, results: Results, *, attack: bool) -
         results.attacks.append(state.attack(method.name, fields))
 
 
-def _embedding_group(state: Run, results: Results) -> None:
+def _embedding_group(state: Run, results: Results, *, attack: bool) -> None:
     """Text-embedding steering: its directions encoded (timed, like the closed-form solve),
-    then its evaluations at its strengths (its owner built only when a unit is not cached)."""
+    then its evaluations at its strengths (its owner built only when a unit is not cached)
+    and its attack at strength 1."""
     config = state.config
     method = TextEmbeddingMethod(state.sampler, config.erase, anchor=embedding_anchor(config),
                                  strengths=config.embedding_strengths)  # fmt: skip
     compute = partial(embedding_unit, method)
     results.solves.append(state.cached("train/text-embedding", Solve, compute))
     _evaluate(state, results, method, method.strengths, range(config.seeds))
+    if attack:
+        results.attacks.append(state.attack(method.name, {"method": "embedding"}))
 
 
 def _adapter_units(

@@ -312,10 +312,7 @@ _ATTACKS = (
     "ASR: share of the attack's images that show the concept; clean: the plain prompts' (same "
     "seeds); (base): the same attack inputs on the base model, where nothing is erased. Soft "
     "prompt and token search are white-box; inversion and img2img regenerate base-model images "
-    "of the concept; concept-vector is Ring-A-Bell's black-box search.{embedding}"
-)
-_NOT_ATTACKED = (
-    " Text-embedding steering is not attacked: the red-team harness has no target for it yet."
+    "of the concept; concept-vector is Ring-A-Bell's black-box search."
 )
 _SOLVES = (
     "Methods made without training, on this machine: the closed-form edit solved and written, "
@@ -368,9 +365,7 @@ def sections(config: CompareConfig, report: Report) -> list[Section]:
         out.append(Section("kohya file vs PEFT file", text, [], []))
     if report.attacks:
         title = f"Attack success ({report.attacks[0].budget} steps or generations per attempt)"
-        embedding = _NOT_ATTACKED if config.embedding_strengths else ""
-        text = _ATTACKS.format(embedding=embedding)
-        out.append(table(title, text, _attack_columns(config.attacks), report.attacks))
+        out.append(table(title, _ATTACKS, _attack_columns(config.attacks), report.attacks))
     out.append(table("Inference cost per denoising step", _COSTS, COSTS, report.costs))
     return out
 

@@ -236,7 +236,7 @@ def test_verdicts_follow_the_intervals(
 def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     config, _, data = compared
     attacked = [a["method"] for a in data["attacks"]]
-    assert attacked == ["SLD strong", "lora r4", "lokr r4", "closed form"]  # seed 0, at 1.0
+    assert attacked == ["SLD strong", "text embedding", "lora r4", "lokr r4", "closed form"]
     rates = ("clean", "soft_asr", "token_asr", "inversion_asr", "inversion_base_asr",
              "img2img_asr", "img2img_base_asr", "concept_vector_asr",
              "concept_vector_base_asr")  # fmt: skip
@@ -251,7 +251,7 @@ def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any
     report = (config.out / "report.md").read_text()
     title = f"## Attack success ({config.attack_budget} steps or generations per attempt)"
     assert title in report and "| img2img ASR (base) |" in report
-    assert "Text-embedding steering is not attacked" in report
+    assert (config.out / "attacks" / "text-embedding" / "report.json").is_file()
     assert (config.out / "attacks" / "sld-strong" / "report.json").is_file()
 
 
