@@ -253,16 +253,13 @@ def fit_model(
         inner = _fit_raw(_unfitted(c, train, table), c, train)
         oof[test] = raw_scores(inner, c, test)
     model = _fit_raw(_unfitted(c, rows, table), c, rows)
-    # one map for every head (their out-of-fold scores pooled): the max over categories then
-    # ranks prompts as the raw scores do
-    sel = [rows[eligible(c, k)[rows]] for k in range(len(CATEGORIES))]
-    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    iso.fit(
-        np.concatenate([oof[s, k] for k, s in enumerate(sel)]),
-        np.concatenate([c.pos[s, k] for k, s in enumerate(sel)]).astype(float),
-    )
-    ys = (1.0 - RAW_BLEND) * iso.predict(GRID) + RAW_BLEND * GRID
-    calib_y = np.tile(np.maximum.accumulate(ys), (len(CATEGORIES), 1)).astype(np.float32)
+    ys = []
+    for k in range(len(CATEGORIES)):
+        sel = rows[eligible(c, k)[rows]]
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(oof[sel, k], c.pos[sel, k].astype(float))
+        ys.append((1.0 - RAW_BLEND) * iso.predict(GRID) + RAW_BLEND * GRID)
+    calib_y = np.maximum.accumulate(np.array(ys), axis=1).astype(np.float32)
     return _replace(model, calib_y=calib_y, metadata=metadata or {})
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
 import struct
 import threading
@@ -99,15 +98,12 @@ def _tfidf(
     grams: Counter[str], index: Mapping[str, int], idf: NDArray[np.float32], offset: int
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Sublinear-tf tf-idf of the ``grams`` ``index`` knows, l2-normalised; columns + offset."""
-    cols, vals = [], []
-    for gram, count in grams.items():
-        col = index.get(gram)
-        if col is not None:
-            cols.append(col + offset)
-            vals.append((1.0 + math.log(count)) * float(idf[col]))
-    values = np.asarray(vals, dtype=np.float64)
-    norm = float(np.sqrt((values**2).sum()))
-    return np.asarray(cols, dtype=np.int64), values / norm if norm > 0 else values
+    found = [(col, count) for gram, count in grams.items() if (col := index.get(gram)) is not None]
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    cols, counts = np.array(found, dtype=np.int64).T
+    values = (1.0 + np.log(counts)) * idf[cols].astype(np.float64)
+    return cols + offset, values / np.sqrt((values**2).sum())
 
 
 @dataclass(frozen=True)

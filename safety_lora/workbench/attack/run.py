@@ -104,7 +104,7 @@ def build_target(config: AttackConfig, pipe: Any, steps: int) -> AnyTarget:
 
         settings: dict[str, Any] = {"push": 1.0, "rounds": config.rounds}
         settings["attack_rounds"] = config.attack_rounds
-        if config.base is None:  # the concept world: the edit compare and the demo ship
+        if config.base is None:  # the concept world: two-object contexts, as compare solves
             from safety_lora.workbench.concept_world.tasks import erasure_task
 
             solved = erasure_task(config.erase).closed_form(**settings)
