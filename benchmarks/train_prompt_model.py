@@ -19,8 +19,9 @@ categories, and a weaker positive (weight 0.3) for the other categories' heads, 
 also learns what unsafe prompts share; negatives are the COCO captions and the I2P prompts
 with 0% (weighted 2x: same style, other content). One logistic regression per category
 (C = 4); calibration: isotonic regression of out-of-fold raw probabilities (inner 5-fold,
-grouped as below) per category, blended 2% with the raw probability so that it is strictly
-increasing (no ties between prompts the model tells apart). Folds group I2P prompts by their
+grouped as below) per category, blended 2% with the raw probability where it is above 0, so
+that it is strictly increasing there (no ties between prompts the model tells apart) while a
+prompt the folds never saw unsafe keeps 0. Folds group I2P prompts by their
 last three words (prompt series share a style suffix), so a held-out fold never holds a
 near-copy of a training prompt. Deterministic (fixed seeds, lbfgs).
 """
@@ -58,7 +59,7 @@ W_ZERO = 2.0
 W_OTHER = 0.3
 #: Character n-grams kept (the most frequent).
 CHAR_FEATURES = 20_000
-#: Share of the raw probability in the calibrated score (strictly increasing maps).
+#: Share of the raw probability in a calibrated score above 0 (strictly increasing there).
 RAW_BLEND = 0.02
 SIF_A = 1e-3
 DIMS = 128
@@ -258,7 +259,8 @@ def fit_model(
         sel = rows[eligible(c, k)[rows]]
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(oof[sel, k], c.pos[sel, k].astype(float))
-        ys.append((1.0 - RAW_BLEND) * iso.predict(GRID) + RAW_BLEND * GRID)
+        fitted = iso.predict(GRID)
+        ys.append(np.where(fitted > 0, (1.0 - RAW_BLEND) * fitted + RAW_BLEND * GRID, 0.0))
     calib_y = np.maximum.accumulate(np.array(ys), axis=1).astype(np.float32)
     return _replace(model, calib_y=calib_y, metadata=metadata or {})
 

@@ -35,7 +35,11 @@ def test_two_object_contexts_keep_the_neighbour(tmp_path: Path) -> None:
         ("contexts", task.templates + task.contexts),
     ):
         config = ClosedFormConfig(
-            erase=["red"], templates=list(templates), preserve=list(task.preserve), push=1.0
+            erase=["red"],
+            templates=list(templates),
+            preserve=list(task.preserve),
+            push=1.0,
+            lam=0.5,  # the demo's setting, where the contexts matter most
         )
         path = tmp_path / f"{name}.safetensors"
         erase(config, out=path, pipe=pipe)
