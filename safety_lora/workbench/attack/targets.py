@@ -81,7 +81,31 @@ class AdapterTarget:
             self.owner.close()
 
 
-class SLDTarget:
+class _SwitchedTarget:
+    """A target whose steering is a hook the runtime's owner installs per call (SLD, text
+    embedding): ``eps`` applies it by hand unless inside :meth:`base`."""
+
+    owner: Steering
+    _off: bool = False
+
+    @contextmanager
+    def base(self) -> Iterator[None]:
+        self._off = True
+        try:
+            yield
+        finally:
+            self._off = False
+
+    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
+        """Steering on for a call of ``pipe`` (a pipeline derived from the target's; default
+        its own)."""
+        return self.owner.apply({}, pipe=pipe)
+
+    def close(self) -> None:
+        self.owner.close()
+
+
+class SLDTarget(_SwitchedTarget):
     """Safe Latent Diffusion away from ``concept``: its edit of the text prediction, without
     the momentum term (which depends on the sampling path), applied from the warm-up step on."""
 
@@ -109,7 +133,6 @@ class SLDTarget:
         warm = min(config.warmup_steps, len(steps))
         # Timesteps at or below this one are steered (none when warm-up outlasts sampling).
         self._from_t = float(steps[warm]) if warm < len(steps) else -1.0
-        self._off = False  # inside base(): the plain prediction
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         text = unet_eps(self.pipe, x, t, states)
@@ -128,23 +151,8 @@ class SLDTarget:
         on = (steps.to(x.device).float() <= self._from_t).to(x.dtype).view(-1, 1, 1, 1)
         return text - on * self.strength * safety_term(text, uncond, concept, self.config)
 
-    @contextmanager
-    def base(self) -> Iterator[None]:
-        self._off = True
-        try:
-            yield
-        finally:
-            self._off = False
 
-    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
-        """SLD on for a call of ``pipe`` (a pipeline derived from the target's; default its)."""
-        return self.owner.apply({}, pipe=pipe)
-
-    def close(self) -> None:
-        self.owner.close()
-
-
-class EmbeddingTarget:
+class EmbeddingTarget(_SwitchedTarget):
     """Text-embedding steering of ``concept`` (``steering.text``) at ``strength``: ``eps`` takes
     the concept out of the states per token as the runtime does, differentiably in them."""
 
@@ -156,7 +164,6 @@ class EmbeddingTarget:
         self.owner = Steering(pipe, single(embedding_method(concept, strength=strength)))
         assert self.owner.embedding is not None
         self.text = self.owner.embedding
-        self._off = False  # inside base(): the plain prediction
 
     def steered(self, states: torch.Tensor) -> torch.Tensor:
         """``states`` as the steered pipeline's ``encode_prompt`` returns them, with grad."""
@@ -171,21 +178,6 @@ class EmbeddingTarget:
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         return unet_eps(self.pipe, x, t, states if self._off else self.steered(states))
-
-    @contextmanager
-    def base(self) -> Iterator[None]:
-        self._off = True
-        try:
-            yield
-        finally:
-            self._off = False
-
-    def steering(self, pipe: Any = None) -> AbstractContextManager[Any]:
-        """The prompt steered for a call of ``pipe`` (a pipeline derived from the target's)."""
-        return self.owner.apply({}, pipe=pipe)
-
-    def close(self) -> None:
-        self.owner.close()
 
 
 def render(
