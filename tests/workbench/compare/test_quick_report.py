@@ -16,12 +16,13 @@ pytestmark = pytest.mark.slow  # make test-fast leaves it out
 
 #: The smallest run that still answers every claim: every family (their regularity variants
 #: give the two claims about the original recipe) on one seed, at strength 1.0, with the step
-#: budget LoRA needs to erase some red; no SLD, attack or closed form; a smoke test, as
-#: --quick marks its runs.
+#: budget LoRA needs to erase some red; no SLD, text embedding, attack or closed form; a smoke
+#: test, as --quick marks its runs.
 SMOKE: dict[str, Any] = {
     "erase": "red", "smoke": True, "seeds": 1, "stability_seeds": 1, "prompts_per_concept": 4,
     "steps": 25,
-    "strengths": [1.0], "lr_scales": [], "sld_presets": [], "closed_form": False,
+    "strengths": [1.0], "lr_scales": [], "sld_presets": [], "embedding_strengths": [],
+    "closed_form": False,
     "attack_budget": 0, "cost_pairs": 1, "grid_images": 2, "workers": 2,
 }  # fmt: skip
 
