@@ -19,8 +19,9 @@ the clause and span views cover that part as well.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from safety_lora.classifiers.base import PromptClassifier
@@ -108,19 +109,49 @@ class WordWindow:
 @dataclass(frozen=True)
 class TokenWindow:
     """An encoder's window from its own (transformers) tokenizer: the first ``max_length``
-    tokens, special tokens (BOS/EOS) included, decoded back to text."""
+    tokens, special tokens (BOS/EOS) included.
+
+    A fast tokenizer is read through ``backend``, a private copy of its Rust tokenizer
+    (:func:`windows_from_pipeline` makes it), and the window is the prompt's own text up to
+    the end of its last token. The pipeline's tokenizer keeps padding/truncation as state:
+    calling it here, outside the steering lock, once un-padded a concurrent generation's
+    prompt, which then drew another image. Without a backend (a slow tokenizer, which keeps
+    no such state) the tokens are decoded back to text.
+    """
 
     name: str
     tokenizer: Any
     max_length: int
+    backend: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def window(self, prompt: str) -> str | None:
-        """The decoded first tokens, or None when the prompt fits."""
-        budget = self.max_length - int(self.tokenizer.num_special_tokens_to_add())
+        """The prompt as far as the encoder reads it, or None when the prompt fits."""
+        budget = max(self.max_length - int(self.tokenizer.num_special_tokens_to_add()), 1)
+        if self.backend is not None:
+            with self.lock:
+                encoding = self.backend.encode(prompt, add_special_tokens=False)
+            if len(encoding.ids) <= budget:
+                return None
+            return prompt[: encoding.offsets[budget - 1][1]]
         ids = self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) <= budget:
             return None
-        return str(self.tokenizer.decode(ids[: max(budget, 1)], skip_special_tokens=True))
+        return str(self.tokenizer.decode(ids[:budget], skip_special_tokens=True))
+
+
+def _private_backend(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's Rust tokenizer, without padding or truncation (None for a
+    slow tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
 
 
 #: The window assumed when no pipeline said what its encoders read.
@@ -155,7 +186,7 @@ def windows_from_pipeline(pipe: Any) -> tuple[TextWindow, ...]:
         elif isinstance(default, int) and "T5" in type(tok).__name__:
             length = min(length, default)
         name = f"window {attr} ({type(tok).__name__}, {length} tokens)"
-        out.append(TokenWindow(name, tok, length))
+        out.append(TokenWindow(name, tok, length, _private_backend(tok)))
     return tuple(out) or (CLIP_WORDS,)
 
 

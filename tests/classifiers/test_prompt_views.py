@@ -81,7 +81,29 @@ def test_token_window_comes_from_the_pipeline_tokenizer() -> None:
     assert text is not None and ("a nude person " * 40).startswith(text)
     # 75 tokens besides BOS/EOS (a word cut in the middle may re-tokenise one longer)
     assert 75 <= len(window.tokenizer(text, add_special_tokens=False).input_ids) <= 76
+    # without a private backend (a slow tokenizer) the tokens are decoded back to text
+    decoded = TokenWindow("w", window.tokenizer, 77).window("A Nude  Person " * 40)
+    assert decoded is not None and decoded.startswith("a nude person a nude")
+    assert 75 <= len(window.tokenizer(decoded, add_special_tokens=False).input_ids) <= 76
     assert windows_from_pipeline(object()) == (CLIP_WORDS,)
+
+
+def test_token_window_leaves_the_pipeline_tokenizer_settings_alone() -> None:
+    """A fast tokenizer keeps padding/truncation as state: reading a window with the
+    pipeline's own tokenizer (outside the steering lock) once un-padded a concurrent
+    generation's prompt, which then drew another image."""
+    from safety_lora.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    tok = pipe.tokenizer
+    ids = tok("a cat", padding="max_length", max_length=77, truncation=True).input_ids
+    assert len(ids) == 77
+    backend = tok.backend_tokenizer
+    padding, truncation = backend.padding, backend.truncation
+    (window,) = windows_from_pipeline(pipe)
+    assert window.window("a nude person " * 40) is not None
+    assert backend.padding == padding and backend.truncation == truncation
+    assert padding is not None and padding["length"] == 77
 
 
 def test_score_views_names_the_deciding_clause_and_spans_serve_the_hard_rule() -> None:
