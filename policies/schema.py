@@ -372,15 +372,23 @@ class TextSteering(_Strength):
         return self.name or "embedding"
 
 
+#: How a user adapter is screened (:mod:`safety_lora.steering.screening`).
+ScreenMeasure = Literal["auto", "cross_attention", "denoiser"]
+
+
 class UserAdapterRule(_Strict):
     """What a user's own adapter on the wrapped pipeline gets when, screened at wrap time
     (:mod:`safety_lora.steering.screening`), it moves the model toward a concept this policy
     erases by ``max_shift`` or more (1: as far as naming the concept): ``refuse`` (wrapping
     fails, naming the adapter), ``cap`` (its strength scaled down to ``max_shift``) or
-    ``allow`` (recorded only)."""
+    ``allow`` (recorded only). ``measure``: ``cross_attention`` (milliseconds on any UNet;
+    reads the adapter's cross-attention keys and values only), ``denoiser`` (every layer; UNet
+    passes: about half a minute for SD 1.5 on a small CPU) or ``auto`` (the denoiser on small
+    UNets such as the embedded model, cross-attention on SD 1.x/SDXL)."""
 
     max_shift: Annotated[StrictFloat, Field(gt=0.0, le=10.0)] = 0.3
     action: Literal["refuse", "cap", "allow"] = "refuse"
+    measure: ScreenMeasure = "auto"
 
 
 class SteeringPolicy(_Strict):
@@ -396,9 +404,8 @@ class SteeringPolicy(_Strict):
     text: TextSteering | None = None
     mode: Literal["dynamic", "fused"] = "dynamic"
     window: tuple[Score, Score] = (0.0, 1.0)
-    #: Screen the user's own adapters at wrap time (None: not screened; it runs the
-    #: denoiser on a few small latents per distinct prompt: quick on the embedded model,
-    #: about a minute for an SD 1.5 UNet on a small CPU).
+    #: Screen the user's own adapters at wrap time (None: not screened; milliseconds to
+    #: seconds, see :class:`UserAdapterRule`'s ``measure``).
     user_adapters: UserAdapterRule | None = None
 
     @field_validator("window")

@@ -123,3 +123,72 @@ def test_inspect_screen_prints_the_measurement_and_exits_1_when_refused(
     assert allowed.exit_code == 0, allowed.output
     assert "screening against policy concept-world-demo" in allowed.output
     assert "max_shift 0.3: allow" in allowed.output
+
+
+def test_the_cross_attention_measure_tells_them_apart_without_a_denoiser_pass(
+    adapters: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes = policy_probes(demo_policy().steering)
+    reteach_pipe = _with(adapters["reteach"], "mine")
+
+    def no_denoiser(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the cross-attention measure ran the UNet")
+
+    monkeypatch.setattr(reteach_pipe.unet, "forward", no_denoiser)
+    reteach = screen(reteach_pipe, "mine", probes, measure="cross_attention")
+    benign = screen(_with(adapters["benign"], "mine"), "mine", probes, measure="cross_attention")
+    assert reteach.measure == benign.measure == "cross_attention"
+    assert reteach.unread == benign.unread == 0  # closed-form edits: keys and values only
+    bad, good = reteach.worst, benign.worst
+    assert bad is not None and good is not None
+    assert bad.shift > 0.8 and good.shift < 0.15  # measured 1.00 and 0.09
+    assert bad.shift == bad.worst and "blue" in bad.worst_probe  # the rule reads the worst probe
+    eraser = _with(Path("safety_lora/models/adapters/concept_world_erase_red.safetensors"), "esd")
+    shipped = screen(eraser, "esd", probes, measure="cross_attention").worst
+    assert shipped is not None and shipped.shift < 0.1
+
+
+def test_the_cross_attention_measure_is_linear_in_strength_and_counts_what_it_cannot_read(
+    adapters: dict[str, Path],
+) -> None:
+    from peft import LoraConfig
+
+    probes = policy_probes(demo_policy().steering)
+    pipe = _with(adapters["reteach"], "mine")
+    full = screen(pipe, "mine", probes, measure="cross_attention").worst
+    pipe.set_adapters(["mine"], [0.5])
+    half = screen(pipe, "mine", probes, measure="cross_attention").worst
+    assert full is not None and half is not None
+    assert half.shift == pytest.approx(full.shift / 2, rel=1e-4)
+    pipe = concept_world()
+    pipe.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"]), adapter_name="wide")
+    wide = screen(pipe, "wide", probes, measure="cross_attention")
+    to_q = [n for n, _ in pipe.unet.named_modules() if n.endswith(("attn1.to_q", "attn2.to_q"))]
+    to_v1 = [n for n, _ in pipe.unet.named_modules() if n.endswith("attn1.to_v")]
+    assert wide.unread == len(to_q) + len(to_v1) > 0
+    # a fresh LoRA's up weights are zero: it moves nothing yet
+    assert wide.worst is not None and wide.worst.shift == 0.0
+
+
+def test_auto_measures_small_unets_with_the_denoiser_and_large_ones_by_cross_attention(
+    adapters: dict[str, Path],
+) -> None:
+    from types import SimpleNamespace
+
+    from safety_lora.steering.screening import screen_measure
+
+    def unet(size: int) -> Any:
+        return SimpleNamespace(config=SimpleNamespace(sample_size=size))
+
+    assert screen_measure(unet(16)) == "denoiser"
+    assert screen_measure(unet(64)) == screen_measure(unet(128)) == "cross_attention"
+    assert screen_measure(unet(64), "denoiser") == "denoiser"
+    safe = SafePipeline(
+        _with(adapters["benign"], "mine"), _policy(measure="cross_attention", max_shift=0.3)
+    )
+    record = safe.steering.screened["mine"]
+    assert record["measure"] == "cross_attention" and record["action"] == "allow"
+    assert record["unread_layers"] == 0 and record["shifts"][0]["shift"] < 0.15
+    safe.close()
+    with pytest.raises(ValueError, match="measure"):
+        _policy(measure="fast")

@@ -196,8 +196,8 @@ def _screening(file: Path, base: Path | None, policy_name: str) -> dict[str, Any
     pipe, _ = load_pipeline(str(base) if base is not None else None)
     name = "screened"
     load_adapter(pipe.unet, file, adapter_name=name, unet_only=True)
-    result = run_screen(pipe, name, policy_probes(policy.steering))
     rule = policy.steering.user_adapters or UserAdapterRule()
+    result = run_screen(pipe, name, policy_probes(policy.steering), measure=rule.measure)
     worst = result.worst
     over = worst is not None and worst.shift >= rule.max_shift
     return {
@@ -210,7 +210,8 @@ def _screening(file: Path, base: Path | None, policy_name: str) -> dict[str, Any
 
 
 def _print_screening(screening: dict[str, Any]) -> None:
-    table = Table(title=f"screening against policy {screening['policy']}")
+    title = f"screening against policy {screening['policy']} ({screening['measure']} measure)"
+    table = Table(title=title)
     for column in ("concept", "shift", "worst probe", "its shift"):
         table.add_column(column, justify="left" if column != "shift" else "right")
     for row in screening["shifts"]:
@@ -218,6 +219,13 @@ def _print_screening(screening: dict[str, Any]) -> None:
             row["concept"], f"{row['shift']:.3f}", row["worst_probe"], f"{row['worst']:.3f}"
         )
     Console().print(table)
+    if screening["unread_layers"]:
+        Console().print(
+            f"{screening['unread_layers']} of the adapter's layers are outside cross-attention "
+            f"keys and values, which this measure reads (set the policy's "
+            f"steering.user_adapters.measure to denoiser to read every layer)",
+            highlight=False,
+        )
     Console().print(
         f"max_shift {screening['max_shift']}: [bold]{screening['action']}[/bold] "
         f"({screening['seconds']:.1f} s)",

@@ -194,7 +194,7 @@ class Steering:
         if rule is None or not probes or not users:
             return
         for name in users:
-            result = screen(self.pipe, name, probes)
+            result = screen(self.pipe, name, probes, measure=rule.measure)
             worst = result.worst
             shift = worst.shift if worst is not None else 0.0
             record: dict[str, Any] = {**result.to_dict(), "action": "allow", "factor": 1.0}
