@@ -24,21 +24,24 @@ CompareAttack = Literal["soft", "tokens", "inversion", "img2img", "concept-vecto
 ATTACKS: tuple[CompareAttack, ...] = ("soft", "tokens", "inversion", "img2img", "concept-vector")
 #: Prompt templates for a user's model (the concept or a preserved concept at ``{}``).
 _FAMILIES: tuple[AdapterKind, ...] = ("lora", "loha", "lokr")
-#: ``--quick``: fewer seeds, prompts and steps, the same code (a smoke test, ~4 minutes: its
-#: report says so above the verdicts, which rest on 2 seeds and an unfinished training); the
-#: inversion and img2img attacks left out (each renders, inverts and regenerates images).
+#: ``--quick``: fewer seeds, prompts, strengths and steps, the same code (a smoke test, about 4
+#: minutes on 2 cores: its report says so above the verdicts, which rest on 2 seeds and an
+#: unfinished training); no learning-rate stability runs; the inversion and img2img attacks
+#: left out (each renders, inverts and regenerates images); one timing pair per method.
 QUICK: dict[str, Any] = {
     "smoke": True,
     "seeds": 2,
     "stability_seeds": 1,
-    "prompts_per_concept": 4,
+    "prompts_per_concept": 3,
     "steps": 25,
-    "lr_scales": [2.0],
+    "strengths": (0.5, 1.0),
+    "embedding_strengths": (1.0,),
+    "lr_scales": [],
     "sld_presets": ["medium"],
-    "attack_budget": 3,
+    "attack_budget": 1,
     "attacks": ["soft", "tokens", "concept-vector"],
     "attack_images": 2,
-    "cost_pairs": 3,
+    "cost_pairs": 1,
 }
 GENERIC_TEMPLATES = ("a photo of {}", "a painting of {}", "{}, high quality", "a picture of {}")
 
