@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # make test-fast leaves it out
 #: budget LoRA needs to erase some red; no SLD, text embedding, attack or closed form; a smoke
 #: test, as --quick marks its runs.
 SMOKE: dict[str, Any] = {
-    "erase": "red", "smoke": True, "seeds": 1, "stability_seeds": 1, "prompts_per_concept": 4,
+    "erase": "red", "smoke": True, "seeds": 1, "stability_seeds": 1, "prompts_per_concept": 3,
     "steps": 25,
     "strengths": [1.0], "lr_scales": [], "sld_presets": [], "embedding_strengths": [],
     "closed_form": False,
