@@ -232,14 +232,13 @@ def train_unit(state: Run, job: Training) -> TrainingRun:
     rate, and keeps the adapter of its best probe; without, it trains the whole budget. The
     probes sample the target prompts on seeds the evaluation never uses.
     """
-    from safety_lora.workbench.training.esd import EsdTrainer, XtCache
+    from safety_lora.workbench.training.esd import EsdTrainer
 
     config = state.config
     budget = config.steps or FAMILY_SETTINGS[job.kind].budget
     path = job.path(config.out)
     train_config = _train_config(config, job, budget)
-    # every run of a seed draws the same x_t (from the base model): sampled once, shared
-    trainer = EsdTrainer(state.pipe, train_config, xt_cache=XtCache(config.out / "xt"))
+    trainer = EsdTrainer(state.pipe, train_config)
     try:
         curve, kept = _fit(state, trainer, job.seed, budget, early=VARIANTS[job.variant][1])
         trainer.save_adapter(path)

@@ -10,18 +10,13 @@ prompt (empty prompt = plain ESD; see :mod:`safety_lora.workbench.training.confi
 for retain prompts ``p``, ``eps_adapted(x_t, p, t) -> eps_base(x_t, p, t)``, weighted by
 ``preserve_weight``. The loss is the mean squared error of both.
 
-Where ``x_t`` comes from, per training step:
+Where ``x_t`` comes from, per training step (as the paper: from the model being edited):
 
 1. one stop index ``k`` is drawn uniformly from ``0 .. ddim_steps - 1`` for the batch;
 2. from Gaussian noise, ``k`` DDIM steps (eta 0, "trailing" spacing over the base's noise
-   schedule, no clipping; transformers: flow-matching Euler steps) are run with the frozen
-   *base* model conditioned on each row's own prompt (concept or retain prompt), with
-   classifier-free guidance ``guidance_scale``. So do the authors' diffusers scripts
-   (``esd_sd.py`` in rohitgandikota/erasing sets ``pipe.unet = base_unet`` to sample
-   ``x_t``); their original CompVis code sampled with the model being edited. ``x_t`` then
-   depends only on the seed, the step and the batch's prompts, so runs that share a seed
-   (other adapter families, learning rates, regularity variants) can share it through an
-   :class:`XtCache` instead of sampling it again;
+   schedule, no clipping; transformers: flow-matching Euler steps) are run with the *adapted*
+   model conditioned on each row's own prompt (concept or retain prompt), with
+   classifier-free guidance ``guidance_scale``;
 3. ``x_t`` is the result and ``t`` the timestep of DDIM step ``k``, i.e. the noise level
    ``x_t`` is actually at. (The paper's code evaluates the DDPM timestep ``~ 1000 k / 50``,
    the reverse of the level reached; we use the consistent one.)
@@ -37,7 +32,6 @@ continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -113,45 +107,6 @@ def _split(
     return [items[i] for i in sorted(order[held:])], [items[i] for i in sorted(order[:held])]
 
 
-class XtCache:
-    """Training ``x_t`` shared by runs on one pipeline, one safetensors file per draw under
-    ``folder`` (written atomically, so processes can share the folder).
-
-    Keys name everything ``x_t`` depends on but the pipeline and the sampling settings: the
-    caller keeps one folder per pipeline, prompt set and ``ddim_steps``/``guidance_scale``
-    (a compare run's output folder).
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.hits = 0
-
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
-
-    def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(x_t, t)`` stored under ``key``, or None."""
-        from safetensors.torch import load_file
-
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        tensors = load_file(path)
-        self.hits += 1
-        return tensors["x"], tensors["t"]
-
-    def put(self, key: str, x: torch.Tensor, t: torch.Tensor) -> None:
-        """Store ``(x_t, t)`` under ``key`` (a concurrent writer of the same key is harmless:
-        both write the same tensors)."""
-        from safetensors.torch import save_file
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        save_file({"x": x.detach().cpu().contiguous(), "t": t.detach().cpu().reshape(1)}, partial)
-        partial.replace(path)
-
-
 class EsdTrainer:
     """Holds one run's state: the UNet with its adapter, prompts, optimizer and history.
 
@@ -159,11 +114,9 @@ class EsdTrainer:
     base) into the denoiser (``pipe.unet`` or ``pipe.transformer``; :mod:`.denoiser`), which
     must carry no other adapter; :meth:`close` removes it and restores the denoiser's
     modules, ``requires_grad`` flags and train/eval mode. ``self.unet`` is the denoiser.
-    ``xt_cache`` shares the training ``x_t`` with other runs on the same pipeline.
     """
 
-    def __init__(self, pipe: Any, config: TrainConfig, *, xt_cache: XtCache | None = None) -> None:
-        self.xt_cache = xt_cache
+    def __init__(self, pipe: Any, config: TrainConfig) -> None:
         self.denoiser = Denoiser.of(pipe, config.guidance_scale)
         self.pipe, self.config, self.unet = pipe, config, self.denoiser.module
         if config.adversarial and self.denoiser.family != "unet":
@@ -255,23 +208,6 @@ class EsdTrainer:
             x = self.scheduler.step(self._guided(x, t, rows), t, x)
         return x, timesteps[stop]
 
-    def _training_xt(
-        self, rows: torch.Tensor, stop: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's ``x_t`` from the base model, or the cache's copy of it (the noise is
-        drawn either way, so the generator advances alike)."""
-        key = f"s{self.config.seed}-{self.step}-{stop}-" + "-".join(map(str, rows.tolist()))
-        cached = self.xt_cache.get(key) if self.xt_cache is not None else None
-        if cached is None:
-            with self.base():
-                x, t = self.partial_denoise(rows, stop, generator)
-            if self.xt_cache is not None:
-                self.xt_cache.put(key, x, t)
-            return x, t
-        torch.randn((len(rows), *self.denoiser.shape), generator=generator)
-        x, t = cached
-        return x.to(self.device), t.reshape(()).to(self.device)
-
     # -- loss ------------------------------------------------------------------------------
 
     def _rows(
@@ -321,7 +257,7 @@ class EsdTrainer:
         )
         stop = int(torch.randint(self.config.ddim_steps, (1,), generator=g))
         rows = torch.cat([concept, keep])
-        x, t = self._training_xt(rows, stop, g)
+        x, t = self.partial_denoise(rows, stop, g)
         target = self.targets_for(x, t, concept, anchor, keep)
         loss = self.loss(x, t, rows, target, len(concept))
         if self.adversary is not None:

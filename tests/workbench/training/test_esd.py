@@ -229,30 +229,3 @@ def test_sdxl_trains(config_factory: Factory) -> None:
     info = load_adapter(pipe.unet, result.path, adapter_name="esd")
     assert info.parameters == result.trainable_parameters > 0
     assert any(p.abs().sum() > 0 for n, p in pipe.unet.named_parameters() if "lora_B" in n)
-
-
-def test_runs_of_one_seed_share_their_x_t_through_the_cache(
-    config_factory: Factory, tmp_path: Any
-) -> None:
-    """x_t comes from the base model, so another family at another rate draws the same: from
-    the cache it trains bit-identically to sampling them itself."""
-    from safety_lora.workbench.training.esd import XtCache
-
-    pipe = tiny_pipeline()
-
-    def losses(cache: XtCache | None, **overrides: Any) -> list[float]:
-        trainer = EsdTrainer(pipe, config_factory(**overrides), xt_cache=cache)
-        try:
-            return [trainer.train_step() for _ in range(4)]
-        finally:
-            trainer.close()
-
-    cache = XtCache(tmp_path / "xt")
-    losses(cache, adapter="lora", lr=1e-2)
-    assert len(list((tmp_path / "xt").glob("*.safetensors"))) == 4 and cache.hits == 0
-    shared = losses(cache, adapter="loha", lr=3e-3)
-    assert cache.hits == 4
-    assert shared == losses(None, adapter="loha", lr=3e-3)
-    # another seed draws other x_t
-    losses(cache, adapter="loha", lr=3e-3, seed=1)
-    assert cache.hits == 4 and len(list((tmp_path / "xt").glob("*.safetensors"))) == 8
