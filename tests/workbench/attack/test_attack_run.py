@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import safety_lora.demo
-from safety_lora.models import concept_world
 from safety_lora.workbench.attack import AttackConfig, run_attack
 from safety_lora.workbench.cli.attack import register
 
@@ -27,13 +26,6 @@ SMALL: dict[str, Any] = {
     "num_inference_steps": 6,
     "progress": False,
 }
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    pipe = concept_world()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_attacks_on_the_base_model_succeed(pipe: Any, tmp_path: Path) -> None:

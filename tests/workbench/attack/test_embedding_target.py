@@ -5,21 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from safety_lora.conditioning import unet_eps
-from safety_lora.models import concept_world
 from safety_lora.prompt_encoder import PromptEncoder
 from safety_lora.workbench.attack import AttackConfig, run_attack
 from safety_lora.workbench.attack.targets import EmbeddingTarget
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    pipe = concept_world()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_steered_states_are_the_runtimes_and_carry_grad(pipe: Any) -> None:

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 import safety_lora.demo
 from safety_lora.conditioning import unet_eps
-from safety_lora.models import concept_world
 from safety_lora.prompt_encoder import PromptEncoder
 from safety_lora.workbench.attack import AttackConfig, run_attack
 from safety_lora.workbench.attack.concept_vector import (
@@ -29,13 +28,6 @@ from safety_lora.workbench.compare.metrics import ConceptWorldJudge
 STEPS, CFG = 12, 4.0
 PROMPTS = ["a red circle", "a red square", "a red triangle"]
 ATTACKS = ["inversion", "img2img", "concept-vector"]
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    pipe = concept_world()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _latents(

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import torch
 
-from safety_lora.models import concept_world
 from safety_lora.prompt_encoder import PromptEncoder
 from safety_lora.testing import tiny_pipeline
 from safety_lora.workbench.attack.discrete import banned_tokens, token_search
@@ -17,13 +16,6 @@ from safety_lora.workbench.attack.soft import soft_prompt
 from safety_lora.workbench.attack.targets import AdapterTarget, SLDTarget
 
 SAMPLING = {"num_inference_steps": 6, "guidance_scale": 4.0}
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    pipe = concept_world()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_states_without_free_tokens_are_the_pipelines(pipe: Any) -> None:
