@@ -381,10 +381,10 @@ class UserAdapterRule(_Strict):
     (:mod:`safety_lora.steering.screening`), it moves the model toward a concept this policy
     erases by ``max_shift`` or more (1: as far as naming the concept): ``refuse`` (wrapping
     fails, naming the adapter), ``cap`` (its strength scaled down to ``max_shift``) or
-    ``allow`` (recorded only). ``measure``: ``cross_attention`` (milliseconds on any UNet;
-    reads the adapter's cross-attention keys and values only), ``denoiser`` (every layer; UNet
-    passes: about half a minute for SD 1.5 on a small CPU) or ``auto`` (the denoiser on small
-    UNets such as the embedded model, cross-attention on SD 1.x/SDXL)."""
+    ``allow`` (recorded only). ``measure``: ``cross_attention`` (no denoiser pass; reads the
+    adapter's cross-attention keys and values only), ``denoiser`` (every layer, at the cost of
+    UNet passes) or ``auto`` (the denoiser on small UNets such as the embedded model,
+    cross-attention on SD 1.x/SDXL); ``benchmarks/screening_cost.py`` times both."""
 
     max_shift: Annotated[StrictFloat, Field(gt=0.0, le=10.0)] = 0.3
     action: Literal["refuse", "cap", "allow"] = "refuse"
@@ -404,8 +404,8 @@ class SteeringPolicy(_Strict):
     text: TextSteering | None = None
     mode: Literal["dynamic", "fused"] = "dynamic"
     window: tuple[Score, Score] = (0.0, 1.0)
-    #: Screen the user's own adapters at wrap time (None: not screened; milliseconds to
-    #: seconds, see :class:`UserAdapterRule`'s ``measure``).
+    #: Screen the user's own adapters at wrap time (None: not screened; what it costs: see
+    #: :class:`UserAdapterRule`'s ``measure``).
     user_adapters: UserAdapterRule | None = None
 
     @field_validator("window")

@@ -9,15 +9,14 @@ the concept; 1: as far as naming the concept would; negative: it pushes away, an
 - ``cross_attention``: on every cross-attention key and value projection the adapter is on,
   with ``d = f(concept) - f(probe)`` (the base projection of the two prompts' text states) and
   ``D = f_with(probe) - f_without(probe)`` (what the adapter adds), the shift is
-  ``sum <D, d> / sum |d|^2`` over those projections. No denoiser pass: milliseconds on any
-  UNet, exact, and linear in the adapter's strength. It reads only those projections: the
+  ``sum <D, d> / sum |d|^2`` over those projections. No denoiser pass, exact, and linear in
+  the adapter's strength. It reads only those projections: the
   adapter's other layers are counted in :attr:`Screening.unread`. The rule reads the worst
   probe.
 - ``denoiser``: the same with ``f`` the UNet's prediction on a few small random latents (no
-  sampling loop). It reads every layer, at the cost of UNet passes (seconds on the embedded
-  model, about half a minute for an SD 1.5-sized UNet on a 2-core CPU,
-  ``benchmarks/screening_cost.py``), and its per-probe values carry the latents' noise, so
-  the rule reads the mean over probes.
+  sampling loop). It reads every layer, at the cost of UNet passes
+  (``benchmarks/screening_cost.py`` times both measures), and its per-probe values carry the
+  latents' noise, so the rule reads the mean over probes.
 
 ``auto`` (the default) takes the denoiser where it runs at the UNet's own sample size, 16 or
 less (the embedded model), and cross-attention elsewhere (SD 1.x, SDXL). Concepts and probes
