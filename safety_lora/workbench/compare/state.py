@@ -7,6 +7,8 @@ method sees the same noise.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -112,12 +114,19 @@ class Run:
     # -- cache -----------------------------------------------------------------------------
 
     def cached(self, key: str, row: type[R], compute: Callable[[], R]) -> R:
-        """The unit ``key``'s ``row`` from ``out/units`` or computed now and written there."""
+        """The unit ``key``'s ``row`` from ``out/units`` or computed now and written there
+        (with its wall seconds and process, a line of ``out/logs/units.jsonl``)."""
         path = self.config.out / "units" / f"{key}.json"
         if path.is_file():
             result = row.model_validate_json(path.read_text())
         else:
+            began = time.perf_counter()
             result = compute()
+            seconds = round(time.perf_counter() - began, 3)
+            log = self.config.out / "logs" / "units.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as f:  # one short line per write: processes can share it
+                f.write(json.dumps({"unit": key, "seconds": seconds, "pid": os.getpid()}) + "\n")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(result.model_dump_json(indent=1))

@@ -291,6 +291,12 @@ def test_resume_reuses_units(
     compared: tuple[CompareConfig, Any, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, pipe, data = compared
+    log = config.out / "logs" / "units.jsonl"
+    timed = [json.loads(line) for line in log.read_text().splitlines()]
+    units = sorted(str(p.relative_to(config.out / "units"))[:-5]
+                   for p in (config.out / "units").rglob("*.json"))  # fmt: skip
+    assert sorted(t["unit"] for t in timed) == units  # each unit computed once, and timed
+    assert all(t["seconds"] >= 0 for t in timed)
     with pytest.raises(FileExistsError, match="--resume"):
         run(config, pipe=pipe)
     with pytest.raises(ValueError, match="other settings"):
@@ -303,6 +309,7 @@ def test_resume_reuses_units(
     again = run(config.model_copy(update={"resume": True}), pipe=pipe)
     assert again["rows"] == data["rows"]
     assert again["costs"] == data["costs"]  # timings read back, not measured again
+    assert log.read_text().count("\n") == len(timed)  # no unit computed again
 
 
 def test_a_style_is_compared_like_a_colour(tmp_path: Path) -> None:
