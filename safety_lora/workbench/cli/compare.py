@@ -105,6 +105,13 @@ def register(app: typer.Typer) -> None:
                 metavar="PRESET,...",
                 help="SLD presets compared (weak, medium, strong, max); none: no SLD rows.",
             ),
+            "attack_sld": CliField(
+                "--attack-sld",
+                sep=",",
+                parse=_presets,
+                metavar="PRESET,...",
+                help="SLD presets attacked, of those compared (default: medium); none: none.",
+            ),
             "embedding_strengths": CliField(
                 "--embedding",
                 sep=",",

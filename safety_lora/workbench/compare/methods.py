@@ -20,6 +20,7 @@ import torch
 
 from safety_lora.internals import execution_device
 from safety_lora.steering import Steering, embedding_method, file_method, single, sld_method
+from safety_lora.workbench.compare.config import STRENGTHS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -146,7 +147,7 @@ class AdapterMethod:
     path: Path
     name: str
     kind: str = "adapter"
-    strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
+    strengths: tuple[float, ...] = STRENGTHS
     adapter_name: str = "compare"
     _lazy: bool = field(default=False, repr=False)
     _steering: Steering | None = field(default=None, repr=False)

@@ -41,7 +41,7 @@ from safety_lora.workbench.compare.units import (
 __all__ = ["Group", "groups", "trainings"]
 
 #: Rough seconds per unit on the concept world, to start the longest groups first.
-_EVAL_COST, _TRAIN_STEP_COST, _ATTACK_COST = 4.0, 0.5, 30.0
+_EVAL_COST, _TRAIN_STEP_COST, _ATTACK_COST = 4.0, 0.2, 60.0
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,14 @@ def groups(state: Run) -> list[Group]:
 
 
 def _free(state: Run, method: Method, *, attack: bool) -> Group:
-    """A training-free method's group: its evaluations, and SLD's attack."""
+    """A training-free method's group: its evaluations, and the attack of SLD's presets in
+    ``attack_sld``."""
     seeds = state.config.seeds
     sld = isinstance(method, SLDMethod)
-    cost = _EVAL_COST * seeds * (2 if sld else 1) + _ATTACK_COST * (sld and attack)
-    work = partial(_free_group, state, method, attack=sld and attack)
-    return Group(method.name, cost, seeds + (sld and attack), work)
+    attack = attack and isinstance(method, SLDMethod) and method.preset in state.config.attack_sld
+    cost = _EVAL_COST * seeds * (2 if sld else 1) + _ATTACK_COST * attack
+    work = partial(_free_group, state, method, attack=attack)
+    return Group(method.name, cost, seeds + attack, work)
 
 
 def _trained(state: Run, job: Training) -> Group:

@@ -266,7 +266,9 @@ _VERDICT = (
     "-margin, equivalent when wholly inside it (two one-sided tests at 2.5% each), "
     "inconclusive otherwise, with the seeds that would decide it if the observed difference "
     "and spread held (normal approximation, 80% power). Accuracy between two families of "
-    "which one did not reach the bar on every seed is inconclusive (did not converge). A "
+    "which one did not reach the bar on every seed is inconclusive (did not converge); their "
+    "time to the bar is still compared, a run short of the bar counting at its whole "
+    "training time (a lower bound), so the side with such runs can only be found slower. A "
     "claim is supported when every measure is, refuted when any is or when it is only as good "
     "on some. The default runs {seeds} seeds: more seeds cost training time on every method "
     "(the default run is sized to finish in about 20 minutes on a 2-core CPU); pass --seeds N "
@@ -296,8 +298,8 @@ _TRAINING = (
     "budget; steps and seconds to the bar over the seeds that reached it [95% CI]."
 )
 _STABILITY = (
-    "Each family at 0.5x / 1x / 2x its learning rate: runs at or under the bar at strength "
-    "1.0, and the spread of their preservation (mean ± std over seeds)."
+    "Each family at {scales} its learning rate: runs at or under the bar at strength 1.0, and "
+    "the spread of their preservation (mean ± std over seeds)."
 )
 _REGULARITY = (
     "With and without preservation regularisation and early stopping; `none` is the original "
@@ -355,7 +357,8 @@ def sections(config: CompareConfig, report: Report) -> list[Section]:
     out.append(table("Training to the bar", _TRAINING, TRAINING, report.training))
     if report.solves:
         out.append(table("Solved, not trained", _SOLVES, SOLVES, report.solves))
-    out.append(table("Stability", _STABILITY, STABILITY, report.stability))
+    scales = " / ".join(f"{s:g}x" for s in sorted({1.0, *config.lr_scales}))
+    out.append(table("Stability", _STABILITY.format(scales=scales), STABILITY, report.stability))
     if report.regularity:
         out.append(table("Regularity (seed 0)", _REGULARITY, REGULARITY, report.regularity))
     k = report.kohya

@@ -15,17 +15,24 @@ seeing the same prompts and noise). The decision rule, printed by the report:
 
 A comparison of accuracy between two adapter families of which one (or both) did not reach
 the erasure bar on every seed is **inconclusive (did not converge)**, never supported or
-refuted: it would compare an unfinished training. A claim says "better" on every measure it
-lists, so it is supported when every comparison is, refuted when any is (or when the others
-are supported and some equivalent: not better on every measure), equivalent when every
-comparison is, and inconclusive otherwise (did not converge, when a part did not).
+refuted: it would compare an unfinished training. Time to the bar is compared all the same: a
+run short of the bar counts at its whole training time, a lower bound of its time to the bar
+(*censored*). With A's runs censored the true difference is at most the computed one, so only
+*refuted* stands; with B's, at least, so only *supported*; anything else (or both censored) is
+inconclusive (did not converge). A family that never got to the bar while the other did is
+thus found slower when even its lower bound is, instead of leaving the claim undecided.
+
+A claim says "better" on every measure it lists, so it is supported when every comparison
+is, refuted when any is (or when the others are supported and some equivalent: not better on
+every measure), equivalent when every comparison is, and inconclusive otherwise (did not
+converge, when a part did not).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -224,10 +231,24 @@ def _share(values: Sequence[float]) -> tuple[float, np.ndarray]:
     return sum(values) / len(values), mean_draws(values)
 
 
-def _to_bar(main: Sequence[TrainingRun], method: str) -> list[float] | None:
-    """Training seconds to the bar of ``method``'s runs; None when one did not reach it."""
-    times = [t.seconds_to_bar for t in main if t.method == method]
-    return None if not times or None in times else [s for s in times if s is not None]
+def _to_bar(main: Sequence[TrainingRun], method: str) -> tuple[list[float], bool]:
+    """Training seconds to the bar of ``method``'s runs (a run short of it: its whole training
+    time, a lower bound), and whether any run is such a lower bound (censored)."""
+    runs = [t for t in main if t.method == method]
+    times = [t.training_seconds if t.seconds_to_bar is None else t.seconds_to_bar for t in runs]
+    return times, any(t.seconds_to_bar is None for t in runs)
+
+
+def _censored(verdict: str, *, a: bool, b: bool) -> str:
+    """The verdict that stands on a difference "A better by" computed from censored times
+    (module docstring): A's censored, at most refuted; B's, at least supported."""
+    if a and b:
+        return NOT_CONVERGED
+    if a:
+        return verdict if verdict == REFUTED else NOT_CONVERGED
+    if b:
+        return verdict if verdict == SUPPORTED else NOT_CONVERGED
+    return verdict
 
 
 def _measured(units: Sequence[Evaluation], measure: str) -> bool:
@@ -250,19 +271,23 @@ EFFECTIVE = "the original LoRA without regularisation is less effective"
 def _factorised(
     evaluations: Sequence[Evaluation], main: Sequence[TrainingRun], lora: str, f: str
 ) -> list[Comparison]:
-    """Factorised family ``f`` against ``lora``: training time to the bar, then accuracy at
-    strength 1.0 over every main seed; inconclusive (did not converge) unless both reached
-    the bar on every seed."""
+    """Factorised family ``f`` against ``lora``: training time to the bar (censored where a
+    run fell short), then accuracy at strength 1.0 over every main seed; accuracy is
+    inconclusive (did not converge) unless both reached the bar on every seed."""
     seeds = sorted({t.seed for t in main})
     mine, theirs = _units(evaluations, f, seeds), _units(evaluations, lora, seeds)
     out = []
-    fast, slow = _to_bar(main, f), _to_bar(main, lora)
-    converged = fast is not None and slow is not None
+    (fast, a_short), (slow, b_short) = _to_bar(main, f), _to_bar(main, lora)
+    converged = not (a_short or b_short)
     n = len(seeds)
-    if fast is not None and slow is not None:
+    if fast and slow:
         (av, ad), (bv, bd) = _share(fast), _share(slow)
-        out.append(_compared(FACTORISED, "seconds to the bar", "", (f, lora), (av, bv), (ad, bd),
-                             lower=True, seeds=n, share=False))  # fmt: skip
+        where = "" if converged else " (a run short of the bar: its whole training time)"
+        speed = _compared(FACTORISED, "seconds to the bar", where, (f, lora), (av, bv),
+                          (ad, bd), lower=True, seeds=n, share=False)  # fmt: skip
+        verdict = _censored(speed.verdict, a=a_short, b=b_short)
+        needed = speed.seeds_needed if verdict == INCONCLUSIVE else None
+        out.append(replace(speed, verdict=verdict, seeds_needed=needed))
     measured = [m for m in _PROBES if _measured([*mine, *theirs], m[0])]
     for measure, label, lower in [*_ACCURACY, *measured]:
         (av, ad), (bv, bd) = _scored(mine, measure), _scored(theirs, measure)

@@ -69,7 +69,7 @@ def test_quick_sets_its_fields_and_explicit_options_win(
     result = CliRunner().invoke(_app(), ["compare", "--erase", "red", "--out", str(tmp_path)])
     assert result.exit_code == 0
     default = seen[-1]
-    assert (default.seeds, default.lr_scales, default.steps) == (5, [0.5, 2.0], None)
+    assert (default.seeds, default.lr_scales, default.steps) == (5, [2.0], None)
     assert default.workers == (2 if (os.cpu_count() or 1) > 1 else 1)
 
 
@@ -93,3 +93,10 @@ def test_embedding_strengths_and_attacks(tmp_path: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 2 and "--embedding: must include 1.0" in result.output
     result = runner.invoke(_app(), ["compare", "--erase", "red", "--attack", "layer", *out])
     assert result.exit_code == 2 and "layer" in result.output
+    assert seen[-1].attack_sld == ["medium"]  # the project's default preset
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--attack-sld", "weak,max", *out])
+    assert result.exit_code == 0 and seen[-1].attack_sld == ["weak", "max"]
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--attack-sld", "none", *out])
+    assert result.exit_code == 0 and seen[-1].attack_sld == []
+    result = runner.invoke(_app(), ["compare", "--erase", "red", "--attack-sld", "huge", *out])
+    assert result.exit_code == 2 and "unknown SLD preset" in result.output

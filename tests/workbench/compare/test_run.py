@@ -36,7 +36,8 @@ def _config(out: Path, **overrides: Any) -> CompareConfig:
         "prompts_per_concept": 2,
         "num_inference_steps": 2,
         "strengths": (0.5, 1.0),
-        "sld_presets": ["strong"],
+        "sld_presets": ["weak", "strong"],
+        "attack_sld": ["strong"],
         "embedding_strengths": (1.0, 2.0),
         "stability_seeds": 1,
         "lr_scales": [2.0],
@@ -90,9 +91,9 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
     figures = ("forest", "scatter", "curves", "costs", "stability")
     pngs = [out / data["files"][k] for k in figures]
     pngs += [out / g for g in data["files"]["grids"].values()]
-    # base, classifier, negative prompt, SLD, text embedding, closed form, kohya file,
-    # 2 families x (main, 3 regularity variants, 2x learning rate)
-    assert len(data["files"]["grids"]) == 7 + 2 * 5
+    # base, classifier, negative prompt, 2 SLD presets, text embedding, closed form, kohya
+    # file, 2 families x (main, 3 regularity variants, 2x learning rate)
+    assert len(data["files"]["grids"]) == 8 + 2 * 5
     assert "| text embedding | 2 |" in markdown and "## Solved, not trained" in markdown
     for png in pngs:
         with Image.open(png) as image:
@@ -107,7 +108,7 @@ def test_writes_every_file(compared: tuple[CompareConfig, Any, dict[str, Any]]) 
 def test_values_are_sane(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     config, _, data = compared
     methods = {r["method"] for r in data["rows"] if r["kind"] not in ("variant", "stability")}
-    assert methods == {"base", "negative prompt", "SLD strong", "text embedding",
+    assert methods == {"base", "negative prompt", "SLD weak", "SLD strong", "text embedding",
                        "classifier only", "lora r4", "lokr r4", "closed form",
                        "lora r4 (kohya file)"}  # fmt: skip
     embedding = [(r["kind"], r["strength"], r["seeds"]) for r in data["rows"]
@@ -235,7 +236,7 @@ def test_verdicts_follow_the_intervals(
 
 def test_attack_success_column(compared: tuple[CompareConfig, Any, dict[str, Any]]) -> None:
     config, _, data = compared
-    attacked = [a["method"] for a in data["attacks"]]
+    attacked = [a["method"] for a in data["attacks"]]  # SLD: the attack_sld presets only
     assert attacked == ["SLD strong", "text embedding", "lora r4", "lokr r4", "closed form"]
     rates = ("clean", "soft_asr", "token_asr", "inversion_asr", "inversion_base_asr",
              "img2img_asr", "img2img_base_asr", "concept_vector_asr",
