@@ -24,7 +24,7 @@ CompareAttack = Literal["soft", "tokens", "inversion", "img2img", "concept-vecto
 ATTACKS: tuple[CompareAttack, ...] = ("soft", "tokens", "inversion", "img2img", "concept-vector")
 #: Prompt templates for a user's model (the concept or a preserved concept at ``{}``).
 _FAMILIES: tuple[AdapterKind, ...] = ("lora", "loha", "lokr")
-#: ``--quick``: fewer seeds, prompts, strengths and steps, the same code (a smoke test, about 4
+#: ``--quick``: fewer seeds, prompts, strengths and steps, the same code (a smoke test, a few
 #: minutes on 2 cores: its report says so above the verdicts, which rest on 2 seeds and an
 #: unfinished training); no learning-rate stability runs; the inversion and img2img attacks
 #: left out (each renders, inverts and regenerates images); one timing pair per method.
