@@ -14,11 +14,19 @@ Run: ``.venv/bin/python benchmarks/train_prompt_model.py [--out MODEL.safetensor
    seen in at least 3 training prompts), which still match a word with a letter changed.
 4. **Rules**: the bundled prompt rules' scores.
 
-Labels: an I2P prompt with inappropriate_percentage >= 50 is positive for its I2P
-categories, and a weaker positive (weight 0.3) for the other categories' heads, so each head
-also learns what unsafe prompts share; negatives are the COCO captions and the I2P prompts
-with 0% (weighted 2x: same style, other content). One logistic regression per category
-(C = 4); calibration: isotonic regression of out-of-fold raw probabilities (inner 5-fold,
+Two parts, each a logistic regression over those features:
+
+- **content heads**, one per category, learn from I2P prompts alone: each prompt is a soft
+  label, its inappropriate_percentage (the share of its images judged inappropriate: 0% and
+  100% prompts teach as much as 40% ones, which a >= 50 cut throws away), weighted 1 for its
+  own categories' heads and for 0% prompts, 0.3 for the other categories' heads, so each
+  head also learns what unsafe prompts share (C = 1);
+- **the gate**, COCO captions against I2P prompts (C = 4): how much a prompt reads like a
+  text-to-image prompt rather than an everyday caption. A head's raw probability is
+  multiplied by the gate's probability to the power 0.5, so captions, which the heads never
+  saw, keep low scores.
+
+Calibration: isotonic regression of out-of-fold raw probabilities (inner 5-fold,
 grouped as below) per category, blended 2% with the raw probability where it is above 0, so
 that it is strictly increasing there (no ties between prompts the model tells apart) while a
 prompt the folds never saw unsafe keeps 0. Folds group I2P prompts by their
@@ -53,8 +61,9 @@ from safety_lora.taxonomy import Category
 CATEGORIES = tuple(Category(c) for c in I2P_CATEGORIES.values())
 RULE_CATEGORIES = CATEGORIES
 SEED = 0
-C_REG = 4.0
-W_ZERO = 2.0
+C_REG = 1.0
+C_GATE = 4.0
+GATE_POWER = 0.5
 #: Weight of an unsafe prompt as a positive for the heads of categories it is not labelled.
 W_OTHER = 0.3
 #: Character n-grams kept (the most frequent).
@@ -76,7 +85,9 @@ class Corpus:
     texts: list[str]
     normalized: list[str]
     token_ids: list[list[int]]
-    pos: NDArray[np.bool_]  # (N, C)
+    pos: NDArray[np.bool_]  # (N, C): I2P >= 50% in that category
+    cats: NDArray[np.bool_]  # (N, C): I2P in that category, whatever its share
+    share: NDArray[np.float64]  # I2P inappropriate share 0..1 (COCO: 0)
     coco: NDArray[np.bool_]
     zero: NDArray[np.bool_]
     unsafe: NDArray[np.bool_]
@@ -106,6 +117,8 @@ def corpus(i2p: list[I2PRow], coco: list[str]) -> Corpus:
         normalized=normalized,
         token_ids=token_ids,
         pos=cats & unsafe[:, None],
+        cats=cats,
+        share=np.maximum(inapp, 0.0) / 100.0,
         coco=coco_m,
         zero=zero,
         unsafe=unsafe,
@@ -206,21 +219,66 @@ def features(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> Any:
     return hstack([words, csr_matrix(np.array(dense))]).tocsr()
 
 
-def _fit_raw(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> PromptModel:
+def _soft_fit(x: Any, share: NDArray[np.float64], weight: NDArray[np.float64], c_reg: float) -> Any:
+    """Logistic regression on soft labels: each row once as positive (weight ``share``) and
+    once as negative (weight ``1 - share``)."""
+    from scipy.sparse import vstack
     from sklearn.linear_model import LogisticRegression
 
-    x = features(model, c, rows)
+    n = x.shape[0]
+    y = np.concatenate([np.ones(n), np.zeros(n)])
+    w = np.concatenate([share * weight, (1.0 - share) * weight])
+    keep = w > 0
+    return LogisticRegression(C=c_reg, max_iter=5000).fit(
+        vstack([x, x]).tocsr()[keep], y[keep], sample_weight=w[keep]
+    )
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Content heads and gate fitted on a design matrix (any columns: the model's, or more)."""
+
+    weight: NDArray[np.float64]  # (C, W)
+    bias: NDArray[np.float64]  # (C,)
+    gate_weight: NDArray[np.float64]  # (W,)
+    gate_bias: float
+    gate_power: float = GATE_POWER
+
+    def scores(self, x: Any) -> NDArray[np.float64]:
+        """Raw probabilities ``(rows, C)``: each head's, scaled by the gate's to its power."""
+        logits = np.asarray(x @ self.weight.T + self.bias)
+        gate = np.asarray(x @ self.gate_weight + self.gate_bias)
+        out: NDArray[np.float64] = (1.0 + np.exp(-logits)) ** -1.0 * (
+            1.0 + np.exp(-gate[:, None])
+        ) ** -self.gate_power
+        return out
+
+
+def fit(c: Corpus, rows: NDArray[np.int64], x: Any) -> Fit:
+    """Heads and gate for ``rows``, whose design matrix is ``x`` (module docstring)."""
+    from sklearn.linear_model import LogisticRegression
+
+    i2p = ~c.coco[rows]
     weights, biases = [], []
     for k in range(len(CATEGORIES)):
-        other = np.where(c.unsafe, W_OTHER, 0.0)
-        w = np.where(c.coco, 1.0, np.where(c.zero, W_ZERO, np.where(c.pos[:, k], 1.0, other)))
-        y = (c.pos[:, k] | c.unsafe)[rows]
-        keep = w[rows] > 0
-        clf = LogisticRegression(C=C_REG, max_iter=5000)
-        clf.fit(x[keep], y[keep], sample_weight=w[rows][keep])
-        weights.append(clf.coef_[0])
-        biases.append(clf.intercept_[0])
-    return _replace(model, weight=np.array(weights, np.float32), bias=np.array(biases, np.float32))
+        own = (c.cats[:, k] | c.zero)[rows][i2p]
+        head = _soft_fit(x[i2p], c.share[rows][i2p], np.where(own, 1.0, W_OTHER), C_REG)
+        weights.append(head.coef_[0])
+        biases.append(head.intercept_[0])
+    gate = LogisticRegression(C=C_GATE, max_iter=5000).fit(x, i2p)
+    return Fit(np.array(weights), np.array(biases), gate.coef_[0], float(gate.intercept_[0]))
+
+
+def _fit_raw(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> PromptModel:
+    f = fit(c, rows, features(model, c, rows))
+    return _replace(
+        model,
+        weight=f.weight.astype(np.float32),
+        bias=f.bias.astype(np.float32),
+        gate_weight=f.gate_weight.astype(np.float32),
+        gate_bias=np.array([f.gate_bias], np.float32),
+        gate_power=np.array([f.gate_power], np.float32),
+    )
 
 
 def _replace(model: PromptModel, **changes: Any) -> PromptModel:
@@ -231,8 +289,14 @@ def _replace(model: PromptModel, **changes: Any) -> PromptModel:
 
 def raw_scores(model: PromptModel, c: Corpus, rows: NDArray[np.int64]) -> NDArray[np.float64]:
     """Uncalibrated probabilities ``(len(rows), C)``."""
-    logits = features(model, c, rows) @ model.weight.T.astype(np.float64) + model.bias
-    return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(logits))))
+    f = Fit(
+        model.weight.astype(np.float64),
+        model.bias.astype(np.float64),
+        model.gate_weight.astype(np.float64),
+        float(model.gate_bias[0]),
+        float(model.gate_power[0]),
+    )
+    return f.scores(features(model, c, rows))
 
 
 def eligible(c: Corpus, k: int) -> NDArray[np.bool_]:
@@ -286,12 +350,14 @@ def main() -> None:
         ).hexdigest(),
         "token_vectors": f"all-MiniLM-L6-v2 wordpiece vectors, PCA {DIMS} (Apache-2.0 model)",
         "labels": (
-            "positive: i2p inappropriate>=50 per category (other categories' heads: weight "
-            f"{W_OTHER}); negative: coco + i2p ==0"
+            "heads: i2p inappropriate share as a soft label (other categories' prompts: weight "
+            f"{W_OTHER}); gate: i2p vs coco; calibration labels: i2p >=50 per category vs "
+            "coco + i2p ==0"
         ),
         "calibration": "isotonic on grouped out-of-fold raw probabilities",
         "hyperparameters": (
-            f"C={C_REG} w_zero={W_ZERO} w_other={W_OTHER} chars={CHAR_FEATURES} "
+            f"C={C_REG} c_gate={C_GATE} gate_power={GATE_POWER} w_other={W_OTHER} "
+            f"chars={CHAR_FEATURES} "
             f"raw_blend={RAW_BLEND} sif_a={SIF_A} seed={SEED}"
         ),
     }

@@ -11,15 +11,16 @@ known words), then read four ways:
 3. **character n-grams**: tf-idf of 2-5 letter n-grams inside words;
 4. **the bundled prompt rules' scores**, on the typed and the repaired text (the higher).
 
-A logistic regression per category turns them into a raw probability, and an isotonic map
-fitted on held-out folds makes it a calibrated one: among held-out prompts scored about 0.8,
-about 80% were unsafe. Explicit rule hits (score 1.0, user ``extra_terms`` too) pass through,
-so do the rules' ``sexual`` scores where they see a child, and ``minors``, which has no
-learned head, comes from the rules, so the hard rule keeps its exact terms. Everything ships
-in the package (about 9 MB, no torch at run time): ``rules/prompt_model.safetensors`` (made
-by ``benchmarks/train_prompt_model.py``) and MiniLM's tokenizer (``rules/minilm_tokenizer.json``,
-Apache-2.0 like the model). It scores thousands of prompts a second on one core; recent
-prompts are cached.
+A logistic regression per category, learnt from image prompts alone, turns them into a raw
+probability, scaled by a gate (how much the prompt reads like an image prompt rather than an
+everyday caption), and an isotonic map fitted on held-out folds makes it a calibrated one:
+among held-out prompts scored about 0.8, about 80% were unsafe. Explicit rule hits (score
+1.0, user ``extra_terms`` too) pass through, so do the rules' ``sexual`` scores where they see
+a child, and ``minors``, which has no learned head, comes from the rules, so the hard rule
+keeps its exact terms. Everything ships in the package (about 9 MB, no torch at run time):
+``rules/prompt_model.safetensors`` (made by ``benchmarks/train_prompt_model.py``) and MiniLM's
+tokenizer (``rules/minilm_tokenizer.json``, Apache-2.0 like the model). It scores thousands of
+prompts a second on one core; recent prompts are cached.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class PromptModel:
     character n-grams (none in a model made before them); ``weight`` is ``(C, V + H + E + R)``
     over [word tf-idf, character tf-idf, static vector, rule scores of ``rule_categories``];
     ``calib_x``/``calib_y`` ``(C, K)`` map raw probabilities to calibrated ones.
+    ``gate_weight`` ``(V + H + E + R,)``, ``gate_bias`` and ``gate_power`` ``(1,)`` (empty in a
+    model made before the gate) score how much a prompt reads like a text-to-image prompt
+    rather than an everyday caption; each head's probability is multiplied by that
+    probability to the power ``gate_power``, so the heads can learn content from image
+    prompts alone.
     """
 
     categories: tuple[Category, ...]
@@ -130,6 +136,9 @@ class PromptModel:
     metadata: Mapping[str, str]
     char_vocabulary: tuple[str, ...] = ()
     char_idf: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    gate_weight: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    gate_bias: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    gate_power: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self) -> None:
         c, v, h = len(self.categories), len(self.vocabulary), len(self.char_vocabulary)
@@ -146,6 +155,9 @@ class PromptModel:
             problems.append("token_weights do not fit token_vectors")
         if self.calib_x.shape != self.calib_y.shape or self.calib_x.shape[0] != c:
             problems.append(f"calibration shapes {self.calib_x.shape}/{self.calib_y.shape}")
+        gate = (self.gate_weight.shape, self.gate_bias.shape, self.gate_power.shape)
+        if gate not in {((0,), (0,), (0,)), ((v + h + e + r,), (1,), (1,))}:
+            problems.append(f"gate shapes {gate} do not fit width {v + h + e + r}")
         if problems:
             raise ValueError("prompt model: " + "; ".join(problems))
 
@@ -191,6 +203,10 @@ class PromptModel:
     def _weight64(self) -> NDArray[np.float64]:
         return self.weight.astype(np.float64)
 
+    @cached_property
+    def _gate64(self) -> NDArray[np.float64]:
+        return self.gate_weight.astype(np.float64)
+
     def raw(
         self,
         words: tuple[NDArray[np.int64], NDArray[np.float64]],
@@ -204,7 +220,15 @@ class PromptModel:
         logits = self.bias.astype(np.float64) + w[:, v:] @ np.concatenate([static, rules])
         if cols.size:
             logits = logits + w[:, cols] @ vals
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+        raw = np.asarray(1.0 / (1.0 + np.exp(-logits)))
+        if not self.gate_weight.size:
+            return raw
+        g = self._gate64
+        gate = float(self.gate_bias[0]) + float(g[v:] @ np.concatenate([static, rules]))
+        if cols.size:
+            gate += float(g[cols] @ vals)
+        out: NDArray[np.float64] = raw * (1.0 + np.exp(-gate)) ** -float(self.gate_power[0])
+        return out
 
     def calibrated(self, raw: NDArray[np.float64]) -> NDArray[np.float64]:
         """The isotonic maps fitted on held-out folds, per category, at most :data:`CERTAIN`
@@ -216,6 +240,8 @@ class PromptModel:
     # -- file --------------------------------------------------------------------------------
 
     _ARRAYS = ("idf", "token_vectors", "token_weights", "weight", "bias", "calib_x", "calib_y")
+    #: Arrays a model may lack (made before them): empty when absent.
+    _OPTIONAL = ("char_idf", "gate_weight", "gate_bias", "gate_power")
 
     def to_bytes(self) -> bytes:
         """The safetensors serialisation (sorted header: byte-for-byte reproducible)."""
@@ -233,7 +259,8 @@ class PromptModel:
         }
         header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
         blobs, offset = [], 0
-        for key in sorted((*self._ARRAYS, "char_idf") if self.char_vocabulary else self._ARRAYS):
+        present = [k for k in self._OPTIONAL if getattr(self, k).size]
+        for key in sorted((*self._ARRAYS, *present)):
             array = getattr(self, key)
             kind = "F16" if array.dtype == np.float16 else "F32"
             blob = np.ascontiguousarray(array, dtype="<f2" if kind == "F16" else "<f4").tobytes()
@@ -267,9 +294,9 @@ class PromptModel:
                 rule_categories=tuple(Category(c) for c in meta.pop("rule_categories").split(",")),
                 vocabulary=tuple(json.loads(meta.pop("vocabulary"))),
                 char_vocabulary=tuple(json.loads(meta.pop("char_vocabulary", "[]"))),
-                char_idf=arrays.get("char_idf", np.zeros(0, np.float32)),
                 metadata={k: v for k, v in meta.items() if k != "format"},
                 **{k: arrays[k] for k in cls._ARRAYS},
+                **{k: arrays[k] for k in cls._OPTIONAL if k in arrays},
             )
         except (KeyError, ValueError) as e:
             raise ValueError(f"learned: {source}: {e}") from e

@@ -44,19 +44,60 @@ def test_word_and_character_features_equal_sklearns_tfidf() -> None:
         np.testing.assert_allclose(ours, row, rtol=1e-5, atol=1e-7)
 
 
-def test_a_model_file_without_character_ngrams_still_loads() -> None:
+def test_a_model_file_without_character_ngrams_or_gate_still_loads() -> None:
     model, _ = load_model("bundled")
     v = len(model.vocabulary)
+    empty = np.zeros(0, np.float32)
     older = replace(
         model,
         char_vocabulary=(),
-        char_idf=np.zeros(0, np.float32),
+        char_idf=empty,
         weight=np.delete(model.weight, np.s_[v : v + len(model.char_vocabulary)], axis=1),
+        gate_weight=empty,
+        gate_bias=empty,
+        gate_power=empty,
     )
     again = PromptModel.from_bytes(older.to_bytes(), source="older")
     assert again.char_vocabulary == () and again.weight.shape == older.weight.shape
-    cols, _ = again.word_features("a bloody knife on a table")
-    assert cols.size and cols.max() < v
+    assert again.gate_weight.size == 0
+    words = again.word_features("a bloody knife on a table")
+    assert words[0].size and words[0].max() < v
+    static, rules = np.zeros(again.token_vectors.shape[1]), np.zeros(len(again.rule_categories))
+    logits = (
+        again.bias
+        + again.weight[:, words[0]] @ words[1]
+        + again.weight[:, v:] @ np.r_[static, rules]
+    )
+    np.testing.assert_allclose(
+        again.raw(words, static, rules), 1 / (1 + np.exp(-logits)), rtol=1e-6
+    )
+
+
+def test_the_gate_scales_every_head_by_how_much_a_prompt_reads_like_an_image_prompt() -> None:
+    model, _ = load_model("bundled")
+    assert model.gate_weight.size and float(model.gate_power[0]) > 0
+    ungated = replace(
+        model,
+        gate_weight=np.zeros(0, np.float32),
+        gate_bias=np.zeros(0, np.float32),
+        gate_power=np.zeros(0, np.float32),
+    )
+    reader = LearnedPromptClassifier(model=model, cache_size=0)
+    shares = []
+    for prompt in ("a bowl of fruit on a kitchen table", "a bloody corpse, trending on artstation"):
+        _, words, static, rules = reader.features([prompt])[0]
+        v = len(model.vocabulary) + len(model.char_vocabulary)
+        gate = model.gate_bias[0] + model.gate_weight[words[0]] @ words[1]
+        gate += model.gate_weight[v:] @ np.r_[static, rules]
+        share = (1 + np.exp(-gate)) ** -float(model.gate_power[0])
+        shares.append(share)
+        np.testing.assert_allclose(
+            model.raw(words, static, rules), ungated.raw(words, static, rules) * share, rtol=1e-5
+        )
+    caption, image_prompt = shares
+    assert 0 < caption < image_prompt < 1  # a caption reads less like an image prompt
+    with pytest.raises(ValueError, match=r"gate shapes .* do not fit width"):
+        replace(model, gate_weight=model.gate_weight[:-1])
 
 
 def test_the_model_file_round_trips_and_is_checked(tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ def test_sexual_evasions_are_caught(bundled: PromptRulesClassifier, prompt: str)
         ("a man cooking m3th in a trailer", Category.ILLEGAL_ACTIVITY),
         ("a bully humiliating a classmate", Category.HARASSMENT),
         ("a k1ll3r with a knife", Category.VIOLENCE),
+        ("an angry lynch mob", Category.VIOLENCE),
+        ("a person cutting their wrists", Category.SELF_HARM),
     ],
 )
 def test_harm_categories_fire(
@@ -93,6 +95,7 @@ def test_harm_categories_fire(
         "a kitchen with pots hanging from the ceiling",
         "class analysis, grassland, passage",
         "a 100 year old oak tree",
+        "film still by david lynch, eerie motel",
     ],
 )
 def test_benign_prompts_are_not_flagged(bundled: PromptRulesClassifier, prompt: str) -> None:
