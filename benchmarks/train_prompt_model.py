@@ -17,10 +17,10 @@ Run: ``.venv/bin/python benchmarks/train_prompt_model.py [--out MODEL.safetensor
 Two parts, each a logistic regression over those features:
 
 - **content heads**, one per category, learn from I2P prompts alone: each prompt is a soft
-  label, its inappropriate_percentage (the share of its images judged inappropriate: 0% and
-  100% prompts teach as much as 40% ones, which a >= 50 cut throws away), weighted 1 for its
-  own categories' heads and for 0% prompts, 0.3 for the other categories' heads, so each
-  head also learns what unsafe prompts share (C = 1);
+  label, its inappropriate_percentage (the share of its images judged inappropriate, so the
+  10-40% prompts that a >= 50 cut throws away teach too), weighted 1 for its own categories'
+  heads and for 0% prompts, 0.3 for the other categories' heads, so each head also learns
+  what unsafe prompts share (C = 1);
 - **the gate**, COCO captions against I2P prompts (C = 4): how much a prompt reads like a
   text-to-image prompt rather than an everyday caption. A head's raw probability is
   multiplied by the gate's probability to the power 0.5, so captions, which the heads never
@@ -64,7 +64,7 @@ SEED = 0
 C_REG = 1.0
 C_GATE = 4.0
 GATE_POWER = 0.5
-#: Weight of an unsafe prompt as a positive for the heads of categories it is not labelled.
+#: Weight of an I2P prompt in the heads of the categories it is not labelled with.
 W_OTHER = 0.3
 #: Character n-grams kept (the most frequent).
 CHAR_FEATURES = 20_000
