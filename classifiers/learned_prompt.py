@@ -200,12 +200,11 @@ class PromptModel:
         return out
 
     @cached_property
-    def _weight64(self) -> NDArray[np.float64]:
-        return self.weight.astype(np.float64)
-
-    @cached_property
-    def _gate64(self) -> NDArray[np.float64]:
-        return self.gate_weight.astype(np.float64)
+    def _rows64(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Weights and biases of the heads, then of the gate where there is one: one product."""
+        rows = np.concatenate([self.weight, self.gate_weight.reshape(-1, self.weight.shape[1])])
+        bias = np.concatenate([self.bias, self.gate_bias])
+        return rows.astype(np.float64), bias.astype(np.float64)
 
     def raw(
         self,
@@ -216,18 +215,14 @@ class PromptModel:
         """Uncalibrated per-category probabilities for one prompt's features."""
         cols, vals = words
         v = len(self.vocabulary) + len(self.char_vocabulary)
-        w = self._weight64
-        logits = self.bias.astype(np.float64) + w[:, v:] @ np.concatenate([static, rules])
+        w, bias = self._rows64
+        logits = bias + w[:, v:] @ np.concatenate([static, rules])
         if cols.size:
             logits = logits + w[:, cols] @ vals
         raw = np.asarray(1.0 / (1.0 + np.exp(-logits)))
         if not self.gate_weight.size:
             return raw
-        g = self._gate64
-        gate = float(self.gate_bias[0]) + float(g[v:] @ np.concatenate([static, rules]))
-        if cols.size:
-            gate += float(g[cols] @ vals)
-        out: NDArray[np.float64] = raw * (1.0 + np.exp(-gate)) ** -float(self.gate_power[0])
+        out: NDArray[np.float64] = raw[:-1] * raw[-1] ** float(self.gate_power[0])
         return out
 
     def calibrated(self, raw: NDArray[np.float64]) -> NDArray[np.float64]:
