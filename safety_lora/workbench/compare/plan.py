@@ -112,8 +112,8 @@ def _free(state: Run, method: Method, *, attack: bool) -> Group:
     """A training-free method's group: its evaluations, and the attack of SLD's presets in
     ``attack_sld``."""
     seeds = state.config.seeds
-    sld = isinstance(method, SLDMethod)
-    attack = attack and isinstance(method, SLDMethod) and method.preset in state.config.attack_sld
+    sld = method if isinstance(method, SLDMethod) else None
+    attack = attack and sld is not None and sld.preset in state.config.attack_sld
     cost = _EVAL_COST * seeds * (2 if sld else 1) + _ATTACK_COST * attack
     work = partial(_free_group, state, method, attack=attack)
     return Group(method.name, cost, seeds + attack, work)
