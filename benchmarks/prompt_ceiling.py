@@ -85,7 +85,7 @@ def main() -> None:
     everything = np.arange(n)
     shipped, through, contextual, trees = (np.zeros(n) for _ in range(4))
     for rows, test in train.folds(c, everything):
-        model = train._unfitted(c, rows, table)
+        model = train.unfitted(c, rows, table)
         x = train.features(model, c, everything)
         fit = train.fit(c, rows, x[rows])
         raw = fit.scores(x[test])

@@ -166,7 +166,7 @@ def folds(c: Corpus, rows: NDArray[np.int64], k: int = 5) -> list[tuple[NDArray[
     return [(rows[a], rows[b]) for a, b in split.split(rows, c.strata[rows], c.groups[rows])]
 
 
-def _unfitted(c: Corpus, rows: NDArray[np.int64], table: NDArray[np.float16]) -> PromptModel:
+def unfitted(c: Corpus, rows: NDArray[np.int64], table: NDArray[np.float16]) -> PromptModel:
     """Vocabulary, idf and token weights from ``rows``; weights and calibration empty."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -315,9 +315,9 @@ def fit_model(
 
     oof = np.zeros((len(c.texts), len(CATEGORIES)))
     for train, test in folds(c, rows):
-        inner = _fit_raw(_unfitted(c, train, table), c, train)
+        inner = _fit_raw(unfitted(c, train, table), c, train)
         oof[test] = raw_scores(inner, c, test)
-    model = _fit_raw(_unfitted(c, rows, table), c, rows)
+    model = _fit_raw(unfitted(c, rows, table), c, rows)
     ys = []
     for k in range(len(CATEGORIES)):
         sel = rows[eligible(c, k)[rows]]
